@@ -1,0 +1,3 @@
+from loragen.cli import main
+
+main()

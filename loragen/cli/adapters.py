@@ -1,0 +1,126 @@
+"""Adapter commands: ingest, list, show, rm, export, gc."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from loragen.cli.context import state
+from loragen.cli.render import Column, human_count, human_size, render, render_fields, say
+
+ADAPTER_COLUMNS = [
+    Column("ID", lambda r: r["id"]),
+    Column("TASK", lambda r: r["task"]),
+    Column("BASE", lambda r: r["base"]),
+    Column("ORIGIN", lambda r: r["origin"]),
+    Column("RANK", lambda r: r["rank"], "right"),
+    Column("PARAMS", lambda r: human_count(r["parameters"]), "right"),
+    Column("CREATED", lambda r: r["created_at"][:19].replace("T", " ")),
+]
+TASK_COLUMNS = [
+    Column("TASK", lambda r: r["name"]),
+    Column("ADAPTERS", lambda r: r["adapters"], "right"),
+    Column("DESCRIPTIONS", lambda r: len(r["descriptions"]), "right"),
+    Column("FIRST DESCRIPTION", lambda r: r["descriptions"][0] if r["descriptions"] else None),
+]
+JSON = typer.Option(False, "--json", help="JSON output.")
+QUIET = typer.Option(False, "-q", "--quiet", help="Ids only.")
+
+
+def ingest(path: Path = typer.Argument(..., help="A PEFT adapter folder (adapter_config.json + adapter_model.safetensors)."),
+           base: str = typer.Option(..., "--base", help="Base it was trained on: NAME or NAME@vN (default newest)."),
+           task: str = typer.Option(..., "--task", help="Task name, e.g. sentiment."),
+           description: list[str] = typer.Option([], "--description", "-d", help="Task description (repeatable)."),
+           as_json: bool = JSON) -> None:
+    """Validate a trained PEFT LoRA against its base and register it."""
+    result = state.registry.ingest(path, base, task, description)
+    if as_json:
+        render({"id": result.id, "created": result.created}, as_json=True)
+    elif result.created:
+        typer.echo(f"ingested {result.id} ({task} on {base})")
+    else:
+        typer.echo(f"already registered as {result.id}")
+
+
+def list_cmd(what: str = typer.Argument("adapters", help="adapters, bases or tasks."),
+             task: Optional[str] = typer.Option(None, "--task", help="Only this task's adapters."),
+             base: Optional[str] = typer.Option(None, "--base", help="Only adapters of this base version."),
+             origin: Optional[str] = typer.Option(None, "--origin", help="trained, ingested or generated."),
+             as_json: bool = JSON, quiet: bool = QUIET) -> None:
+    """List adapters (default), bases or tasks."""
+    if what in ("bases", "base"):
+        from loragen.cli.base import list_bases
+
+        list_bases(as_json=as_json, quiet=quiet)
+    elif what in ("tasks", "task"):
+        rows = state.registry.list_tasks()
+        render(rows, as_json=as_json, quiet=quiet, columns=TASK_COLUMNS, key="name", summary=f"{len(rows)} task(s)")
+    elif what in ("adapters", "adapter"):
+        if origin and origin not in ("trained", "ingested", "generated"):
+            raise typer.BadParameter("--origin must be trained, ingested or generated")
+        rows = state.registry.list_adapters(task=task, base_ref=base, origin=origin)
+        render(rows, as_json=as_json, quiet=quiet, columns=ADAPTER_COLUMNS,
+               summary=f"{len(rows)} adapter(s), {human_count(sum(r['parameters'] for r in rows))} parameters")
+    else:
+        raise typer.BadParameter(f"'{what}': expected adapters, bases or tasks")
+
+
+def show(ref: str = typer.Argument(..., help="Adapter id (a prefix is enough), base NAME[@vN] or task name."),
+         as_json: bool = JSON) -> None:
+    """Show one adapter, base version or task in detail."""
+    from loragen.cli.base import show_base
+    from loragen.errors import NotFound
+
+    try:
+        render_fields(state.registry.get_adapter(ref), as_json=as_json)
+        return
+    except NotFound as adapter_error:
+        if show_base(ref, as_json):
+            return
+        tasks = [t for t in state.registry.list_tasks() if t["name"] == ref]
+        if tasks:
+            render_fields(tasks[0], as_json=as_json)
+            return
+        raise NotFound(f"no adapter, base or task matches '{ref}' ({adapter_error})") from None
+
+
+def rm(refs: list[str] = typer.Argument(..., help="Adapter ids."), as_json: bool = JSON) -> None:
+    """Unregister adapters (files are freed by `loragen gc`)."""
+    removed = [state.registry.remove(ref) for ref in refs]
+    if as_json:
+        render({"removed": removed}, as_json=True)
+    else:
+        for uid in removed:
+            typer.echo(f"removed {uid}")
+
+
+def export(ref: str = typer.Argument(..., help="Adapter id."),
+           out_dir: Path = typer.Argument(..., help="Folder to write (must not exist or be empty)."),
+           as_json: bool = JSON) -> None:
+    """Write an adapter as a PEFT folder that peft.PeftModel.from_pretrained loads."""
+    path = state.registry.export(ref, out_dir)
+    if as_json:
+        render({"id": ref, "path": str(path)}, as_json=True)
+    else:
+        typer.echo(f"exported {ref} to {path}")
+
+
+def gc(as_json: bool = JSON) -> None:
+    """Delete stored files that nothing in the registry references."""
+    result = state.registry.gc()
+    if as_json:
+        render(result, as_json=True)
+    else:
+        say(f"removed {result['blobs_removed']} blob(s), freed {human_size(result['bytes_freed'])}, "
+            f"cleaned {result['temp_files_removed']} temporary file(s)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ingest")(ingest)
+    app.command("list")(list_cmd)
+    app.command("show")(show)
+    app.command("rm")(rm)
+    app.command("export")(export)
+    app.command("gc")(gc)

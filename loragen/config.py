@@ -1,0 +1,139 @@
+"""Settings: dataclasses with defaults, overridden by loragen.toml files and LORAGEN_* variables.
+
+Precedence, strongest first: command-line flag > LORAGEN_* environment variable >
+./loragen.toml (the project's) > <home>/loragen.toml (the user's) > defaults here.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from loragen.errors import LoragenError
+
+
+@dataclass
+class RegistryConfig:
+    home: str = field(default="~/.loragen", metadata={"help": "where the database and the blob store live"})
+    url: str = field(default="", metadata={"help": "SQLAlchemy URL; empty means sqlite:///<home>/registry.db"})
+
+    def __post_init__(self) -> None:
+        if not self.home:
+            raise LoragenError("registry.home must not be empty")
+
+    @property
+    def home_path(self) -> Path:
+        return Path(os.path.expanduser(self.home)).resolve()
+
+    @property
+    def database_url(self) -> str:
+        return self.url or f"sqlite:///{self.home_path / 'registry.db'}"
+
+
+@dataclass
+class LoraConfig:
+    r: int = field(default=8, metadata={"help": "LoRA rank"})
+    alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)"})
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout while fine-tuning"})
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
+                                      metadata={"help": "module names that get a LoRA"})
+
+    def __post_init__(self) -> None:
+        if self.r <= 0 or self.alpha <= 0:
+            raise LoragenError(f"lora.r and lora.alpha must be positive (got r={self.r}, alpha={self.alpha})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise LoragenError(f"lora.dropout must be in [0, 1) (got {self.dropout})")
+        if not self.target_modules:
+            raise LoragenError("lora.target_modules must name at least one module")
+
+
+@dataclass
+class FinetuneConfig:
+    steps: int = field(default=300, metadata={"help": "optimizer steps per fine-tuning run"})
+    batch_size: int = field(default=8, metadata={"help": "examples per step"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    checkpoints: int = field(default=5, metadata={"help": "how many of the last checkpoints to register"})
+    checkpoint_every: int = field(default=20, metadata={"help": "steps between the last checkpoints"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "checkpoints", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                raise LoragenError(f"finetune.{name} must be positive (got {getattr(self, name)})")
+        if self.learning_rate <= 0:
+            raise LoragenError(f"finetune.learning_rate must be positive (got {self.learning_rate})")
+
+
+@dataclass
+class EvalConfig:
+    limit: int = field(default=0, metadata={"help": "examples per task; 0 means the whole test split"})
+    batch_size: int = field(default=16, metadata={"help": "lm-eval batch size"})
+
+    def __post_init__(self) -> None:
+        if self.limit < 0 or self.batch_size <= 0:
+            raise LoragenError("eval.limit must be >= 0 and eval.batch_size > 0")
+
+
+@dataclass
+class Settings:
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _merge(target: Any, values: dict[str, Any], where: str) -> None:
+    """Overwrite dataclass fields from a (nested) dict, refusing unknown keys and wrong types."""
+    known = {f.name: f for f in fields(target)}
+    for key, value in values.items():
+        if key not in known:
+            raise LoragenError(f"{where}: unknown setting '{key}' (known: {', '.join(sorted(known))})")
+        current = getattr(target, key)
+        if is_dataclass(current):
+            if not isinstance(value, dict):
+                raise LoragenError(f"{where}: [{key}] must be a table")
+            _merge(current, value, f"{where} [{key}]")
+            continue
+        if isinstance(current, bool) or not isinstance(value, type(current)):
+            if not (isinstance(current, float) and isinstance(value, int)):
+                raise LoragenError(f"{where}: '{key}' must be {type(current).__name__}, got {value!r}")
+        setattr(target, key, value)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise LoragenError(f"{path}: not valid TOML ({err})") from None
+
+
+def _revalidate(settings: Settings) -> None:
+    for section in fields(settings):
+        getattr(settings, section.name).__post_init__()
+
+
+def load_settings(home: str | None = None, cwd: Path | None = None) -> Settings:
+    """Resolve settings: defaults < <home>/loragen.toml < ./loragen.toml < env < explicit `home`."""
+    settings = Settings()
+    env_home = os.environ.get("LORAGEN_HOME")
+    chosen_home = home or env_home
+    # The home decides where the user file is, so look at it first.
+    project_file = (cwd or Path.cwd()) / "loragen.toml"
+    project_values = _read_toml(project_file) if project_file.is_file() else {}
+    if not chosen_home:
+        chosen_home = project_values.get("registry", {}).get("home")
+    user_file = RegistryConfig(home=chosen_home or RegistryConfig.home).home_path / "loragen.toml"
+    if user_file.is_file():
+        _merge(settings, _read_toml(user_file), str(user_file))
+    if project_values:
+        _merge(settings, project_values, str(project_file))
+    if os.environ.get("LORAGEN_DATABASE_URL"):
+        settings.registry.url = os.environ["LORAGEN_DATABASE_URL"]
+    if chosen_home:
+        settings.registry.home = chosen_home
+    _revalidate(settings)
+    return settings

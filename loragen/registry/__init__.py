@@ -1,0 +1,1 @@
+"""The registry: SQL metadata (SQLAlchemy + Alembic) beside a content-addressed blob store."""

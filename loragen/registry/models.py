@@ -1,0 +1,160 @@
+"""The registry's schema as SQLAlchemy 2.0 typed models.
+
+Metadata only: weight files live in the blob store and are referenced by sha256.
+Every relationship is lazy="raise" so a query that forgets to load what it uses
+fails loudly instead of issuing one query per row.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import JSON, BigInteger, DateTime, Enum, Float, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Origin(str, enum.Enum):
+    trained = "trained"      # fine-tuned by `loragen finetune`
+    ingested = "ingested"    # brought in from a PEFT folder
+    generated = "generated"  # produced by the generator
+
+
+class Blob(Base):
+    """A file in the content-addressed store."""
+
+    __tablename__ = "blobs"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    media_type: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class BaseModel(Base):
+    """A named family of base weights (e.g. smollm2-135m); its versions hold the weights."""
+
+    __tablename__ = "base_models"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    architecture: Mapped[str] = mapped_column(String(100))  # transformers model_type, e.g. "llama"
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    versions: Mapped[list[BaseVersion]] = relationship(
+        back_populates="base", lazy="raise", order_by="BaseVersion.version", cascade="all, delete-orphan")
+
+
+class BaseVersion(Base):
+    """One set of weights of a base; v2, v3 … point to the version they evolved from."""
+
+    __tablename__ = "base_versions"
+    __table_args__ = (UniqueConstraint("base_id", "version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    base_id: Mapped[int] = mapped_column(ForeignKey("base_models.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    parent_id: Mapped[Optional[int]] = mapped_column(ForeignKey("base_versions.id"), nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[str] = mapped_column(Text)          # where it was added from, for people
+    gguf_file: Mapped[Optional[str]] = mapped_column(String(300), nullable=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)          # the transformers config
+    linear_shapes: Mapped[dict[str, Any]] = mapped_column(JSON)   # module path -> [out, in]
+    weights_digest: Mapped[str] = mapped_column(String(64))       # sha256 over the weight files
+    num_parameters: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    base: Mapped[BaseModel] = relationship(back_populates="versions", lazy="raise")
+    files: Mapped[list[BaseVersionFile]] = relationship(lazy="raise", cascade="all, delete-orphan")
+
+    @property
+    def label(self) -> str:
+        return f"{self.base.name}@v{self.version}"
+
+
+class BaseVersionFile(Base):
+    """A file of a base version's folder, stored as a blob (config, tokenizer, weights)."""
+
+    __tablename__ = "base_version_files"
+    __table_args__ = (UniqueConstraint("version_id", "path"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("base_versions.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(String(500))
+    blob_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    descriptions: Mapped[list[TaskDescription]] = relationship(
+        back_populates="task", lazy="raise", order_by="TaskDescription.id", cascade="all, delete-orphan")
+
+
+class TaskDescription(Base):
+    """A plain-language description of a task; the generator is conditioned on these."""
+
+    __tablename__ = "task_descriptions"
+    __table_args__ = (UniqueConstraint("task_id", "text"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    text: Mapped[str] = mapped_column(Text)
+
+    task: Mapped[Task] = relationship(back_populates="descriptions", lazy="raise")
+
+
+class Adapter(Base):
+    """A LoRA adapter for one task on one base version, whatever made it."""
+
+    __tablename__ = "adapters"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(64), unique=True)  # sha256(weights | task | base version)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
+    base_version_id: Mapped[int] = mapped_column(ForeignKey("base_versions.id"))
+    origin: Mapped[Origin] = mapped_column(Enum(Origin, native_enum=False, length=20))
+    rank: Mapped[int] = mapped_column(Integer)
+    alpha: Mapped[float] = mapped_column(Float)
+    target_modules: Mapped[list[str]] = mapped_column(JSON)
+    num_parameters: Mapped[int] = mapped_column(BigInteger)
+    weights_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    config_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    # How it was made: source folder for ingested, run/step for trained,
+    # generator checkpoint + condition + seed for generated.
+    provenance: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    replaces_id: Mapped[Optional[int]] = mapped_column(ForeignKey("adapters.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    task: Mapped[Task] = relationship(lazy="raise")
+    base_version: Mapped[BaseVersion] = relationship(lazy="raise")
+
+
+class EvalResult(Base):
+    """One metric of one lm-eval run: an adapter on a task, or a base version zero-shot."""
+
+    __tablename__ = "eval_results"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    adapter_id: Mapped[Optional[int]] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"), nullable=True)
+    base_version_id: Mapped[int] = mapped_column(ForeignKey("base_versions.id", ondelete="CASCADE"))
+    task_name: Mapped[str] = mapped_column(String(200))
+    metric: Mapped[str] = mapped_column(String(100))
+    value: Mapped[float] = mapped_column(Float)
+    num_examples: Mapped[int] = mapped_column(Integer)
+    split: Mapped[str] = mapped_column(String(50), default="test")
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # lm-eval version, limit, stderr
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,402 @@
+"""The registry's operations: what the CLI commands do, as library calls.
+
+Every write follows one order: check everything, copy the files into the blob
+store (idempotent, content-addressed), then register the metadata in a single
+transaction. A crash before the commit leaves at most an unreferenced blob,
+which `gc` removes; it never leaves a half-registered adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from loragen import adapters as adapter_io
+from loragen.bases import Architecture, BaseSource, read_architecture, resolve_source, weights_digest
+from loragen.config import RegistryConfig
+from loragen.errors import InvalidAdapter, LoragenError, NotFound
+from loragen.registry import db
+from loragen.registry.blobs import BlobStore
+from loragen.registry.models import (
+    Adapter, BaseModel, BaseVersion, BaseVersionFile, Blob, EvalResult, Origin, Task, TaskDescription)
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+MIN_ID_PREFIX = 4
+
+
+@dataclass
+class Registered:
+    """The outcome of a registration: the row's id and whether it is new."""
+
+    id: str
+    created: bool
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not NAME_PATTERN.match(name):
+        raise LoragenError(f"invalid {kind} name '{name}': use letters, digits, '.', '_' and '-' (no '@' or spaces)")
+
+
+def parse_base_ref(ref: str) -> tuple[str, int | None]:
+    """'smollm2@v2' -> ('smollm2', 2); 'smollm2' -> ('smollm2', None) meaning the newest."""
+    name, sep, version = ref.partition("@")
+    if not sep:
+        return name, None
+    match = re.fullmatch(r"v?(\d+)", version)
+    if not match:
+        raise LoragenError(f"invalid base reference '{ref}': expected NAME or NAME@vN")
+    return name, int(match.group(1))
+
+
+class Registry:
+    def __init__(self, config: RegistryConfig):
+        self.config = config
+        self.home = config.home_path
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.blobs = BlobStore(self.home / "blobs")
+        self.engine = db.make_engine(config.database_url)
+        db.ensure_schema(self.engine, self.home / "registry.lock")
+
+    def session(self):
+        return db.transaction(self.engine)
+
+    # ---------------------------------------------------------------- blobs
+
+    def _store_file(self, session: Session, path: Path, media_type: str) -> str:
+        sha, size = self.blobs.put_file(path)
+        self._record_blob(session, sha, size, media_type)
+        return sha
+
+    def _record_blob(self, session: Session, sha: str, size: int, media_type: str) -> None:
+        if session.get(Blob, sha) is None:
+            session.add(Blob(sha256=sha, size=size, media_type=media_type))
+            session.flush()
+
+    def blob_path(self, sha: str) -> Path:
+        path = self.blobs.path(sha)
+        if not path.is_file():
+            raise LoragenError(f"blob {sha[:12]} is missing from {self.blobs.root}: the store is damaged")
+        return path
+
+    # ---------------------------------------------------------------- bases
+
+    def resolve_version(self, session: Session, ref: str) -> BaseVersion:
+        name, version = parse_base_ref(ref)
+        base = session.scalar(select(BaseModel).where(BaseModel.name == name))
+        if base is None:
+            known = session.scalars(select(BaseModel.name).order_by(BaseModel.name)).all()
+            hint = f" (known: {', '.join(known)})" if known else " (none registered: loragen base add NAME --from PATH)"
+            raise NotFound(f"no base model named '{name}'{hint}")
+        query = select(BaseVersion).where(BaseVersion.base_id == base.id).options(selectinload(BaseVersion.base))
+        if version is None:
+            found = session.scalar(query.order_by(BaseVersion.version.desc()).limit(1))
+        else:
+            found = session.scalar(query.where(BaseVersion.version == version))
+        if found is None:
+            raise NotFound(f"base '{name}' has no version v{version}")
+        return found
+
+    def add_base(self, name: str, source_spec: str, note: str = "") -> Registered:
+        """Register a new base model: its version 1."""
+        _check_name("base", name)
+        with self.session() as s:
+            if s.scalar(select(BaseModel).where(BaseModel.name == name)) is not None:
+                raise LoragenError(f"base '{name}' already exists: use `loragen base update {name} --from PATH` for a new version")
+        source = resolve_source(source_spec)
+        architecture = read_architecture(source)
+        digest = weights_digest(source)
+        with self.session() as s:
+            base = BaseModel(name=name, architecture=architecture.model_type)
+            s.add(base)
+            try:
+                s.flush()
+            except IntegrityError:
+                raise LoragenError(f"base '{name}' already exists") from None
+            version = self._add_version(s, base, 1, None, source, architecture, digest, note or "initial version")
+            return Registered(id=f"{name}@v{version.version}", created=True)
+
+    def update_base(self, name: str, source_spec: str, note: str = "") -> Registered:
+        """Register an evolved version: same architecture, new weights."""
+        with self.session() as s:
+            latest = self.resolve_version(s, name)
+        source = resolve_source(source_spec)
+        architecture = read_architecture(source)
+        _check_same_architecture(latest, architecture)
+        digest = weights_digest(source)
+        with self.session() as s:
+            same = s.scalar(select(BaseVersion).where(BaseVersion.base_id == latest.base_id,
+                                                      BaseVersion.weights_digest == digest))
+            if same is not None:
+                raise LoragenError(f"these weights are already registered as {name}@v{same.version}")
+            base = s.get(BaseModel, latest.base_id)
+            newest = s.scalar(select(func.max(BaseVersion.version)).where(BaseVersion.base_id == base.id))
+            version = self._add_version(s, base, newest + 1, latest.id, source, architecture, digest, note)
+            return Registered(id=f"{name}@v{version.version}", created=True)
+
+    def _add_version(self, s: Session, base: BaseModel, number: int, parent_id: int | None,
+                     source: BaseSource, architecture: Architecture, digest: str, note: str) -> BaseVersion:
+        version = BaseVersion(
+            base_id=base.id, version=number, parent_id=parent_id, note=note, source=source.description,
+            gguf_file=source.gguf_file, config=architecture.config, linear_shapes=architecture.linear_shapes,
+            weights_digest=digest, num_parameters=architecture.num_parameters)
+        s.add(version)
+        s.flush()
+        for relpath in source.files:
+            sha = self._store_file(s, source.folder / relpath, _media_type(relpath))
+            s.add(BaseVersionFile(version_id=version.id, path=relpath, blob_sha256=sha))
+        s.flush()
+        return version
+
+    def base_folder(self, version: BaseVersion) -> Path:
+        """A folder of links to the version's blobs that transformers can load (like the HF cache's snapshots)."""
+        folder = self.home / "snapshots" / version.weights_digest[:16]
+        with self.session() as s:
+            files = s.scalars(select(BaseVersionFile).where(BaseVersionFile.version_id == version.id)).all()
+        for entry in files:
+            target = self.blob_path(entry.blob_sha256)
+            link = folder / entry.path
+            if link.is_symlink() and Path(os.readlink(link)) == target:
+                continue
+            link.parent.mkdir(parents=True, exist_ok=True)
+            tmp_link = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+            tmp_link.unlink(missing_ok=True)
+            tmp_link.symlink_to(target)
+            os.replace(tmp_link, link)
+        return folder
+
+    def load_base(self, ref: str, dtype: str = "float32"):
+        """(model, tokenizer, version) for a base reference, loaded from the store."""
+        from loragen.bases import load_model
+
+        with self.session() as s:
+            version = self.resolve_version(s, ref)
+        model, tokenizer = load_model(self.base_folder(version), version.gguf_file, dtype=dtype)
+        return model, tokenizer, version
+
+    def list_bases(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            rows = s.scalars(select(BaseVersion).options(selectinload(BaseVersion.base))
+                             .order_by(BaseVersion.base_id, BaseVersion.version)).all()
+            counts = dict(s.execute(select(Adapter.base_version_id, func.count()).group_by(Adapter.base_version_id)).all())
+            parents = {row.id: row.version for row in rows}
+            return [_version_view(row, parents.get(row.parent_id), counts.get(row.id, 0)) for row in rows]
+
+    # ---------------------------------------------------------------- tasks
+
+    def ensure_task(self, s: Session, name: str, descriptions: Iterable[str] = ()) -> Task:
+        _check_name("task", name)
+        task = s.scalar(select(Task).where(Task.name == name))
+        if task is None:
+            try:
+                with s.begin_nested():
+                    task = Task(name=name)
+                    s.add(task)
+            except IntegrityError:  # another process created it meanwhile (PostgreSQL)
+                task = s.scalar(select(Task).where(Task.name == name))
+        known = set(s.scalars(select(TaskDescription.text).where(TaskDescription.task_id == task.id)))
+        for text in descriptions:
+            text = " ".join(text.split())
+            if text and text not in known:
+                s.add(TaskDescription(task_id=task.id, text=text))
+                known.add(text)
+        s.flush()
+        return task
+
+    def add_task(self, name: str, descriptions: Iterable[str]) -> Registered:
+        with self.session() as s:
+            existed = s.scalar(select(Task).where(Task.name == name)) is not None
+            self.ensure_task(s, name, descriptions)
+        return Registered(id=name, created=not existed)
+
+    def list_tasks(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            tasks = s.scalars(select(Task).options(selectinload(Task.descriptions)).order_by(Task.name)).all()
+            counts = dict(s.execute(select(Adapter.task_id, func.count()).group_by(Adapter.task_id)).all())
+            return [{"name": t.name, "descriptions": [d.text for d in t.descriptions],
+                     "adapters": counts.get(t.id, 0)} for t in tasks]
+
+    def task_descriptions(self, name: str) -> list[str]:
+        with self.session() as s:
+            task = s.scalar(select(Task).where(Task.name == name).options(selectinload(Task.descriptions)))
+            if task is None:
+                raise NotFound(f"no task named '{name}'")
+            return [d.text for d in task.descriptions]
+
+    # ---------------------------------------------------------------- adapters
+
+    def ingest(self, path: Path, base_ref: str, task: str, descriptions: Iterable[str] = (),
+               origin: Origin = Origin.ingested, provenance: dict[str, Any] | None = None,
+               replaces: str | None = None) -> Registered:
+        """Validate a PEFT folder against a base version, then register it."""
+        path = Path(path)
+        _check_name("task", task)
+        with self.session() as s:
+            version = self.resolve_version(s, base_ref)
+        folder = adapter_io.read_adapter_folder(path)
+        adapter_io.check_against_base(folder, version.linear_shapes, version.label)
+        adapter_io.load_weights(folder.weights_path)  # refuses NaN/Inf, proves the bytes load
+        provenance = dict(provenance or {})
+        if origin is Origin.ingested:
+            provenance.setdefault("source", str(path.resolve()))
+        with self.session() as s:
+            weights_sha = self._store_file(s, folder.weights_path, "application/vnd.safetensors")
+            config_sha = self._store_file(s, folder.config_path, "application/json")
+            uid = hashlib.sha256(f"{weights_sha}|{task}|{version.id}".encode()).hexdigest()
+            existing = s.scalar(select(Adapter).where(Adapter.uid == uid))
+            if existing is not None:
+                return Registered(id=uid[:12], created=False)
+            task_row = self.ensure_task(s, task, descriptions)
+            replaces_id = self._find_adapter(s, replaces).id if replaces else None
+            s.add(Adapter(
+                uid=uid, task_id=task_row.id, base_version_id=version.id, origin=origin,
+                rank=folder.rank, alpha=folder.alpha, target_modules=folder.target_leaf_names(),
+                num_parameters=folder.num_parameters, weights_sha256=weights_sha, config_sha256=config_sha,
+                provenance=provenance, replaces_id=replaces_id))
+            s.flush()
+            return Registered(id=uid[:12], created=True)
+
+    def _find_adapter(self, s: Session, ref: str) -> Adapter:
+        ref = ref.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]+", ref) or len(ref) < MIN_ID_PREFIX:
+            raise NotFound(f"'{ref}' is not an adapter id (at least {MIN_ID_PREFIX} hex characters, see `loragen list`)")
+        matches = s.scalars(select(Adapter).where(Adapter.uid.startswith(ref)).options(
+            selectinload(Adapter.task), selectinload(Adapter.base_version).selectinload(BaseVersion.base)).limit(2)).all()
+        if not matches:
+            raise NotFound(f"no adapter with id {ref}")
+        if len(matches) > 1:
+            raise NotFound(f"adapter id {ref} is ambiguous: give more characters")
+        return matches[0]
+
+    def get_adapter(self, ref: str) -> dict[str, Any]:
+        with self.session() as s:
+            adapter = self._find_adapter(s, ref)
+            view = _adapter_view(adapter)
+            view["evaluations"] = [
+                {"task": r.task_name, "metric": r.metric, "value": r.value, "examples": r.num_examples}
+                for r in s.scalars(select(EvalResult).where(EvalResult.adapter_id == adapter.id)
+                                   .order_by(EvalResult.created_at))]
+            if adapter.replaces_id:
+                view["replaces"] = s.get(Adapter, adapter.replaces_id).uid[:12]
+            return view
+
+    def list_adapters(self, task: str | None = None, base_ref: str | None = None,
+                      origin: str | None = None) -> list[dict[str, Any]]:
+        with self.session() as s:
+            query = select(Adapter).options(
+                selectinload(Adapter.task), selectinload(Adapter.base_version).selectinload(BaseVersion.base))
+            if task:
+                query = query.join(Task).where(Task.name == task)
+            if base_ref:
+                query = query.where(Adapter.base_version_id == self.resolve_version(s, base_ref).id)
+            if origin:
+                query = query.where(Adapter.origin == Origin(origin))
+            return [_adapter_view(a) for a in s.scalars(query.order_by(Adapter.created_at, Adapter.id))]
+
+    def adapter_files(self, ref: str) -> tuple[Path, Path, dict[str, Any]]:
+        """(weights blob, config blob, view) of an adapter, for export and loading."""
+        with self.session() as s:
+            adapter = self._find_adapter(s, ref)
+            return self.blob_path(adapter.weights_sha256), self.blob_path(adapter.config_sha256), _adapter_view(adapter)
+
+    def export(self, ref: str, out_dir: Path) -> Path:
+        """Write a folder that peft.PeftModel.from_pretrained loads, byte-identical to what was stored."""
+        import shutil
+        import tempfile
+
+        weights, config, view = self.adapter_files(ref)
+        out_dir = Path(out_dir)
+        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+            raise LoragenError(f"{out_dir}: already exists and is not empty")
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+        try:
+            shutil.copyfile(weights, staging / adapter_io.WEIGHTS_NAME)
+            shutil.copyfile(config, staging / adapter_io.CONFIG_NAME)
+            if out_dir.exists():
+                out_dir.rmdir()
+            os.replace(staging, out_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return out_dir
+
+    def remove(self, ref: str) -> str:
+        """Unregister an adapter (its blobs stay until `gc`)."""
+        with self.session() as s:
+            adapter = self._find_adapter(s, ref)
+            for child in s.scalars(select(Adapter).where(Adapter.replaces_id == adapter.id)):
+                child.replaces_id = None
+            uid = adapter.uid[:12]
+            s.delete(adapter)
+            return uid
+
+    def gc(self) -> dict[str, int]:
+        """Delete blobs no adapter or base version references, and leftovers of interrupted writes."""
+        with self.session() as s:
+            used = set(s.scalars(select(Adapter.weights_sha256))) | set(s.scalars(select(Adapter.config_sha256)))
+            used |= set(s.scalars(select(BaseVersionFile.blob_sha256)))
+            used |= self._extra_blob_references(s)
+            unused_rows = [b for b in s.scalars(select(Blob)) if b.sha256 not in used]
+            freed = sum(b.size for b in unused_rows)
+            for row in unused_rows:
+                s.delete(row)
+        removed = 0
+        for sha in list(self.blobs.all_digests()):
+            if sha not in used:
+                self.blobs.remove(sha)
+                removed += 1
+        return {"blobs_removed": removed, "bytes_freed": freed, "temp_files_removed": self.blobs.clean_tmp()}
+
+    def _extra_blob_references(self, s: Session) -> set[str]:
+        """Blobs referenced from tables added by later features (generator checkpoints)."""
+        return set()
+
+
+def _check_same_architecture(latest: BaseVersion, architecture: Architecture) -> None:
+    label = latest.label
+    if architecture.model_type != latest.base.architecture:
+        raise LoragenError(f"architecture differs from {label}: {architecture.model_type} vs {latest.base.architecture}; "
+                           "register it as a new base with `loragen base add`")
+    old, new = latest.linear_shapes, architecture.linear_shapes
+    for module in sorted(set(old) | set(new)):
+        if old.get(module) != new.get(module):
+            raise LoragenError(f"architecture differs from {label} at {module}: {old.get(module)} vs {new.get(module)}; "
+                               "register it as a new base with `loragen base add`")
+
+
+def _media_type(relpath: str) -> str:
+    if relpath.endswith(".gguf"):
+        return "application/vnd.gguf"
+    if relpath.endswith(".safetensors"):
+        return "application/vnd.safetensors"
+    if relpath.endswith(".json"):
+        return "application/json"
+    return "application/octet-stream"
+
+
+def _version_view(row: BaseVersion, parent_version: int | None, adapters: int) -> dict[str, Any]:
+    return {
+        "name": row.label, "base": row.base.name, "version": row.version, "architecture": row.base.architecture,
+        "parent": f"{row.base.name}@v{parent_version}" if parent_version else None, "note": row.note,
+        "parameters": row.num_parameters, "layers": row.config.get("num_hidden_layers"),
+        "hidden_size": row.config.get("hidden_size"), "weights_digest": row.weights_digest,
+        "source": row.source, "adapters": adapters, "created_at": row.created_at.isoformat(),
+    }
+
+
+def _adapter_view(adapter: Adapter) -> dict[str, Any]:
+    return {
+        "id": adapter.uid[:12], "uid": adapter.uid, "task": adapter.task.name, "base": adapter.base_version.label,
+        "origin": adapter.origin.value, "rank": adapter.rank, "alpha": adapter.alpha,
+        "target_modules": adapter.target_modules, "parameters": adapter.num_parameters,
+        "weights_sha256": adapter.weights_sha256, "provenance": adapter.provenance,
+        "created_at": adapter.created_at.isoformat(),
+    }

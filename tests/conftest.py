@@ -1,0 +1,40 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """Every test gets its own registry home; nothing touches ~/.loragen."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("LORAGEN_HOME", str(home))
+    monkeypatch.delenv("LORAGEN_DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    from tests.tiny import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("bases") / "tiny-v1", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_v2(tmp_path_factory) -> Path:
+    """Same architecture as tiny_base, other weights: an 'evolved' version."""
+    from tests.tiny import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("bases") / "tiny-v2", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tmp_path_factory, tiny_base) -> Path:
+    from tests.tiny import make_lora
+
+    return make_lora(tiny_base, tmp_path_factory.mktemp("adapters") / "a0", seed=0)

@@ -1,0 +1,219 @@
+"""Foundation: bases, ingest, list/show/rm/export/gc through the CLI, on real files and real SQLite."""
+
+import json
+import shutil
+import struct
+
+import pytest
+import torch
+
+from tests.helpers import blob_files, run_cli
+from tests.tiny import make_lora, make_tiny_llama
+
+
+@pytest.fixture
+def registered(capsys, tiny_base):
+    result = run_cli(capsys, "base", "add", "tiny", "--from", tiny_base)
+    assert result.code == 0, result.err
+    return "tiny"
+
+
+def test_base_add_list_show_json(capsys, registered):
+    rows = run_cli(capsys, "list", "bases", "--json").json()
+    assert [r["name"] for r in rows] == ["tiny@v1"]
+    assert rows[0]["architecture"] == "llama" and rows[0]["layers"] == 2
+    shown = run_cli(capsys, "show", "tiny", "--json").json()
+    assert shown["name"] == "tiny@v1"
+    table = run_cli(capsys, "base")
+    assert "tiny@v1" in table.out and "1 base version(s)" in table.out
+
+
+def test_base_add_twice_refused(capsys, registered, tiny_base):
+    again = run_cli(capsys, "base", "add", "tiny", "--from", tiny_base)
+    assert again.code == 1 and "already exists" in again.err and "base update" in again.err
+
+
+def test_base_update_lineage_and_architecture_check(capsys, registered, tiny_base_v2, tmp_path):
+    result = run_cli(capsys, "base", "update", "tiny", "--from", tiny_base_v2, "--note", "continued pretraining")
+    assert result.code == 0, result.err
+    rows = run_cli(capsys, "list", "bases", "--json").json()
+    v2 = [r for r in rows if r["name"] == "tiny@v2"][0]
+    assert v2["parent"] == "tiny@v1" and v2["note"] == "continued pretraining"
+    assert v2["weights_digest"] != rows[0]["weights_digest"]
+    bigger = make_tiny_llama(tmp_path / "bigger", hidden=48, heads=4, kv_heads=2)
+    refused = run_cli(capsys, "base", "update", "tiny", "--from", bigger)
+    assert refused.code == 1 and "architecture differs" in refused.err
+    assert len(refused.err.strip().splitlines()) == 2  # "reading …" then the one-line error
+    same = run_cli(capsys, "base", "update", "tiny", "--from", tiny_base_v2)
+    assert same.code == 1 and "already registered as tiny@v2" in same.err
+
+
+def test_ingest_export_roundtrip_gives_same_outputs(capsys, registered, tiny_base, tiny_adapter, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ingested = run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", "echo", "-d", "Repeat the word")
+    assert ingested.code == 0, ingested.err
+    adapter_id = run_cli(capsys, "list", "-q").out.split()[0]
+    out_dir = tmp_path / "exported"
+    assert run_cli(capsys, "export", adapter_id, out_dir).code == 0
+    tokens = torch.tensor([[1, 10, 11, 12, 13, 14]])
+    outputs = []
+    for folder in (tiny_adapter, out_dir):
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), folder)
+        with torch.no_grad():
+            outputs.append(model(tokens).logits)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_base)
+    with torch.no_grad():
+        base_logits = plain(tokens).logits
+    assert torch.equal(outputs[0], outputs[1])
+    assert not torch.allclose(outputs[0], base_logits)  # the adapter really changes the model
+    shown = run_cli(capsys, "show", adapter_id, "--json").json()
+    assert shown["task"] == "echo" and shown["origin"] == "ingested" and shown["rank"] == 4
+    assert shown["target_modules"] == ["q_proj", "v_proj"]
+    tasks = run_cli(capsys, "list", "tasks", "--json").json()
+    assert tasks == [{"name": "echo", "descriptions": ["Repeat the word"], "adapters": 1}]
+
+
+def test_duplicate_ingest_stores_one_blob(capsys, registered, tiny_adapter, isolated_home):
+    before = len(blob_files(isolated_home))
+    first = run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", "echo", "--json").json()
+    second = run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", "echo", "--json").json()
+    assert first["created"] and not second["created"] and first["id"] == second["id"]
+    other_task = run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", "copy", "--json").json()
+    assert other_task["created"] and other_task["id"] != first["id"]
+    assert len(blob_files(isolated_home)) == before + 2  # one weights file, one config
+    assert len(run_cli(capsys, "list", "--json").json()) == 2
+
+
+def _corrupt(folder, tmp_path, name):
+    bad = tmp_path / name
+    shutil.copytree(folder, bad)
+    return bad
+
+
+def _rewrite_tensors(folder, change):
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "adapter_model.safetensors"
+    tensors = load_file(str(path))
+    change(tensors)
+    save_file(tensors, str(path))
+
+
+def _bad_adapters(tiny_adapter, tmp_path):
+    """(name, folder, expected message part) for every kind of bad input."""
+    cases = []
+
+    def case(name, expected, mutate):
+        folder = _corrupt(tiny_adapter, tmp_path, name)
+        mutate(folder)
+        cases.append((name, folder, expected))
+
+    weights = "adapter_model.safetensors"
+    case("no-config", "missing adapter_config.json", lambda f: (f / "adapter_config.json").unlink())
+    case("no-weights", "missing adapter_model.safetensors", lambda f: (f / weights).unlink())
+    case("truncated", "truncated or corrupt", lambda f: (f / weights).write_bytes((f / weights).read_bytes()[:-100]))
+    case("tiny-file", "truncated safetensors", lambda f: (f / weights).write_bytes(b"abc"))
+    case("header-garbage", "corrupt safetensors header",
+         lambda f: (f / weights).write_bytes(struct.pack("<Q", 20) + b"{not json at all!!!}" + b"\0" * 64))
+    case("header-too-long", "corrupt safetensors header",
+         lambda f: (f / weights).write_bytes(struct.pack("<Q", 10**12) + b"{}"))
+    case("config-not-json", "not valid JSON", lambda f: (f / "adapter_config.json").write_text("{r: 8"))
+    case("nan", "NaN or Inf", lambda f: _rewrite_tensors(f, lambda t: next(iter(t.values())).__setitem__((0, 0), float("nan"))))
+    case("int-dtype", "dtype", lambda f: _rewrite_tensors(f, lambda t: t.update({k: v.to(torch.int32) for k, v in t.items()})))
+    case("wrong-shape", "do not fit", lambda f: _rewrite_tensors(
+        f, lambda t: t.update({k: torch.zeros(v.shape[0], v.shape[1] + 1) if "lora_A" in k else v for k, v in t.items()})))
+    case("unknown-module", "does not exist", lambda f: _rewrite_tensors(
+        f, lambda t: t.update({k.replace("q_proj", "zz_proj"): t.pop(k) for k in list(t) if "q_proj" in k})))
+    case("missing-module", "has no LoRA weights", lambda f: _rewrite_tensors(
+        f, lambda t: [t.pop(k) for k in list(t) if "layers.1.self_attn.v_proj" in k]))
+    case("half-pair", "not both lora_A and lora_B", lambda f: _rewrite_tensors(
+        f, lambda t: [t.pop(k) for k in list(t) if "layers.0.self_attn.q_proj.lora_B" in k]))
+
+    def rank_mismatch(f):
+        config = json.loads((f / "adapter_config.json").read_text())
+        config["r"] = 8
+        (f / "adapter_config.json").write_text(json.dumps(config))
+    case("rank-mismatch", "at rank 8", rank_mismatch)
+
+    def no_targets(f):
+        config = json.loads((f / "adapter_config.json").read_text())
+        config["target_modules"] = ["nonexistent_proj"]
+        (f / "adapter_config.json").write_text(json.dumps(config))
+    case("targets-match-nothing", "match no linear module", no_targets)
+    return cases
+
+
+def test_bad_adapters_refused_with_nothing_registered(capsys, registered, tiny_adapter, tmp_path, isolated_home):
+    blobs_before = blob_files(isolated_home)
+    for name, folder, expected in _bad_adapters(tiny_adapter, tmp_path):
+        result = run_cli(capsys, "ingest", folder, "--base", "tiny", "--task", f"t-{name}")
+        assert result.code == 1, name
+        assert expected in result.err, (name, result.err)
+        assert len(result.err.strip().splitlines()) == 1, (name, result.err)
+        assert "Traceback" not in result.err
+    assert run_cli(capsys, "list", "--json").json() == []
+    assert run_cli(capsys, "list", "tasks", "--json").json() == []
+    assert blob_files(isolated_home) == blobs_before
+
+
+def test_adapter_for_other_base_refused(capsys, registered, tmp_path):
+    wide = make_tiny_llama(tmp_path / "wide", hidden=48)
+    adapter = make_lora(wide, tmp_path / "wide-lora")
+    result = run_cli(capsys, "ingest", adapter, "--base", "tiny", "--task", "t")
+    assert result.code == 1 and "do not fit" in result.err
+
+
+def test_unknown_base_and_bad_names(capsys, registered, tiny_adapter):
+    missing = run_cli(capsys, "ingest", tiny_adapter, "--base", "nope", "--task", "t")
+    assert missing.code == 1 and "no base model named 'nope'" in missing.err and "tiny" in missing.err
+    bad_version = run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny@v9", "--task", "t")
+    assert bad_version.code == 1 and "no version v9" in bad_version.err
+    bad_task = run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", "has space")
+    assert bad_task.code == 1 and "invalid task name" in bad_task.err
+    usage = run_cli(capsys, "ingest", tiny_adapter)
+    assert usage.code == 2
+
+
+def test_crash_mid_ingest_leaves_nothing_registered(capsys, registered, tiny_adapter, isolated_home, monkeypatch):
+    from loragen.registry.store import Registry
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash after the blobs were written")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Registry, "ensure_task", crash)
+        result = run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", "echo")
+    assert result.code == 3 and "simulated crash" in result.err and "Traceback" not in result.err
+    assert run_cli(capsys, "list", "--json").json() == []
+    assert list((isolated_home / "blobs" / "tmp").iterdir()) == []  # no partial file visible
+    # The orphaned (complete) blobs are exactly what gc is for.
+    gc = run_cli(capsys, "gc", "--json").json()
+    assert gc["blobs_removed"] == 2
+
+
+def test_rm_then_gc_frees_adapter_blobs_only(capsys, registered, tiny_adapter, isolated_home):
+    base_blobs = len(blob_files(isolated_home))
+    adapter_id = run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", "echo", "--json").json()["id"]
+    assert run_cli(capsys, "rm", adapter_id).code == 0
+    assert run_cli(capsys, "list", "--json").json() == []
+    gc = run_cli(capsys, "gc", "--json").json()
+    assert gc["blobs_removed"] == 2 and gc["bytes_freed"] > 0
+    assert len(blob_files(isolated_home)) == base_blobs
+    again = run_cli(capsys, "rm", adapter_id)
+    assert again.code == 1 and "no adapter" in again.err
+
+
+def test_export_refuses_non_empty_target(capsys, registered, tiny_adapter, tmp_path):
+    adapter_id = run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", "echo", "--json").json()["id"]
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "file").write_text("x")
+    result = run_cli(capsys, "export", adapter_id, target)
+    assert result.code == 1 and "not empty" in result.err
+
+
+def test_version_and_help_are_fast_paths(capsys):
+    assert run_cli(capsys, "--version").out.startswith("loragen ")
+    assert "ingest" in run_cli(capsys, "--help").out

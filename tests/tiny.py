@@ -1,0 +1,61 @@
+"""Tiny real models for tests: a Llama built from a config, a small tokenizer, LoRA adapters made with peft."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+
+VOCAB = ["<pad>", "<s>", "</s>", "<unk>", " ", "\n", ":"] + list(string.ascii_letters + string.digits + ".,!?-'")
+
+
+def make_tokenizer():
+    """A character-level fast tokenizer, built offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: index for index, token in enumerate(VOCAB)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", pad_token="<pad>")
+
+
+def tiny_config(hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int = 2):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=len(VOCAB), hidden_size=hidden, intermediate_size=2 * hidden,
+                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                       max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                       tie_word_embeddings=True)
+
+
+def make_tiny_llama(path: Path, seed: int = 0, **config_kwargs) -> Path:
+    """Save a randomly initialised tiny Llama and its tokenizer as a Hugging Face folder."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_config(**config_kwargs))
+    path = Path(path)
+    model.save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
+    return path
+
+
+def make_lora(base_dir: Path, out_dir: Path, seed: int = 0, r: int = 4,
+              target_modules: tuple[str, ...] = ("q_proj", "v_proj")) -> Path:
+    """A PEFT LoRA folder on a tiny base, with non-zero B so it changes the outputs."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(target_modules)))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.2)
+    peft_model.save_pretrained(out_dir)
+    return Path(out_dir)
