@@ -127,7 +127,9 @@ def load_model(folder: Path, gguf_file: str | None, dtype: str = "float32"):
     """Load a base for real (dequantizing GGUF to float32) and its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the library reports nothing on its own; callers show progress
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:

@@ -38,3 +38,14 @@ def tiny_adapter(tmp_path_factory, tiny_base) -> Path:
     from tests.tiny import make_lora
 
     return make_lora(tiny_base, tmp_path_factory.mktemp("adapters") / "a0", seed=0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tiny tensors run faster on one thread, and CI shares its 2 cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

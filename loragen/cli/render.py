@@ -81,3 +81,28 @@ def _cell(value: Any) -> str:
 def say(message: str) -> None:
     """A status line for people, on stderr so stdout stays clean for --json and -q."""
     err.print(message, highlight=False)
+
+
+class StepProgress:
+    """A progress bar on stderr for long loops; silent when stderr is not a terminal."""
+
+    def __init__(self, description: str, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.enabled = err.is_terminal
+        self.description = description
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=err,
+                                 disable=not self.enabled)
+        self.task_id = self.progress.add_task(description, total=total, status="")
+
+    def __enter__(self) -> "StepProgress":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, done: int, total: int, loss: float | None = None) -> None:
+        status = f"loss {loss:.4f}" if loss is not None else ""
+        self.progress.update(self.task_id, completed=done, total=total, status=status)

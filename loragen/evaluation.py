@@ -1,0 +1,101 @@
+"""Evaluate a base or a base + LoRA on tasks with lm-evaluation-harness, offline.
+
+The model object is handed to lm-eval's HFLM directly (a PeftModel works), so
+one loaded base serves every adapter: attach, evaluate, detach.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from loragen.errors import LoragenError
+from loragen.tasks.suite import Task, materialize_yaml
+
+PRIMARY_METRIC = {"exact_match": "exact_match", "multiple_choice": "acc"}
+
+
+@dataclass
+class Score:
+    task: str
+    metric: str
+    value: float
+    stderr: float | None
+    num_examples: int
+    split: str
+
+
+def _offline() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("lm-eval", "lm_eval", "datasets", "evaluate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _task_yamls(tasks: Sequence[Task], split: str, out_dir: Path) -> Path:
+    """Runnable YAMLs whose test split is the one asked for (validation for selecting candidates)."""
+    import yaml
+
+    include = materialize_yaml(list(tasks), out_dir)
+    if split != "test":
+        for path in include.glob("*.yaml"):
+            config = yaml.safe_load(path.read_text())
+            config["test_split"] = split
+            path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return include
+
+
+def evaluate(model, tokenizer, tasks: Sequence[Task], *, split: str = "test", limit: int | None = None,
+             batch_size: int = 16) -> list[Score]:
+    """Run lm-eval on `tasks` and return each task's primary metric."""
+    if not tasks:
+        raise LoragenError("no tasks to evaluate")
+    _offline()
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    with tempfile.TemporaryDirectory(prefix="loragen-eval-") as tmp:
+        include = _task_yamls(tasks, split, Path(tmp))
+        manager = TaskManager(include_path=str(include), include_defaults=False)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        try:
+            output = lm_eval.simple_evaluate(
+                model=lm, tasks=[t.eval_name for t in tasks], task_manager=manager,
+                limit=limit or None, bootstrap_iters=0, log_samples=False, verbosity="ERROR")
+        except (FileNotFoundError, ValueError) as err:
+            raise LoragenError(f"lm-eval could not run: {err}") from None
+    scores = []
+    for task in tasks:
+        results = output["results"].get(task.eval_name)
+        if results is None:
+            raise LoragenError(f"lm-eval returned no result for {task.eval_name}")
+        metric = PRIMARY_METRIC[task.kind]
+        key = next((k for k in results if k.split(",")[0] == metric), None)
+        if key is None:
+            raise LoragenError(f"lm-eval result for {task.eval_name} has no {metric} metric")
+        stderr = results.get(key.replace(metric, f"{metric}_stderr", 1))
+        samples = output.get("n-samples", {}).get(task.eval_name, {})
+        scores.append(Score(task=task.name, metric=metric, value=float(results[key]),
+                            stderr=float(stderr) if isinstance(stderr, (int, float)) else None,
+                            num_examples=int(samples.get("effective", 0)), split=split))
+    return scores
+
+
+@contextmanager
+def attached(base_model, adapter_folder: Path) -> Iterator[object]:
+    """The base with a LoRA attached for the duration of the block, then the plain base again."""
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(base_model, str(adapter_folder))
+    peft_model.eval()
+    try:
+        yield peft_model
+    finally:
+        peft_model.unload()

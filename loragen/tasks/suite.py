@@ -1,0 +1,181 @@
+"""The task suite: find tasks, read their records, write runnable lm-eval YAMLs.
+
+No torch, transformers or lm_eval here: listing tasks must stay cheap for the
+CLI. PyYAML (a dependency of lm-eval and datasets) is imported lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loragen.errors import LoragenError, NotFound
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+SPLITS = ("train", "validation", "test")
+KINDS = ("exact_match", "multiple_choice")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task folder: metadata plus access to its records and lm-eval YAML."""
+
+    name: str
+    kind: str  # one of KINDS
+    descriptions: list[str]
+    source: str
+    dir: Path
+    license: str = ""
+    counts: dict[str, int] = field(default_factory=dict, compare=False)
+    eval_name: str = ""  # the `task:` name lm-eval knows it by, e.g. loragen_antonyms
+
+    def records(self, split: str = "train") -> list[dict[str, Any]]:
+        """All records of one split, in file order."""
+        if split not in SPLITS:
+            raise LoragenError(f"unknown split {split!r} for task {self.name!r}; use one of {', '.join(SPLITS)}")
+        path = self.dir / f"{split}.jsonl"
+        if not path.is_file():
+            raise LoragenError(f"task {self.name!r}: data file {path} does not exist")
+        out = []
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise LoragenError(f"task {self.name!r}: {path}:{line_no} is not JSON ({e.msg})") from None
+        return out
+
+    def examples(self, split: str = "train") -> list[tuple[str, str]]:
+        """(prompt, answer) pairs; the training text is prompt + answer."""
+        return [prompt_and_answer(r) for r in self.records(split)]
+
+    def yaml_path(self) -> Path:
+        """The task's own task.yaml (relative data_files; see materialize_yaml)."""
+        return self.dir / "task.yaml"
+
+
+def prompt_and_answer(record: dict[str, Any]) -> tuple[str, str]:
+    """Split a record into its prompt and the answer text that follows it."""
+    if "target" in record:
+        return record["prompt"], record["target"]
+    return record["prompt"], record["choices"][record["label"]]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise LoragenError(f"task YAML {path} does not exist") from None
+    except yaml.YAMLError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LoragenError(f"task YAML {path} cannot be read: {first}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("task"), str):
+        raise LoragenError(f"task YAML {path} has no `task:` name")
+    return config
+
+
+def load_task_dir(path: str | Path) -> Task:
+    """Load one task folder (bundled or the user's) laid out like loragen/tasks/data/<name>/."""
+    d = Path(path).expanduser().resolve()
+    if not d.is_dir():
+        raise LoragenError(f"task folder {d} does not exist")
+    meta_path = d / "meta.json"
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise LoragenError(f"task folder {d} has no meta.json") from None
+    except json.JSONDecodeError as e:
+        raise LoragenError(f"{meta_path} is not JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(meta, dict):
+        raise LoragenError(f"{meta_path} must hold a JSON object")
+    kind = meta.get("kind")
+    if kind not in KINDS:
+        raise LoragenError(f"{meta_path}: kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    descriptions = meta.get("descriptions")
+    if (
+        not isinstance(descriptions, list)
+        or not descriptions
+        or not all(isinstance(x, str) and x.strip() for x in descriptions)
+    ):
+        raise LoragenError(f"{meta_path}: descriptions must be a non-empty list of strings")
+    config = _read_yaml(d / "task.yaml")
+    return Task(
+        name=str(meta.get("name") or d.name),
+        kind=kind,
+        descriptions=list(descriptions),
+        source=str(meta.get("source", "")),
+        dir=d,
+        license=str(meta.get("license", "")),
+        counts=dict(meta.get("counts") or {}),
+        eval_name=config["task"],
+    )
+
+
+def list_tasks() -> list[Task]:
+    """The bundled tasks, sorted by name."""
+    if not DATA_DIR.is_dir():
+        return []
+    return [load_task_dir(d) for d in sorted(DATA_DIR.iterdir()) if (d / "meta.json").is_file()]
+
+
+def get_task(name: str) -> Task:
+    """A bundled task by name (`antonyms`) or lm-eval name (`loragen_antonyms`)."""
+    tasks = list_tasks()
+    for task in tasks:
+        if name in (task.name, task.eval_name):
+            return task
+    known = ", ".join(t.name for t in tasks) or "none"
+    raise NotFound(f"unknown task {name!r}; known tasks: {known}")
+
+
+def _absolute_data_files(data_files: Any, base: Path, yaml_path: Path) -> Any:
+    """data_files (str, list, or split -> str|list) with each path made absolute and checked."""
+    if isinstance(data_files, dict):
+        return {split: _absolute_data_files(v, base, yaml_path) for split, v in data_files.items()}
+    if isinstance(data_files, list):
+        return [_absolute_data_files(v, base, yaml_path) for v in data_files]
+    if not isinstance(data_files, str):
+        raise LoragenError(f"{yaml_path}: data_files entries must be paths, not {data_files!r}")
+    path = (base / data_files).resolve()
+    if not path.is_file():
+        raise LoragenError(f"{yaml_path}: data file {data_files!r} not found (looked for {path})")
+    return str(path)
+
+
+def materialize_yaml(tasks: list[Task] | Task, out_dir: str | Path | None = None) -> Path:
+    """Write runnable copies of the tasks' YAMLs, data_files made absolute.
+
+    Returns the folder to pass as `lm_eval.tasks.TaskManager(include_path=...)`;
+    lm-eval reads every YAML below it, so give a folder of its own (None makes
+    a fresh temporary one). Raises LoragenError if a data file is missing.
+    """
+    import yaml
+
+    if isinstance(tasks, Task):
+        tasks = [tasks]
+    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="loragen-tasks-"))
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for task in tasks:
+        source = task.yaml_path()
+        config = _read_yaml(source)
+        if config["task"] in written:
+            raise LoragenError(f"{source} and {written[config['task']]} both define lm-eval task {config['task']!r}")
+        written[config["task"]] = source
+        kwargs = config.get("dataset_kwargs") or {}
+        if "data_files" not in kwargs:
+            raise LoragenError(f"{source}: dataset_kwargs.data_files is missing")
+        kwargs = dict(kwargs, data_files=_absolute_data_files(kwargs["data_files"], source.parent, source))
+        config["dataset_kwargs"] = kwargs
+        with open(out / f"{config['task']}.yaml", "w", encoding="utf-8") as f:
+            yaml.safe_dump(config, f, sort_keys=False, allow_unicode=True)
+    return out
