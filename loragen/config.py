@@ -78,11 +78,45 @@ class EvalConfig:
 
 
 @dataclass
+class GeneratorSettings:
+    """The generator's architecture, training and sampling knobs (see loragen/generator/model.py)."""
+
+    token_size: int = field(default=1024, metadata={"help": "LoRA values per token"})
+    d_model: int = field(default=256, metadata={"help": "Mamba width"})
+    n_layers: int = field(default=2, metadata={"help": "Mamba blocks"})
+    d_state: int = field(default=16, metadata={"help": "SSM state size"})
+    prototype_dim: int = field(default=256, metadata={"help": "prototype size per token"})
+    denoiser_channels: list[int] = field(default_factory=lambda: [16, 24, 32, 24, 16],
+                                         metadata={"help": "per-token conv U-Net widths"})
+    permutation_states: bool = field(default=False, metadata={"help": "learn one state per training adapter (RPG)"})
+    steps: int = field(default=1500, metadata={"help": "training steps"})
+    batch_size: int = field(default=8, metadata={"help": "adapters per step"})
+    tokens_per_step: int = field(default=256, metadata={"help": "tokens the loss sees per step (bounds memory)"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    checkpoint_every: int = field(default=250, metadata={"help": "steps between resumable checkpoints"})
+    seed: int = field(default=0, metadata={"help": "training seed"})
+    sample_method: str = field(default="ddim", metadata={"help": "ddim or ddpm"})
+    sample_steps: int = field(default=50, metadata={"help": "DDIM steps (DDPM always uses all 1000)"})
+    eta: float = field(default=0.0, metadata={"help": "DDIM eta (0: deterministic given the seed)"})
+
+    def __post_init__(self) -> None:
+        for name in ("token_size", "d_model", "n_layers", "d_state", "prototype_dim", "steps", "batch_size",
+                     "tokens_per_step", "checkpoint_every", "sample_steps"):
+            if getattr(self, name) <= 0:
+                raise LoragenError(f"generator.{name} must be positive (got {getattr(self, name)})")
+        if self.learning_rate <= 0 or not 0.0 <= self.eta <= 1.0:
+            raise LoragenError("generator.learning_rate must be positive and generator.eta in [0, 1]")
+        if self.sample_method not in ("ddim", "ddpm"):
+            raise LoragenError(f"generator.sample_method must be ddim or ddpm (got {self.sample_method!r})")
+
+
+@dataclass
 class Settings:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    generator: GeneratorSettings = field(default_factory=GeneratorSettings)
 
 
 def _merge(target: Any, values: dict[str, Any], where: str) -> None:
@@ -97,9 +131,11 @@ def _merge(target: Any, values: dict[str, Any], where: str) -> None:
                 raise LoragenError(f"{where}: [{key}] must be a table")
             _merge(current, value, f"{where} [{key}]")
             continue
-        if isinstance(current, bool) or not isinstance(value, type(current)):
-            if not (isinstance(current, float) and isinstance(value, int)):
-                raise LoragenError(f"{where}: '{key}' must be {type(current).__name__}, got {value!r}")
+        same_type = isinstance(value, bool) if isinstance(current, bool) else (
+            not isinstance(value, bool) and (isinstance(value, type(current))
+                                             or (isinstance(current, float) and isinstance(value, int))))
+        if not same_type:
+            raise LoragenError(f"{where}: '{key}' must be {type(current).__name__}, got {value!r}")
         setattr(target, key, value)
 
 

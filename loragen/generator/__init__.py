@@ -1,0 +1,1 @@
+"""The ORAL generator: Mamba backbone, diffusion head, conditioning."""

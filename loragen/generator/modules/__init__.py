@@ -1,0 +1,1 @@
+"""The generator's nn.Modules, each with its config dataclass beside it."""
