@@ -95,6 +95,7 @@ class GeneratorSettings:
     learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
     checkpoint_every: int = field(default=250, metadata={"help": "steps between resumable checkpoints"})
     seed: int = field(default=0, metadata={"help": "training seed"})
+    prediction_type: str = field(default="sample", metadata={"help": "what the denoiser predicts: sample (x0) or epsilon"})
     sample_method: str = field(default="ddim", metadata={"help": "ddim or ddpm"})
     sample_steps: int = field(default=50, metadata={"help": "DDIM steps (DDPM always uses all 1000)"})
     eta: float = field(default=0.0, metadata={"help": "DDIM eta (0: deterministic given the seed)"})
@@ -106,6 +107,8 @@ class GeneratorSettings:
                 raise LoragenError(f"generator.{name} must be positive (got {getattr(self, name)})")
         if self.learning_rate <= 0 or not 0.0 <= self.eta <= 1.0:
             raise LoragenError("generator.learning_rate must be positive and generator.eta in [0, 1]")
+        if self.prediction_type not in ("sample", "epsilon"):
+            raise LoragenError(f"generator.prediction_type must be sample or epsilon (got {self.prediction_type!r})")
         if self.sample_method not in ("ddim", "ddpm"):
             raise LoragenError(f"generator.sample_method must be ddim or ddpm (got {self.sample_method!r})")
 

@@ -41,6 +41,7 @@ def test_schedule_values():
         "beta_end": 0.02,
         "beta_schedule": "linear",
         "clip_sample": None,
+        "prediction_type": "epsilon",
     }
 
 
@@ -222,3 +223,18 @@ def test_sample_argument_errors():
         s.sample(lambda x, t: x, (2, 2), method="euler")
     with pytest.raises(ValueError, match="denoiser returned"):
         s.sample(lambda x, t: x[:1], (2, 2))
+
+
+def test_sample_prediction_is_converted_to_eps_for_the_samplers():
+    """An x0-predicting oracle recovers x0 through the same DDIM/DDPM steps as an eps oracle."""
+    schedule = DDPMSchedule(prediction_type="sample")
+    torch.manual_seed(0)
+    x0 = torch.randn(3, 8)
+    out = schedule.sample(lambda x_t, t: x0, x0.shape, steps=20, method="ddim",
+                          generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(out, x0, atol=1e-4)
+    noise = torch.randn(3, 8)
+    assert torch.equal(schedule.training_target(x0, noise), x0)
+    assert torch.equal(DDPMSchedule().training_target(x0, noise), noise)
+    with pytest.raises(LoragenError, match="prediction_type"):
+        DDPMSchedule(prediction_type="v")

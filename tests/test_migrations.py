@@ -62,3 +62,23 @@ def test_unreachable_database_is_one_clear_error(tmp_path):
     engine = db.make_engine(f"sqlite:///{tmp_path / 'missing-dir' / 'r.db'}")
     with pytest.raises(LoragenError, match="cannot open the registry database"):
         db.ensure_schema(engine, tmp_path / "lock")
+
+
+def test_rows_written_at_0001_survive_the_upgrade(tmp_path):
+    """A registry made by the first release keeps its data when 0002 adds columns and tables."""
+    from sqlalchemy import text
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    db.upgrade(engine, "0001")
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO base_models (id, name, architecture, created_at) "
+                                "VALUES (1, 'old', 'llama', '2026-01-01')"))
+        connection.execute(text(
+            "INSERT INTO base_versions (id, base_id, version, note, source, config, linear_shapes, weights_digest, "
+            "num_parameters, created_at) VALUES (1, 1, 1, 'n', 's', '{}', '{}', 'abc', 10, '2026-01-01')"))
+    db.ensure_schema(engine, tmp_path / "lock")
+    with engine.connect() as connection:
+        row = connection.execute(text("SELECT name, embedding FROM base_versions JOIN base_models "
+                                      "ON base_models.id = base_versions.base_id")).one()
+    assert tuple(row) == ("old", None)
+    assert "generator_checkpoints" in inspect(engine).get_table_names()

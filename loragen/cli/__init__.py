@@ -38,13 +38,29 @@ def root(
 ) -> None:
     state.home = home
     state.verbose = verbose
+    if not verbose:
+        # Third-party progress bars and notices (transformers, peft, lm-eval) drown our own output.
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        import warnings
+
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 from loragen.cli import adapters as _adapters  # noqa: E402  (registers commands on `app`)
 from loragen.cli import base as _base  # noqa: E402
 
+from loragen.cli import evaluate as _evaluate  # noqa: E402
+from loragen.cli import generator as _generator  # noqa: E402
+from loragen.cli import training as _training  # noqa: E402
+
 app.add_typer(_base.app, name="base")
 _adapters.register(app)
+app.command("finetune")(_training.finetune)
+app.command("eval")(_evaluate.eval_cmd)
+app.command("train")(_generator.train)
+app.command("generate")(_generator.generate)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,12 +44,12 @@ def ingest(path: Path = typer.Argument(..., help="A PEFT adapter folder (adapter
         typer.echo(f"already registered as {result.id}")
 
 
-def list_cmd(what: str = typer.Argument("adapters", help="adapters, bases or tasks."),
+def list_cmd(what: str = typer.Argument("adapters", help="adapters, bases, tasks or generators."),
              task: Optional[str] = typer.Option(None, "--task", help="Only this task's adapters."),
              base: Optional[str] = typer.Option(None, "--base", help="Only adapters of this base version."),
              origin: Optional[str] = typer.Option(None, "--origin", help="trained, ingested or generated."),
              as_json: bool = JSON, quiet: bool = QUIET) -> None:
-    """List adapters (default), bases or tasks."""
+    """List adapters (default), bases, tasks or generators."""
     if what in ("bases", "base"):
         from loragen.cli.base import list_bases
 
@@ -63,8 +63,12 @@ def list_cmd(what: str = typer.Argument("adapters", help="adapters, bases or tas
         rows = state.registry.list_adapters(task=task, base_ref=base, origin=origin)
         render(rows, as_json=as_json, quiet=quiet, columns=ADAPTER_COLUMNS,
                summary=f"{len(rows)} adapter(s), {human_count(sum(r['parameters'] for r in rows))} parameters")
+    elif what in ("generators", "generator"):
+        from loragen.cli.generator import generators
+
+        generators(as_json=as_json, quiet=quiet)
     else:
-        raise typer.BadParameter(f"'{what}': expected adapters, bases or tasks")
+        raise typer.BadParameter(f"'{what}': expected adapters, bases, tasks or generators")
 
 
 def show(ref: str = typer.Argument(..., help="Adapter id (a prefix is enough), base NAME[@vN] or task name."),

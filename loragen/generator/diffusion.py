@@ -25,6 +25,7 @@ DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ProgressFn = Callable[[int, int], None]
 
 SAMPLING_METHODS = ("ddpm", "ddim")
+PREDICTION_TYPES = ("epsilon", "sample")
 
 
 @dataclass
@@ -33,6 +34,9 @@ class DDPMSchedule:
 
     clip_sample: if set, the predicted x0 is clamped to [-clip_sample, clip_sample]
     at every sampling step (off by default: z-scored LoRA values are not bounded).
+    prediction_type: what the network predicts, as in diffusers: "epsilon" (the
+    noise, DDPM's choice) or "sample" (x0). The samplers always step with eps;
+    a "sample" prediction is converted first.
     """
 
     num_train_timesteps: int = 1000
@@ -40,6 +44,7 @@ class DDPMSchedule:
     beta_end: float = 0.02
     beta_schedule: str = "linear"
     clip_sample: float | None = None
+    prediction_type: str = "epsilon"
 
     betas: torch.Tensor = field(init=False, repr=False, compare=False)
     alphas: torch.Tensor = field(init=False, repr=False, compare=False)
@@ -54,6 +59,8 @@ class DDPMSchedule:
             raise LoragenError(
                 f"betas must satisfy 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}"
             )
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise LoragenError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {self.prediction_type!r}")
         if self.clip_sample is not None and not self.clip_sample > 0:
             raise LoragenError(f"clip_sample must be positive or None, got {self.clip_sample!r}")
         self.betas = torch.linspace(self.beta_start, self.beta_end, self.num_train_timesteps, dtype=torch.float64)
@@ -67,7 +74,7 @@ class DDPMSchedule:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> DDPMSchedule:
-        known = {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "clip_sample"}
+        known = {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "clip_sample", "prediction_type"}
         unknown = set(data) - known
         if unknown:
             raise LoragenError(f"unknown diffusion schedule option(s): {', '.join(sorted(unknown))}")
@@ -95,6 +102,17 @@ class DDPMSchedule:
     ) -> torch.Tensor:
         """(n,) long timesteps drawn uniformly from [0, T), for training."""
         return torch.randint(0, self.num_train_timesteps, (n,), generator=generator, device=device)
+
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the network is trained to output for a noised x0."""
+        return noise if self.prediction_type == "epsilon" else x0
+
+    def eps_from_output(self, output: torch.Tensor, t: int, x_t: torch.Tensor) -> torch.Tensor:
+        """The network's output as a noise estimate, whatever it predicts."""
+        if self.prediction_type == "epsilon":
+            return output
+        abar = self._alpha_bar(t)
+        return (x_t - abar ** 0.5 * output) / (1.0 - abar) ** 0.5
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         """q(x_t | x0): sqrt(abar_t) x0 + sqrt(1 - abar_t) noise.
@@ -215,7 +233,7 @@ class DDPMSchedule:
     ) -> torch.Tensor:
         """Draw x0 of `shape` by running the reverse chain from pure noise.
 
-        denoise_fn(x_t, t) -> eps, with t a (shape[0],) long tensor filled with the step.
+        denoise_fn(x_t, t) -> eps (or x0, per prediction_type), with t a (shape[0],) long tensor.
         steps: None runs every one of the T timesteps; DDPM only runs all of them,
         DDIM runs `steps` evenly spaced ones. progress(done, total) is called after
         each step. Deterministic for a given `generator` (which must live on
@@ -245,9 +263,10 @@ class DDPMSchedule:
         with torch.no_grad():
             for i, t in enumerate(timesteps.tolist()):
                 t_batch = torch.full((shape[0],), t, dtype=torch.long, device=x.device)
-                eps = denoise_fn(x, t_batch)
-                if eps.shape != x.shape:
-                    raise ValueError(f"denoiser returned shape {tuple(eps.shape)}, expected {tuple(x.shape)}")
+                output = denoise_fn(x, t_batch)
+                if output.shape != x.shape:
+                    raise ValueError(f"denoiser returned shape {tuple(output.shape)}, expected {tuple(x.shape)}")
+                eps = self.eps_from_output(output, t, x)
                 if method == "ddpm":
                     x = self.ddpm_step(eps, t, x, generator=generator)
                 else:

@@ -76,6 +76,8 @@ class BaseVersion(Base):
     linear_shapes: Mapped[dict[str, Any]] = mapped_column(JSON)   # module path -> [out, in]
     weights_digest: Mapped[str] = mapped_column(String(64))       # sha256 over the weight files
     num_parameters: Mapped[int] = mapped_column(BigInteger)
+    # The generator's base-model condition, computed from the weights once (loading a base is slow).
+    embedding: Mapped[Optional[list[float]]] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     base: Mapped[BaseModel] = relationship(back_populates="versions", lazy="raise")
@@ -157,4 +159,22 @@ class EvalResult(Base):
     num_examples: Mapped[int] = mapped_column(Integer)
     split: Mapped[str] = mapped_column(String(50), default="test")
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # lm-eval version, limit, stderr
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class GeneratorCheckpointRow(Base):
+    """A trained generator: its two files live in the blob store."""
+
+    __tablename__ = "generator_checkpoints"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the weights file
+    weights_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    meta_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    step: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Integer)
+    tasks: Mapped[list[str]] = mapped_column(JSON)          # tasks it was trained on
+    bases: Mapped[list[str]] = mapped_column(JSON)          # base versions it was trained on
+    held_out: Mapped[list[str]] = mapped_column(JSON)       # tasks deliberately left out
+    num_adapters: Mapped[int] = mapped_column(Integer)
+    final_loss: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

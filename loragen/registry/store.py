@@ -26,7 +26,8 @@ from loragen.errors import InvalidAdapter, LoragenError, NotFound
 from loragen.registry import db
 from loragen.registry.blobs import BlobStore
 from loragen.registry.models import (
-    Adapter, BaseModel, BaseVersion, BaseVersionFile, Blob, EvalResult, Origin, Task, TaskDescription)
+    Adapter, BaseModel, BaseVersion, BaseVersionFile, Blob, EvalResult, GeneratorCheckpointRow, Origin, Task,
+    TaskDescription)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 MIN_ID_PREFIX = 4
@@ -160,16 +161,7 @@ class Registry:
         folder = self.home / "snapshots" / version.weights_digest[:16]
         with self.session() as s:
             files = s.scalars(select(BaseVersionFile).where(BaseVersionFile.version_id == version.id)).all()
-        for entry in files:
-            target = self.blob_path(entry.blob_sha256)
-            link = folder / entry.path
-            if link.is_symlink() and Path(os.readlink(link)) == target:
-                continue
-            link.parent.mkdir(parents=True, exist_ok=True)
-            tmp_link = link.with_name(f".{link.name}.{os.getpid()}.tmp")
-            tmp_link.unlink(missing_ok=True)
-            tmp_link.symlink_to(target)
-            os.replace(tmp_link, link)
+        self._link_files(folder, {entry.path: self.blob_path(entry.blob_sha256) for entry in files})
         return folder
 
     def load_base(self, ref: str, dtype: str = "float32"):
@@ -355,9 +347,136 @@ class Registry:
                 removed += 1
         return {"blobs_removed": removed, "bytes_freed": freed, "temp_files_removed": self.blobs.clean_tmp()}
 
+    def adapter_folder(self, ref: str) -> Path:
+        """A PEFT folder of links to the adapter's blobs, for loading it without a copy."""
+        weights, config, view = self.adapter_files(ref)
+        folder = self.home / "snapshots" / "adapters" / view["uid"]
+        self._link_files(folder, {adapter_io.WEIGHTS_NAME: weights, adapter_io.CONFIG_NAME: config})
+        return folder
+
+    # ---------------------------------------------------------------- evaluations
+
+    def record_scores(self, base_ref: str, adapter_ref: str | None, scores: Iterable[Any],
+                      details: dict[str, Any]) -> None:
+        """Keep lm-eval results: a base version zero-shot (no adapter) or an adapter on it."""
+        with self.session() as s:
+            version = self.resolve_version(s, base_ref)
+            adapter_id = self._find_adapter(s, adapter_ref).id if adapter_ref else None
+            for score in scores:
+                s.add(EvalResult(adapter_id=adapter_id, base_version_id=version.id, task_name=score.task,
+                                 metric=score.metric, value=score.value, num_examples=score.num_examples,
+                                 split=score.split, details=dict(details, stderr=score.stderr)))
+
+    def comparison(self, split: str = "test") -> list[dict[str, Any]]:
+        """Per task and base version: zero-shot and each origin's adapters, from the latest stored results."""
+        with self.session() as s:
+            rows = s.execute(
+                select(EvalResult, Adapter.origin, Adapter.uid, Adapter.task_id)
+                .outerjoin(Adapter, EvalResult.adapter_id == Adapter.id)
+                .where(EvalResult.split == split)
+                .order_by(EvalResult.created_at, EvalResult.id)).all()
+            labels = {v.id: v.label for v in s.scalars(select(BaseVersion).options(selectinload(BaseVersion.base)))}
+        latest: dict[tuple, tuple[EvalResult, str]] = {}
+        for result, origin, uid, _ in rows:
+            kind = origin.value if origin is not None else "zero_shot"
+            latest[(result.task_name, result.base_version_id, result.metric, uid or "", kind)] = (result, kind)
+        table: dict[tuple, dict[str, Any]] = {}
+        for (task, version_id, metric, _, kind), (result, _) in latest.items():
+            row = table.setdefault((task, version_id, metric), {
+                "task": task, "base": labels.get(version_id, str(version_id)), "metric": metric})
+            row.setdefault(kind, []).append(result.value)
+        summary = []
+        for row in table.values():
+            for kind in ("zero_shot", "trained", "ingested", "generated"):
+                values = row.pop(kind, [])
+                row[kind] = ({"mean": sum(values) / len(values), "best": max(values), "n": len(values)}
+                             if values else None)
+            summary.append(row)
+        return sorted(summary, key=lambda r: (r["task"], r["base"]))
+
     def _extra_blob_references(self, s: Session) -> set[str]:
-        """Blobs referenced from tables added by later features (generator checkpoints)."""
-        return set()
+        """Blobs referenced by generator checkpoints."""
+        rows = s.execute(select(GeneratorCheckpointRow.weights_sha256, GeneratorCheckpointRow.meta_sha256)).all()
+        return {sha for row in rows for sha in row}
+
+    # ---------------------------------------------------------------- generator support
+
+    def base_embedding(self, label: str) -> list[float] | None:
+        with self.session() as s:
+            return self.resolve_version(s, label).embedding
+
+    def set_base_embedding(self, label: str, embedding: list[float]) -> None:
+        with self.session() as s:
+            self.resolve_version(s, label).embedding = list(embedding)
+
+    def adapters_for_training(self, tasks: Iterable[str] | None = None, bases: Iterable[str] | None = None,
+                              origins: Iterable[str] = ("trained", "ingested")) -> list[dict[str, Any]]:
+        """Views (with blob paths) of the adapters a generator may learn from."""
+        with self.session() as s:
+            query = select(Adapter).options(selectinload(Adapter.task),
+                                            selectinload(Adapter.base_version).selectinload(BaseVersion.base))
+            query = query.where(Adapter.origin.in_([Origin(o) for o in origins]))
+            if bases:
+                ids = [self.resolve_version(s, ref).id for ref in bases]
+                query = query.where(Adapter.base_version_id.in_(ids))
+            if tasks:
+                query = query.join(Task).where(Task.name.in_(list(tasks)))
+            rows = s.scalars(query.order_by(Adapter.id)).all()
+            return [dict(_adapter_view(a), weights_path=self.blob_path(a.weights_sha256)) for a in rows]
+
+    def register_generator(self, folder: Path, *, step: int, seed: int, tasks: list[str], bases: list[str],
+                           held_out: list[str], num_adapters: int, final_loss: float) -> Registered:
+        from loragen.generator.training import META_FILE, WEIGHTS_FILE
+
+        with self.session() as s:
+            weights_sha = self._store_file(s, folder / WEIGHTS_FILE, "application/vnd.safetensors")
+            meta_sha = self._store_file(s, folder / META_FILE, "application/json")
+            existing = s.scalar(select(GeneratorCheckpointRow).where(GeneratorCheckpointRow.uid == weights_sha))
+            if existing is not None:
+                return Registered(id=weights_sha[:12], created=False)
+            s.add(GeneratorCheckpointRow(uid=weights_sha, weights_sha256=weights_sha, meta_sha256=meta_sha, step=step,
+                                         seed=seed, tasks=sorted(tasks), bases=sorted(bases), held_out=sorted(held_out),
+                                         num_adapters=num_adapters, final_loss=final_loss))
+            return Registered(id=weights_sha[:12], created=True)
+
+    def generator_folder(self, ref: str | None = None) -> tuple[Path, str]:
+        """(folder of links to a generator's files, its full uid); the newest when ref is None."""
+        from loragen.generator.training import META_FILE, WEIGHTS_FILE
+
+        with self.session() as s:
+            query = select(GeneratorCheckpointRow)
+            if ref:
+                query = query.where(GeneratorCheckpointRow.uid.startswith(ref.strip().lower()))
+            rows = s.scalars(query.order_by(GeneratorCheckpointRow.id.desc()).limit(2)).all()
+            if not rows:
+                raise NotFound(f"no generator checkpoint {ref}" if ref else
+                               "no generator has been trained yet: run `loragen train`")
+            if ref and len(rows) > 1:
+                raise NotFound(f"generator id {ref} is ambiguous: give more characters")
+            row = rows[0]
+            weights, meta = self.blob_path(row.weights_sha256), self.blob_path(row.meta_sha256)
+        folder = self.home / "snapshots" / "generators" / row.uid
+        self._link_files(folder, {WEIGHTS_FILE: weights, META_FILE: meta})
+        return folder, row.uid
+
+    def list_generators(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            rows = s.scalars(select(GeneratorCheckpointRow).order_by(GeneratorCheckpointRow.id)).all()
+            return [{"id": r.uid[:12], "uid": r.uid, "step": r.step, "seed": r.seed, "tasks": r.tasks, "bases": r.bases,
+                     "held_out": r.held_out, "adapters": r.num_adapters, "final_loss": r.final_loss,
+                     "created_at": r.created_at.isoformat()} for r in rows]
+
+    def _link_files(self, folder: Path, files: dict[str, Path]) -> None:
+        """Point folder/<name> at each stored blob, atomically per link (like the HF cache's snapshots)."""
+        for name, target in files.items():
+            link = folder / name
+            if link.is_symlink() and Path(os.readlink(link)) == target:
+                continue
+            link.parent.mkdir(parents=True, exist_ok=True)
+            tmp_link = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+            tmp_link.unlink(missing_ok=True)
+            tmp_link.symlink_to(target)
+            os.replace(tmp_link, link)
 
 
 def _check_same_architecture(latest: BaseVersion, architecture: Architecture) -> None:

@@ -1,0 +1,95 @@
+"""`loragen train` and `loragen generate`: the ORAL generator."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional
+
+import typer
+
+from loragen.cli.context import state
+from loragen.cli.render import Column, StepProgress, render, render_fields, say
+
+
+def _split(value: Optional[str]) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def train(tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these tasks' adapters (comma-separated)."),
+          bases: Optional[str] = typer.Option(None, "--bases", help="Only adapters of these base versions."),
+          held_out: Optional[str] = typer.Option(None, "--held-out", help="Tasks to leave out (for evaluation)."),
+          steps: Optional[int] = typer.Option(None, help="Training steps [generator.steps]."),
+          seed: Optional[int] = typer.Option(None, help="Seed [generator.seed]."),
+          lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [generator.learning_rate]."),
+          as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
+    """Train the generator on the registry's trained/ingested adapters; register its checkpoint. Resumable."""
+    from loragen import workflows
+
+    overrides = {k: v for k, v in {"steps": steps, "seed": seed, "learning_rate": lr}.items() if v is not None}
+    settings = replace(state.settings.generator, **overrides)
+    with StepProgress("training generator", settings.steps) as bar:
+        registered, summary = workflows.train(state.registry, settings, tasks=_split(tasks), bases=_split(bases),
+                                              held_out=_split(held_out) or (), progress=bar.update)
+    if as_json:
+        render(summary, as_json=True)
+        return
+    typer.echo(f"{'registered' if registered.created else 'already registered'} generator {registered.id}: "
+               f"{summary['adapters']} adapters, {len(summary['tasks'])} tasks, {len(summary['bases'])} base version(s), "
+               f"{summary['tokens_per_adapter']} tokens/adapter, final loss {summary['final_loss']:.4f}, "
+               f"{summary['wall_time_s']:.0f} s")
+
+
+def generate(task: str = typer.Option(..., "--task", help="A task name in the registry, or a plain-language description."),
+             base: str = typer.Option(..., "--base", help="NAME or NAME@vN (default newest)."),
+             seed: int = typer.Option(0, help="Sampling seed: the same seed gives the same adapter."),
+             samples: int = typer.Option(1, help="Candidates to draw; >1 keeps the best on the task's validation split."),
+             name: Optional[str] = typer.Option(None, help="Task name to register under (default: the task or a slug)."),
+             generator: Optional[str] = typer.Option(None, "--generator", help="Generator id (default: newest)."),
+             method: Optional[str] = typer.Option(None, help="ddim or ddpm [generator.sample_method]."),
+             sample_steps: Optional[int] = typer.Option(None, help="DDIM steps [generator.sample_steps]."),
+             select_limit: int = typer.Option(50, help="Validation examples per candidate when --samples > 1."),
+             out: Optional[str] = typer.Option(None, "--out", help="Also export the adapter to this folder."),
+             as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
+    """Generate a LoRA adapter from a task description and register it (origin=generated)."""
+    from loragen import workflows
+
+    if samples < 1:
+        raise typer.BadParameter("--samples must be at least 1")
+    overrides = {k: v for k, v in {"sample_method": method, "sample_steps": sample_steps}.items() if v is not None}
+    settings = replace(state.settings.generator, **overrides)
+    settings.__post_init__()
+    total = samples * (1000 if settings.sample_method == "ddpm" else settings.sample_steps)
+    with StepProgress("generating", total) as bar:
+        done = [0]
+
+        def tick(step: int, steps: int) -> None:
+            done[0] += 1
+            bar.update(done[0], total)
+
+        result = workflows.generate(state.registry, settings, task=task, base_ref=base, seed=seed, samples=samples,
+                                    name=name, generator_ref=generator, select_limit=select_limit, progress=tick)
+    if out:
+        state.registry.export(result.id, out)
+    if as_json:
+        render({**result.__dict__, "candidates": [c.__dict__ for c in result.candidates], "exported_to": out},
+               as_json=True)
+        return
+    if samples > 1:
+        render([c.__dict__ for c in result.candidates], as_json=False, columns=[
+            Column("SEED", lambda r: r["seed"], "right"), Column("METRIC", lambda r: r["metric"]),
+            Column("VALIDATION", lambda r: r["score"], "right")])
+        say(f"kept seed {result.seed} (best on the validation split)")
+    typer.echo(f"{'generated' if result.created else 'already registered'} {result.id}: {result.task} on {result.base} "
+               f"in {result.seconds:.2f} s (generator {result.generator}, seed {result.seed})")
+
+
+def generators(as_json: bool = typer.Option(False, "--json", help="JSON output."),
+               quiet: bool = typer.Option(False, "-q", "--quiet", help="Ids only.")) -> None:
+    """List trained generator checkpoints."""
+    rows = state.registry.list_generators()
+    render(rows, as_json=as_json, quiet=quiet, columns=[
+        Column("ID", lambda r: r["id"]), Column("ADAPTERS", lambda r: r["adapters"], "right"),
+        Column("TASKS", lambda r: len(r["tasks"]), "right"), Column("BASES", lambda r: ", ".join(r["bases"])),
+        Column("HELD OUT", lambda r: ", ".join(r["held_out"]) or None), Column("STEPS", lambda r: r["step"], "right"),
+        Column("LOSS", lambda r: r["final_loss"], "right"), Column("CREATED", lambda r: r["created_at"][:19])],
+        summary=f"{len(rows)} generator checkpoint(s)")

@@ -1,0 +1,170 @@
+"""The ORAL generator: positions + condition -> Mamba -> one prototype per token -> diffusion head.
+
+Read top to bottom:
+  1. every LoRA token gets a fixed position code (layer, module, slice within its matrix);
+  2. the condition (task text embedding, base-model embedding) and, as in RPG, a
+     learned "permutation state" per training adapter are projected and added;
+  3. a Mamba stack reads that sequence and emits one prototype per token. It never
+     sees the noisy weights, so at sampling time it runs once per adapter;
+  4. a small per-token conv denoiser predicts the noise of each token given its
+     prototype and the timestep. The noise schedule lives in diffusion.py.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from loragen.generator.diffusion import DDPMSchedule
+from loragen.generator.modules.denoiser import DenoiserConfig, TokenDenoiser
+from loragen.generator.modules.mamba import MambaConfig, MambaStack
+
+
+@dataclass
+class GeneratorConfig:
+    token_size: int = field(default=1024, metadata={"help": "LoRA values per token (RPG: 1024-16384)"})
+    d_model: int = field(default=256, metadata={"help": "Mamba width (RPG: 4096)"})
+    n_layers: int = field(default=2, metadata={"help": "Mamba blocks"})
+    d_state: int = field(default=16, metadata={"help": "SSM state size (RPG: 64)"})
+    prototype_dim: int = field(default=256, metadata={"help": "prototype per token (RPG: 1024)"})
+    denoiser_channels: tuple[int, ...] = field(default=(16, 24, 32, 24, 16),
+                                               metadata={"help": "conv U-Net widths (RPG: 32,48,64,48,32); smaller for CPU"})
+    text_dim: int = field(default=384, metadata={"help": "task-text embedding size (all-MiniLM-L6-v2)"})
+    base_dim: int = field(default=128, metadata={"help": "base-model embedding size"})
+    num_permutation_states: int = field(default=0, metadata={"help": "learned states, one per training adapter (0: off)"})
+    max_layers: int = field(default=256, metadata={"help": "largest layer index the position code supports"})
+    num_module_types: int = field(default=64, metadata={"help": "distinct module+matrix kinds supported"})
+
+    def __post_init__(self) -> None:
+        self.denoiser_channels = tuple(self.denoiser_channels)
+        for name in ("token_size", "d_model", "n_layers", "d_state", "prototype_dim", "text_dim", "base_dim",
+                     "max_layers", "num_module_types"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"generator.{name} must be positive (got {getattr(self, name)})")
+        if self.num_permutation_states < 0:
+            raise ValueError("generator.num_permutation_states must be >= 0")
+        if self.d_model % 2:
+            raise ValueError("generator.d_model must be even (sinusoidal position code)")
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["denoiser_channels"] = list(self.denoiser_channels)
+        return out
+
+
+def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Fixed sinusoidal code of integer positions: (N,) -> (N, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=positions.device) / half)
+    angles = positions.float()[:, None] * freqs[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class TokenPositions(nn.Module):
+    """Where each token sits: fixed sinusoids of (layer, slice) as in RPG, plus a learned module-type code."""
+
+    def __init__(self, config: GeneratorConfig):
+        super().__init__()
+        self.d_model = config.d_model
+        self.module_embedding = nn.Embedding(config.num_module_types, config.d_model)
+        self.mix = nn.Linear(2 * config.d_model, config.d_model)
+
+    def forward(self, layer: torch.Tensor, module: torch.Tensor, slice_: torch.Tensor) -> torch.Tensor:
+        fixed = torch.cat([sinusoid(layer, self.d_model), sinusoid(slice_, self.d_model)], dim=1)
+        return self.mix(fixed) + self.module_embedding(module)
+
+
+class Condition(nn.Module):
+    """Task text embedding and base-model embedding, each projected to d_model and summed (ORAL).
+
+    Versions of one base differ only slightly in their embeddings, so the base
+    embedding is standardised with the spread of the training bases (buffers set
+    by `fit_base_scaling`, saved with the weights) before the projection.
+    """
+
+    def __init__(self, config: GeneratorConfig):
+        super().__init__()
+        self.text = nn.Sequential(nn.Linear(config.text_dim, config.d_model), nn.SiLU(), nn.Linear(config.d_model, config.d_model))
+        self.base = nn.Sequential(nn.Linear(config.base_dim, config.d_model), nn.SiLU(), nn.Linear(config.d_model, config.d_model))
+        self.register_buffer("base_shift", torch.zeros(config.base_dim))
+        self.register_buffer("base_scale", torch.ones(config.base_dim))
+
+    @torch.no_grad()
+    def fit_base_scaling(self, bases: torch.Tensor, eps: float = 1e-4) -> None:
+        """bases: (distinct training bases, base_dim). Dimensions that never vary map to 0."""
+        self.base_shift.copy_(bases.mean(dim=0))
+        spread = bases.std(dim=0, unbiased=False) if bases.shape[0] > 1 else torch.zeros_like(self.base_scale)
+        self.base_scale.copy_(torch.where(spread > 0, spread + eps, torch.ones_like(spread)))
+
+    def forward(self, text: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        return self.text(text) + self.base((base - self.base_shift) / self.base_scale)
+
+
+class ORALGenerator(nn.Module):
+    def __init__(self, config: GeneratorConfig):
+        super().__init__()
+        self.config = config
+        self.positions = TokenPositions(config)
+        self.condition = Condition(config)
+        self.permutation_states = (nn.Embedding(config.num_permutation_states, config.d_model)
+                                   if config.num_permutation_states else None)
+        self.backbone = MambaStack(MambaConfig(d_model=config.d_model, n_layers=config.n_layers, d_state=config.d_state))
+        self.to_prototype = nn.Linear(config.d_model, config.prototype_dim)
+        self.denoiser = TokenDenoiser(DenoiserConfig(token_size=config.token_size, prototype_dim=config.prototype_dim,
+                                                     channels=config.denoiser_channels))
+
+    def prototypes(self, layer: torch.Tensor, module: torch.Tensor, slice_: torch.Tensor,
+                   text: torch.Tensor, base: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
+        """(L,) token positions and (B, dim) conditions -> (B, L, prototype_dim)."""
+        x = self.positions(layer, module, slice_)[None] + self.condition(text, base)[:, None, :]
+        if self.permutation_states is not None and state is not None:
+            x = x + self.permutation_states(state)[:, None, :]
+        return self.to_prototype(self.backbone(x))
+
+    def denoise(self, x_t: torch.Tensor, prototypes: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Predict the noise of N tokens: (N, token_size), (N, prototype_dim), (N,) -> (N, token_size)."""
+        return self.denoiser(x_t, prototypes, t)
+
+    def forward(self, schedule: DDPMSchedule, tokens: torch.Tensor, mask: torch.Tensor,
+                positions: tuple[torch.Tensor, torch.Tensor, torch.Tensor], text: torch.Tensor, base: torch.Tensor,
+                state: torch.Tensor | None, tokens_per_step: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The training loss (a forward, so DistributedDataParallel sees the whole computation)."""
+        return diffusion_loss(self, schedule, tokens, mask, positions, text, base, state, tokens_per_step, generator)
+
+
+def diffusion_loss(model: ORALGenerator, schedule: DDPMSchedule, tokens: torch.Tensor, mask: torch.Tensor,
+                   positions: tuple[torch.Tensor, torch.Tensor, torch.Tensor], text: torch.Tensor,
+                   base: torch.Tensor, state: torch.Tensor | None, tokens_per_step: int,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """DDPM loss (eps or x0 target, per the schedule) on a random subset of the batch's tokens (RPG bounds memory so).
+
+    tokens/mask: (B, L, token_size); padding (mask False) is left out of the loss.
+    """
+    batch, length, token_size = tokens.shape
+    prototypes = model.prototypes(*positions, text, base, state)            # (B, L, P)
+    flat_tokens, flat_mask = tokens.reshape(-1, token_size), mask.reshape(-1, token_size)
+    flat_protos = prototypes.reshape(batch * length, -1)
+    count = min(tokens_per_step, batch * length)
+    chosen = torch.randperm(batch * length, generator=generator)[:count].to(tokens.device)
+    x0, keep, protos = flat_tokens[chosen], flat_mask[chosen], flat_protos[chosen]
+    t = schedule.sample_timesteps(count, generator=generator).to(tokens.device)
+    noise = torch.randn(x0.shape, generator=generator).to(tokens.device)
+    output = model.denoise(schedule.add_noise(x0, noise, t), protos, t)
+    squared = (output - schedule.training_target(x0, noise)) ** 2
+    return (squared * keep).sum() / keep.sum().clamp_min(1)
+
+
+@torch.no_grad()
+def sample_tokens(model: ORALGenerator, schedule: DDPMSchedule, positions: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                  text: torch.Tensor, base: torch.Tensor, state: torch.Tensor | None, *, method: str = "ddim",
+                  steps: int | None = 50, eta: float = 0.0, generator: torch.Generator | None = None,
+                  progress=None) -> torch.Tensor:
+    """Generate one adapter's tokens (L, token_size): prototypes once, then all tokens denoised in parallel."""
+    prototypes = model.prototypes(*positions, text[None], base[None], state[None] if state is not None else None)[0]
+    length = prototypes.shape[0]
+    return schedule.sample(lambda x_t, t: model.denoise(x_t, prototypes, t), (length, model.config.token_size),
+                           steps=steps, method=method, eta=eta, generator=generator, progress=progress,
+                           device=prototypes.device)

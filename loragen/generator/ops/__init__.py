@@ -1,0 +1,1 @@
+"""Math as plain functions: a slow reference beside each fast path."""

@@ -1,0 +1,244 @@
+"""Train the generator on registered adapters; save and load its checkpoints (symmetric, like peft).
+
+A checkpoint is a folder: `generator.safetensors` (weights) + `generator.json`
+(architecture, token layout, normalisation stats, noise schedule, the LoRA
+settings it produces, what it was trained on, seed and step). Everything needed
+to generate is in it; nothing is read from the training run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from loragen import __version__
+from loragen.config import GeneratorSettings
+from loragen.errors import LoragenError
+from loragen.generator.diffusion import DDPMSchedule
+from loragen.generator.model import GeneratorConfig, ORALGenerator
+from loragen.generator.tokenizer import LoraLayout, NormStats, tokenize
+
+WEIGHTS_FILE = "generator.safetensors"
+META_FILE = "generator.json"
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class TrainingAdapter:
+    """One registered adapter the generator learns from."""
+
+    uid: str
+    task: str
+    base: str                      # base version label, e.g. smollm2-135m@v1
+    state_dict: dict[str, torch.Tensor]
+
+
+@dataclass
+class TrainingSet:
+    adapters: list[TrainingAdapter]
+    task_descriptions: dict[str, list[str]]
+    text_embeddings: dict[str, torch.Tensor]   # task -> (descriptions, text_dim)
+    base_embeddings: dict[str, torch.Tensor]   # base label -> (base_dim,)
+    lora: dict[str, Any]                       # rank, alpha, target_modules shared by all adapters
+    text_model: str
+
+
+@dataclass
+class GeneratorCheckpoint:
+    config: GeneratorConfig
+    layout: LoraLayout
+    stats: NormStats
+    schedule: DDPMSchedule
+    lora: dict[str, Any]
+    text_model: str
+    trained_on: list[dict[str, str]]            # uid, task, base of every training adapter
+    task_descriptions: dict[str, list[str]]
+    base_embeddings: dict[str, list[float]]
+    training: dict[str, Any]                    # settings, seed, step, loss, loragen version
+    weights: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+
+    def build_model(self) -> ORALGenerator:
+        model = ORALGenerator(self.config)
+        model.load_state_dict(self.weights)
+        model.eval()
+        return model
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "format": "loragen-generator/1", "config": self.config.to_dict(), "layout": self.layout.to_dict(),
+            "stats": self.stats.to_dict(), "schedule": self.schedule.to_dict(), "lora": self.lora,
+            "text_model": self.text_model, "trained_on": self.trained_on,
+            "task_descriptions": self.task_descriptions, "base_embeddings": self.base_embeddings,
+            "training": self.training,
+        }
+
+    def save(self, folder: Path) -> Path:
+        """Write the folder atomically (a sibling temp folder renamed into place)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            save_file({k: v.contiguous() for k, v in self.weights.items()}, str(staging / WEIGHTS_FILE))
+            (staging / META_FILE).write_text(json.dumps(self.metadata(), indent=1, sort_keys=True))
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(staging, folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> "GeneratorCheckpoint":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / META_FILE).read_text())
+            weights = load_file(str(folder / WEIGHTS_FILE))
+        except FileNotFoundError as err:
+            raise LoragenError(f"{folder}: not a generator checkpoint ({Path(err.filename).name} missing)") from None
+        except (json.JSONDecodeError, SafetensorError) as err:
+            raise LoragenError(f"{folder}: damaged generator checkpoint ({err})") from None
+        if meta.get("format") != "loragen-generator/1":
+            raise LoragenError(f"{folder}: unknown generator checkpoint format {meta.get('format')!r}")
+        return cls(config=GeneratorConfig(**meta["config"]), layout=LoraLayout.from_dict(meta["layout"]),
+                   stats=NormStats.from_dict(meta["stats"]), schedule=DDPMSchedule.from_dict(meta["schedule"]),
+                   lora=meta["lora"], text_model=meta["text_model"], trained_on=meta["trained_on"],
+                   task_descriptions=meta["task_descriptions"], base_embeddings=meta["base_embeddings"],
+                   training=meta["training"], weights=weights)
+
+
+def common_layout(adapters: Sequence[TrainingAdapter], token_size: int) -> LoraLayout:
+    """All training adapters must share one layout (same base architecture, rank and targets)."""
+    if not adapters:
+        raise LoragenError("no adapters to train on: fine-tune or ingest some first (loragen finetune --task …)")
+    groups: dict[tuple, list[TrainingAdapter]] = {}
+    for adapter in adapters:
+        signature = tuple(sorted((k, tuple(v.shape)) for k, v in adapter.state_dict.items()))
+        groups.setdefault(signature, []).append(adapter)
+    if len(groups) > 1:
+        described = "; ".join(f"{len(g)} like {g[0].uid[:12]} ({g[0].task} on {g[0].base})" for g in groups.values())
+        raise LoragenError(f"the adapters have {len(groups)} different layouts (base architecture, rank or target "
+                           f"modules): {described}. Choose one kind with --bases/--tasks")
+    return LoraLayout.from_state_dict(adapters[0].state_dict, token_size)
+
+
+def _positions(layout: LoraLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return layout.layer_index(), layout.module_index(), layout.slice_index()
+
+
+def _save_state(path: Path, payload: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Path,
+                    progress: Callable[[int, int, float], None] | None = None) -> GeneratorCheckpoint:
+    """Train (or resume) a generator on `data`; returns the final checkpoint (not yet registered)."""
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    layout = common_layout(data.adapters, settings.token_size)
+    stats = NormStats.fit([a.state_dict for a in data.adapters], layout)
+    tokenized = [tokenize(a.state_dict, layout, stats) for a in data.adapters]
+    tokens = torch.stack([t for t, _ in tokenized])                       # (N, L, T)
+    masks = torch.stack([m for _, m in tokenized]).float()
+    text_dim = next(iter(data.text_embeddings.values())).shape[1]
+    base_dim = next(iter(data.base_embeddings.values())).shape[0]
+    config = GeneratorConfig(
+        token_size=settings.token_size, d_model=settings.d_model, n_layers=settings.n_layers, d_state=settings.d_state,
+        prototype_dim=settings.prototype_dim, denoiser_channels=tuple(settings.denoiser_channels),
+        text_dim=text_dim, base_dim=base_dim,
+        num_permutation_states=len(data.adapters) if settings.permutation_states else 0,
+        max_layers=max(256, layout.num_layers), num_module_types=max(64, len(layout.module_names)))
+    schedule = DDPMSchedule(prediction_type=settings.prediction_type)
+    positions = _positions(layout)
+    base_table = {label: emb.float() for label, emb in data.base_embeddings.items()}
+    base_rows = torch.stack([base_table[a.base] for a in data.adapters])   # (N, base_dim)
+
+    torch.manual_seed(settings.seed)
+    model = ORALGenerator(config)
+    model.condition.fit_base_scaling(torch.stack(list(base_table.values())))
+    trainable = model
+    if distributed:
+        # Same initial weights on every rank (seeded above), gradients averaged by DDP.
+        trainable = torch.nn.parallel.DistributedDataParallel(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.0)
+    sampler = torch.Generator().manual_seed(settings.seed * 1000 + rank)
+    train_settings = asdict(settings)
+    fingerprint = {"settings": train_settings, "adapters": [a.uid for a in data.adapters], "world": world}
+    start, losses = 0, []
+    state_path = run_dir / STATE_FILE
+    if state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        if state["fingerprint"] != fingerprint:
+            raise LoragenError(f"{run_dir} holds a generator run with other settings or adapters; "
+                               "remove it or change the seed")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if world == 1:
+            sampler.set_state(state["sampler"])  # bit-identical to an uninterrupted run
+        else:
+            sampler.manual_seed(settings.seed * 1000 + rank + 7919 * state["step"])
+        torch.set_rng_state(state["torch_rng"])
+        start, losses = state["step"], state["losses"]
+
+    model.train()
+    began = time.perf_counter()
+    for step in range(start + 1, settings.steps + 1):
+        warmup = min(1.0, step / max(1, settings.steps // 20))
+        for group in optimizer.param_groups:
+            group["lr"] = settings.learning_rate * warmup
+        picks = torch.randint(len(data.adapters), (settings.batch_size,), generator=sampler)
+        text = torch.stack([_pick_description(data.text_embeddings[data.adapters[i].task], sampler) for i in picks.tolist()])
+        state_ids = picks if config.num_permutation_states else None
+        loss = trainable(schedule, tokens[picks], masks[picks], positions, text, base_rows[picks], state_ids,
+                         settings.tokens_per_step, sampler)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        if rank == 0 and (step % settings.checkpoint_every == 0 or step == settings.steps):
+            _save_state(state_path, {"fingerprint": fingerprint, "step": step, "model": model.state_dict(),
+                                     "optimizer": optimizer.state_dict(), "sampler": sampler.get_state(),
+                                     "torch_rng": torch.get_rng_state(), "losses": losses})
+        if progress:
+            progress(step, settings.steps, sum(losses[-20:]) / len(losses[-20:]))
+    model.eval()
+    return GeneratorCheckpoint(
+        config=config, layout=layout, stats=stats, schedule=schedule, lora=data.lora, text_model=data.text_model,
+        trained_on=[{"uid": a.uid, "task": a.task, "base": a.base} for a in data.adapters],
+        task_descriptions=data.task_descriptions,
+        base_embeddings={label: emb.tolist() for label, emb in data.base_embeddings.items()},
+        training={"settings": train_settings, "seed": settings.seed, "steps": settings.steps, "world_size": world,
+                  "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])), "loragen": __version__,
+                  "wall_time_s": round(time.perf_counter() - began, 2), "resumed_from_step": start},
+        weights={k: v.detach().clone() for k, v in model.state_dict().items()})
+
+
+def _pick_description(embeddings: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each step sees one of the task's descriptions, so every phrasing leads to the task."""
+    return embeddings[torch.randint(embeddings.shape[0], (1,), generator=generator).item()].float()

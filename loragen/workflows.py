@@ -1,0 +1,227 @@
+"""The product's workflows over the registry: train the generator, generate adapters.
+
+Each function takes a Registry and plain arguments, returns plain data, and
+reports progress only through the callback it is given.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from loragen.config import GeneratorSettings
+from loragen.errors import LoragenError
+from loragen.registry.models import Origin
+from loragen.registry.store import Registered, Registry
+
+Progress = Callable[[int, int, float], None]
+
+
+def text_encoder(registry: Registry):
+    from loragen.generator.conditioning import TextEncoder
+
+    return TextEncoder(cache_path=registry.home / "cache" / "text-embeddings.safetensors")
+
+
+def base_embedding(registry: Registry, label: str):
+    """The base-model condition of a version, computed from its weights once and kept in the registry."""
+    import torch
+
+    from loragen.generator.conditioning import BASE_EMBED_DIM, base_embedding_from_model
+
+    cached = registry.base_embedding(label)
+    if cached is not None and len(cached) == BASE_EMBED_DIM:
+        return torch.tensor(cached, dtype=torch.float32)
+    model, _, version = registry.load_base(label)
+    embedding = base_embedding_from_model(model).float()
+    registry.set_base_embedding(version.label, embedding.tolist())
+    return embedding
+
+
+def collect_training_set(registry: Registry, tasks: Sequence[str] | None = None, bases: Sequence[str] | None = None,
+                         held_out: Sequence[str] = ()):
+    """Every trained/ingested adapter (minus held-out tasks) with its conditions, ready to tokenize."""
+    import json
+
+    from loragen.adapters import load_weights
+    from loragen.generator.training import TrainingAdapter, TrainingSet
+
+    views = [v for v in registry.adapters_for_training(tasks=tasks, bases=bases) if v["task"] not in set(held_out)]
+    if not views:
+        raise LoragenError("no trained or ingested adapters match: fine-tune some first (loragen finetune --task …)")
+    encoder = text_encoder(registry)
+    descriptions = {task: registry.task_descriptions(task) or [task] for task in sorted({v["task"] for v in views})}
+    adapters = [TrainingAdapter(uid=v["uid"], task=v["task"], base=v["base"],
+                                state_dict=load_weights(v["weights_path"])) for v in views]
+    config_path = registry.adapter_files(views[0]["id"])[1]
+    lora = json.loads(Path(config_path).read_text())
+    return TrainingSet(
+        adapters=adapters, task_descriptions=descriptions,
+        text_embeddings={task: encoder.encode(texts) for task, texts in descriptions.items()},
+        base_embeddings={label: base_embedding(registry, label) for label in sorted({v["base"] for v in views})},
+        lora={"r": lora["r"], "lora_alpha": lora.get("lora_alpha", lora["r"]),
+              "target_modules": sorted(views[0]["target_modules"])},
+        text_model=encoder.model_id)
+
+
+def train(registry: Registry, settings: GeneratorSettings, *, tasks: Sequence[str] | None = None,
+          bases: Sequence[str] | None = None, held_out: Sequence[str] = (),
+          progress: Progress | None = None) -> tuple[Registered, dict[str, Any]]:
+    """Train a generator on the registry's adapters and register its checkpoint."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from loragen.generator.training import train_generator
+
+    data = collect_training_set(registry, tasks, bases, held_out)
+    key = hashlib.sha256(json.dumps([asdict(settings), sorted(a.uid for a in data.adapters)]).encode()).hexdigest()[:12]
+    run_dir = registry.home / "runs" / f"generator-{key}"
+    checkpoint = train_generator(data, settings, run_dir, progress=progress)
+    with tempfile.TemporaryDirectory(prefix="loragen-generator-", dir=registry.home) as tmp:
+        folder = checkpoint.save(Path(tmp) / "checkpoint")
+        registered = registry.register_generator(
+            folder, step=settings.steps, seed=settings.seed, tasks=sorted(data.task_descriptions),
+            bases=sorted(data.base_embeddings), held_out=sorted(held_out), num_adapters=len(data.adapters),
+            final_loss=checkpoint.training["final_loss"])
+    summary = {"id": registered.id, "created": registered.created, "adapters": len(data.adapters),
+               "tasks": sorted(data.task_descriptions), "bases": sorted(data.base_embeddings),
+               "held_out": sorted(held_out), "tokens_per_adapter": checkpoint.layout.num_tokens,
+               "values_per_adapter": checkpoint.layout.num_values, "run_dir": str(run_dir), **checkpoint.training}
+    summary.pop("settings", None)
+    return registered, summary
+
+
+@dataclass
+class LoadedGenerator:
+    uid: str
+    checkpoint: Any          # GeneratorCheckpoint
+    model: Any               # ORALGenerator
+
+
+def load_generator(registry: Registry, ref: str | None = None) -> LoadedGenerator:
+    from loragen.generator.training import GeneratorCheckpoint
+
+    folder, uid = registry.generator_folder(ref)
+    checkpoint = GeneratorCheckpoint.load(folder)
+    return LoadedGenerator(uid=uid, checkpoint=checkpoint, model=checkpoint.build_model())
+
+
+def sample_state_dict(generator: LoadedGenerator, text, base, *, seed: int, method: str, steps: int, eta: float,
+                      progress: Callable[[int, int], None] | None = None):
+    """One adapter's LoRA tensors from a condition; the same seed gives the same tensors."""
+    import torch
+
+    from loragen.generator.model import sample_tokens
+    from loragen.generator.tokenizer import detokenize
+
+    checkpoint = generator.checkpoint
+    rng = torch.Generator().manual_seed(seed)
+    state = None
+    if checkpoint.config.num_permutation_states:  # RPG: one training state drawn at random
+        state = torch.randint(checkpoint.config.num_permutation_states, (), generator=rng)
+    positions = (checkpoint.layout.layer_index(), checkpoint.layout.module_index(), checkpoint.layout.slice_index())
+    tokens = sample_tokens(generator.model, checkpoint.schedule, positions, text.float(), base.float(), state,
+                           method=method, steps=None if method == "ddpm" else steps, eta=eta, generator=rng,
+                           progress=progress)
+    return detokenize(tokens, checkpoint.layout, checkpoint.stats)
+
+
+def slug(text: str) -> str:
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return "-".join(words)[:60].strip("-") or "task"
+
+
+@dataclass
+class Candidate:
+    seed: int
+    score: float | None = None
+    metric: str | None = None
+
+
+@dataclass
+class GenerateResult:
+    id: str
+    created: bool
+    task: str
+    base: str
+    condition: str
+    seed: int
+    generator: str
+    seconds: float
+    candidates: list[Candidate] = field(default_factory=list)
+
+
+def generate(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref: str, seed: int = 0,
+             samples: int = 1, name: str | None = None, generator_ref: str | None = None,
+             select_limit: int = 50, replaces: str | None = None,
+             progress: Callable[[int, int], None] | None = None) -> GenerateResult:
+    """Generate an adapter for `task` (a registered task name or a free description) on a base version.
+
+    With samples > 1 and a task that has a validation split, each candidate is
+    scored with lm-eval on it and the best is registered (RPG/ORAL-style selection).
+    """
+    import time
+
+    from loragen.adapters import lora_config_dict, write_adapter_folder
+
+    generator = load_generator(registry, generator_ref)
+    known = generator.checkpoint.task_descriptions
+    registered_tasks = {t["name"]: t["descriptions"] for t in registry.list_tasks()}
+    if task in known or task in registered_tasks:
+        task_name = name or task
+        condition = (known.get(task) or registered_tasks[task] or [task])[0]
+    else:
+        task_name, condition = name or slug(task), task
+    with registry.session() as s:
+        version = registry.resolve_version(s, base_ref)
+    text = text_encoder(registry).encode([condition])[0]
+    base = base_embedding(registry, version.label)
+    lora = generator.checkpoint.lora
+
+    began = time.perf_counter()
+    seeds = [seed + i for i in range(max(1, samples))]
+    candidates = [Candidate(seed=s) for s in seeds]
+    state_dicts = [sample_state_dict(generator, text, base, seed=s, method=settings.sample_method,
+                                     steps=settings.sample_steps, eta=settings.eta, progress=progress) for s in seeds]
+    generation_seconds = time.perf_counter() - began
+    best = 0
+    if len(seeds) > 1:
+        best = _select_on_validation(registry, version.label, task_name, state_dicts, lora, candidates, select_limit)
+    chosen = candidates[best]
+    with tempfile.TemporaryDirectory(prefix="loragen-generated-", dir=registry.home) as tmp:
+        folder = write_adapter_folder(Path(tmp) / "adapter", state_dicts[best],
+                                      lora_config_dict(lora["r"], lora["lora_alpha"], lora["target_modules"]))
+        registered = registry.ingest(
+            folder, version.label, task_name, [condition] if task_name not in registered_tasks else [],
+            origin=Origin.generated, replaces=replaces,
+            provenance={"generator": generator.uid, "generator_step": generator.checkpoint.training["steps"],
+                        "condition": condition, "base": version.label, "seed": chosen.seed,
+                        "method": settings.sample_method,
+                        "steps": settings.sample_steps if settings.sample_method == "ddim" else 1000,
+                        "eta": settings.eta, "candidates": [c.__dict__ for c in candidates],
+                        "generation_seconds": round(generation_seconds, 3)})
+    return GenerateResult(id=registered.id, created=registered.created, task=task_name, base=version.label,
+                          condition=condition, seed=chosen.seed, generator=generator.uid[:12],
+                          seconds=generation_seconds, candidates=candidates)
+
+
+def _select_on_validation(registry: Registry, base_label: str, task_name: str, state_dicts, lora,
+                          candidates: list[Candidate], limit: int) -> int:
+    from loragen.adapters import lora_config_dict, write_adapter_folder
+    from loragen.evaluation import attached, evaluate
+    from loragen.tasks.suite import get_task
+
+    task = get_task(task_name)  # selection needs the task's validation data
+    model, tokenizer, _ = registry.load_base(base_label)
+    with tempfile.TemporaryDirectory(prefix="loragen-candidates-", dir=registry.home) as tmp:
+        for index, (candidate, state_dict) in enumerate(zip(candidates, state_dicts)):
+            folder = write_adapter_folder(Path(tmp) / f"c{index}", state_dict,
+                                          lora_config_dict(lora["r"], lora["lora_alpha"], lora["target_modules"]))
+            with attached(model, folder) as peft_model:
+                [score] = evaluate(peft_model, tokenizer, [task], split="validation", limit=limit)
+            candidate.score, candidate.metric = score.value, score.metric
+    return max(range(len(candidates)), key=lambda i: (candidates[i].score, -i))

@@ -1,0 +1,152 @@
+"""The ORAL generator end to end on tiny adapters: overfit and regenerate, determinism, save/load, CLI."""
+
+import hashlib
+
+import pytest
+import torch
+
+from loragen.config import GeneratorSettings
+from tests.helpers import run_cli
+from tests.tiny import make_lora
+
+TINY = dict(token_size=32, d_model=32, n_layers=1, d_state=4, prototype_dim=16, denoiser_channels=[8, 16, 8],
+            batch_size=2, tokens_per_step=64, learning_rate=3e-3, checkpoint_every=50, sample_steps=25)
+
+
+def _training_set(tiny_base, tmp_path):
+    from loragen.adapters import load_weights
+    from loragen.generator.training import TrainingAdapter, TrainingSet
+
+    adapters = []
+    for index, task in enumerate(["alpha", "beta"]):
+        folder = make_lora(tiny_base, tmp_path / task, seed=10 + index, r=2)
+        adapters.append(TrainingAdapter(uid=f"{index:064x}", task=task, base="tiny@v1",
+                                        state_dict=load_weights(folder / "adapter_model.safetensors")))
+    torch.manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(2, 384), dim=1)
+    return TrainingSet(adapters=adapters, task_descriptions={"alpha": ["first"], "beta": ["second"]},
+                       text_embeddings={"alpha": text[:1], "beta": text[1:]}, base_embeddings={"tiny@v1": torch.randn(160)},
+                       lora={"r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"]}, text_model="test")
+
+
+@pytest.mark.slow
+def test_tiny_generator_overfits_two_adapters_and_regenerates_them(tiny_base, tmp_path):
+    from loragen.generator.training import train_generator
+    from loragen.workflows import LoadedGenerator, sample_state_dict
+
+    data = _training_set(tiny_base, tmp_path)
+    settings = GeneratorSettings(**dict(TINY, steps=600))
+    checkpoint = train_generator(data, settings, tmp_path / "run")
+    generator = LoadedGenerator(uid="x", checkpoint=checkpoint, model=checkpoint.build_model())
+    base = data.base_embeddings["tiny@v1"]
+    for index, adapter in enumerate(data.adapters):
+        text = data.text_embeddings[adapter.task][0]
+        sample = sample_state_dict(generator, text, base, seed=0, method="ddim", steps=25, eta=0.0)
+        own = torch.cat([v.flatten() for v in adapter.state_dict.values()])
+        other = torch.cat([v.flatten() for v in data.adapters[1 - index].state_dict.values()])
+        made = torch.cat([sample[k].flatten() for k in adapter.state_dict])
+        cos_own = torch.nn.functional.cosine_similarity(made, own, dim=0)
+        cos_other = torch.nn.functional.cosine_similarity(made, other, dim=0)
+        assert cos_own > 0.9, cos_own          # close to the adapter its condition names
+        assert cos_own > cos_other + 0.3       # and not to the other one
+
+
+def test_checkpoint_save_load_and_same_seed_same_adapter(tiny_base, tmp_path):
+    from loragen.generator.training import GeneratorCheckpoint, train_generator
+    from loragen.workflows import LoadedGenerator, sample_state_dict
+
+    data = _training_set(tiny_base, tmp_path)
+    checkpoint = train_generator(data, GeneratorSettings(**dict(TINY, steps=4)), tmp_path / "run")
+    folder = checkpoint.save(tmp_path / "ckpt")
+    loaded = GeneratorCheckpoint.load(folder)
+    assert loaded.metadata() == checkpoint.metadata()
+    text, base = data.text_embeddings["alpha"][0], data.base_embeddings["tiny@v1"]
+    samples = []
+    for ckpt in (checkpoint, loaded, loaded):
+        generator = LoadedGenerator(uid="x", checkpoint=ckpt, model=ckpt.build_model())
+        samples.append(sample_state_dict(generator, text, base, seed=7, method="ddim", steps=5, eta=0.0))
+    assert all(torch.equal(samples[0][k], s[k]) for s in samples[1:] for k in samples[0])
+    other_seed = sample_state_dict(generator, text, base, seed=8, method="ddim", steps=5, eta=0.0)
+    assert not all(torch.equal(samples[0][k], other_seed[k]) for k in other_seed)
+
+
+def test_interrupted_generator_training_resumes_identically(tiny_base, tmp_path):
+    from loragen.generator.training import train_generator
+
+    data = _training_set(tiny_base, tmp_path)
+    settings = GeneratorSettings(**dict(TINY, steps=6, checkpoint_every=3))
+    straight = train_generator(data, settings, tmp_path / "a")
+
+    class Killed(Exception):
+        pass
+
+    def die(step, total, loss):
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_generator(data, settings, tmp_path / "b", progress=die)
+    resumed = train_generator(data, settings, tmp_path / "b")
+    assert resumed.training["resumed_from_step"] == 3
+    assert all(torch.equal(straight.weights[k], resumed.weights[k]) for k in straight.weights)
+
+
+def test_mixed_layouts_are_refused(tiny_base, tmp_path):
+    from loragen.adapters import load_weights
+    from loragen.errors import LoragenError
+    from loragen.generator.training import TrainingAdapter, common_layout
+
+    r2 = load_weights(make_lora(tiny_base, tmp_path / "r2", r=2) / "adapter_model.safetensors")
+    r4 = load_weights(make_lora(tiny_base, tmp_path / "r4", r=4) / "adapter_model.safetensors")
+    with pytest.raises(LoragenError, match="2 different layouts"):
+        common_layout([TrainingAdapter("a" * 64, "t", "b@v1", r2), TrainingAdapter("b" * 64, "t", "b@v1", r4)], 32)
+
+
+def _sha(folder):
+    return hashlib.sha256((folder / "adapter_model.safetensors").read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_cli_train_generate_registers_provenance_and_loads_in_peft(capsys, tiny_base, tmp_path, isolated_home):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    isolated_home.mkdir(parents=True, exist_ok=True)
+    (isolated_home / "loragen.toml").write_text(
+        "[generator]\n" + "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in dict(TINY, steps=8).items()) + "\n")
+    assert run_cli(capsys, "base", "add", "tiny", "--from", tiny_base).code == 0
+    for index, task in enumerate(["upper", "lower", "upper"]):
+        folder = make_lora(tiny_base, tmp_path / f"l{index}", seed=index, r=2)
+        assert run_cli(capsys, "ingest", folder, "--base", "tiny", "--task", task, "-d", f"make words {task}case").code == 0
+    trained = run_cli(capsys, "train", "--json")
+    assert trained.code == 0, trained.err
+    summary = trained.json()
+    assert summary["adapters"] == 3 and summary["tasks"] == ["lower", "upper"] and summary["bases"] == ["tiny@v1"]
+    assert run_cli(capsys, "list", "generators", "--json").json()[0]["id"] == summary["id"]
+
+    first = run_cli(capsys, "generate", "--task", "Turn every word into capitals", "--base", "tiny", "--seed", "3",
+                    "--out", tmp_path / "gen", "--json")
+    assert first.code == 0, first.err
+    result = first.json()
+    assert result["task"] == "turn-every-word-into-capitals" and result["created"]
+    shown = run_cli(capsys, "show", result["id"], "--json").json()
+    assert shown["origin"] == "generated"
+    provenance = shown["provenance"]
+    assert provenance["generator"].startswith(summary["id"]) and provenance["seed"] == 3
+    assert provenance["condition"] == "Turn every word into capitals"
+    again = run_cli(capsys, "generate", "--task", "Turn every word into capitals", "--base", "tiny", "--seed", "3",
+                    "--out", tmp_path / "gen2", "--json").json()
+    assert not again["created"] and again["id"] == result["id"]          # same seed, same adapter
+    assert _sha(tmp_path / "gen") == _sha(tmp_path / "gen2")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), tmp_path / "gen")
+    assert model(torch.tensor([[1, 5, 9]])).logits.shape[-1] > 0
+    known = run_cli(capsys, "generate", "--task", "upper", "--base", "tiny", "--json").json()
+    assert known["task"] == "upper" and known["condition"] == "make words uppercase"
+
+
+def test_generate_without_a_generator_is_a_clear_error(capsys, tiny_base):
+    assert run_cli(capsys, "base", "add", "tiny", "--from", tiny_base).code == 0
+    result = run_cli(capsys, "generate", "--task", "anything", "--base", "tiny")
+    assert result.code == 1 and "no generator has been trained yet" in result.err
+    empty = run_cli(capsys, "train")
+    assert empty.code == 1 and "no trained or ingested adapters" in empty.err
