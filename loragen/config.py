@@ -88,6 +88,7 @@ class GeneratorSettings:
     prototype_dim: int = field(default=256, metadata={"help": "prototype size per token"})
     denoiser_channels: list[int] = field(default_factory=lambda: [16, 24, 32, 24, 16],
                                          metadata={"help": "per-token conv U-Net widths"})
+    anchor: bool = field(default=True, metadata={"help": "tokenize the residual from the mean training adapter"})
     permutation_states: bool = field(default=False, metadata={"help": "learn one state per training adapter (RPG)"})
     steps: int = field(default=1500, metadata={"help": "training steps"})
     batch_size: int = field(default=8, metadata={"help": "adapters per step"})

@@ -127,7 +127,8 @@ def sample_state_dict(generator: LoadedGenerator, text, base, *, seed: int, meth
     tokens = sample_tokens(generator.model, checkpoint.schedule, positions, text.float(), base.float(), state,
                            method=method, steps=None if method == "ddpm" else steps, eta=eta, generator=rng,
                            progress=progress)
-    return detokenize(tokens, checkpoint.layout, checkpoint.stats)
+    residual = detokenize(tokens, checkpoint.layout, checkpoint.stats)
+    return {k: v + checkpoint.anchor[k] if checkpoint.anchor else v for k, v in residual.items()}
 
 
 def slug(text: str) -> str:

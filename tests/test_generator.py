@@ -60,6 +60,9 @@ def test_checkpoint_save_load_and_same_seed_same_adapter(tiny_base, tmp_path):
     folder = checkpoint.save(tmp_path / "ckpt")
     loaded = GeneratorCheckpoint.load(folder)
     assert loaded.metadata() == checkpoint.metadata()
+    assert checkpoint.anchor and loaded.anchor.keys() == checkpoint.anchor.keys()
+    assert all(torch.equal(loaded.anchor[k], checkpoint.anchor[k]) for k in checkpoint.anchor)
+    assert all(torch.equal(loaded.weights[k], checkpoint.weights[k]) for k in checkpoint.weights)
     text, base = data.text_embeddings["alpha"][0], data.base_embeddings["tiny@v1"]
     samples = []
     for ckpt in (checkpoint, loaded, loaded):

@@ -57,6 +57,7 @@ CASES = [
     (2, 8, 4, 19, "variable", True, True, True, True),  # 16 + 3: a partial last chunk
     (1, 6, 3, 37, "variable", False, False, False, False),  # bare scan, raw delta
     (3, 4, 16, 33, "constant", True, False, True, True),  # time-invariant B and C
+    (2, 4, 8, 1, "constant", True, True, True, True),  # nothing has a time axis longer than 1
     (2, 8, 4, 21, "grouped", True, True, False, True),  # B/C shared by groups of channels
 ]
 

@@ -29,6 +29,7 @@ from loragen.generator.tokenizer import LoraLayout, NormStats, tokenize
 WEIGHTS_FILE = "generator.safetensors"
 META_FILE = "generator.json"
 STATE_FILE = "state.pt"
+ANCHOR_PREFIX = "anchor::"
 
 
 @dataclass
@@ -64,6 +65,8 @@ class GeneratorCheckpoint:
     base_embeddings: dict[str, list[float]]
     training: dict[str, Any]                    # settings, seed, step, loss, loragen version
     weights: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    # The element-wise mean of the training adapters; tokens encode the residual from it.
+    anchor: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
 
     def build_model(self) -> ORALGenerator:
         model = ORALGenerator(self.config)
@@ -88,7 +91,9 @@ class GeneratorCheckpoint:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         try:
-            save_file({k: v.contiguous() for k, v in self.weights.items()}, str(staging / WEIGHTS_FILE))
+            tensors = {k: v.contiguous() for k, v in self.weights.items()}
+            tensors.update({ANCHOR_PREFIX + k: v.contiguous() for k, v in self.anchor.items()})
+            save_file(tensors, str(staging / WEIGHTS_FILE))
             (staging / META_FILE).write_text(json.dumps(self.metadata(), indent=1, sort_keys=True))
             if folder.exists():
                 shutil.rmtree(folder)
@@ -106,7 +111,7 @@ class GeneratorCheckpoint:
         folder = Path(folder)
         try:
             meta = json.loads((folder / META_FILE).read_text())
-            weights = load_file(str(folder / WEIGHTS_FILE))
+            tensors = load_file(str(folder / WEIGHTS_FILE))
         except FileNotFoundError as err:
             raise LoragenError(f"{folder}: not a generator checkpoint ({Path(err.filename).name} missing)") from None
         except (json.JSONDecodeError, SafetensorError) as err:
@@ -117,7 +122,9 @@ class GeneratorCheckpoint:
                    stats=NormStats.from_dict(meta["stats"]), schedule=DDPMSchedule.from_dict(meta["schedule"]),
                    lora=meta["lora"], text_model=meta["text_model"], trained_on=meta["trained_on"],
                    task_descriptions=meta["task_descriptions"], base_embeddings=meta["base_embeddings"],
-                   training=meta["training"], weights=weights)
+                   training=meta["training"],
+                   weights={k: v for k, v in tensors.items() if not k.startswith(ANCHOR_PREFIX)},
+                   anchor={k[len(ANCHOR_PREFIX):]: v for k, v in tensors.items() if k.startswith(ANCHOR_PREFIX)})
 
 
 def common_layout(adapters: Sequence[TrainingAdapter], token_size: int) -> LoraLayout:
@@ -161,8 +168,10 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
     run_dir.mkdir(parents=True, exist_ok=True)
 
     layout = common_layout(data.adapters, settings.token_size)
-    stats = NormStats.fit([a.state_dict for a in data.adapters], layout)
-    tokenized = [tokenize(a.state_dict, layout, stats) for a in data.adapters]
+    anchor = mean_adapter(data.adapters) if settings.anchor else {}
+    residuals = [subtract(a.state_dict, anchor) for a in data.adapters]
+    stats = NormStats.fit(residuals, layout)
+    tokenized = [tokenize(r, layout, stats) for r in residuals]
     tokens = torch.stack([t for t, _ in tokenized])                       # (N, L, T)
     masks = torch.stack([m for _, m in tokenized]).float()
     text_dim = next(iter(data.text_embeddings.values())).shape[1]
@@ -236,7 +245,22 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
         training={"settings": train_settings, "seed": settings.seed, "steps": settings.steps, "world_size": world,
                   "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])), "loragen": __version__,
                   "wall_time_s": round(time.perf_counter() - began, 2), "resumed_from_step": start},
-        weights={k: v.detach().clone() for k, v in model.state_dict().items()})
+        weights={k: v.detach().clone() for k, v in model.state_dict().items()}, anchor=anchor)
+
+
+def mean_adapter(adapters: Sequence[TrainingAdapter]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of the training adapters.
+
+    LoRA runs started from the same seed share most of their A matrices (random at
+    initialisation, little changed by training); tokenizing the residual from this
+    mean leaves the generator the part that differs between tasks and versions.
+    """
+    keys = adapters[0].state_dict.keys()
+    return {k: torch.stack([a.state_dict[k].float() for a in adapters]).mean(0) for k in keys}
+
+
+def subtract(state_dict: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.float() - anchor[k] if anchor else v.float() for k, v in state_dict.items()}
 
 
 def _pick_description(embeddings: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -14,15 +14,17 @@ Shapes follow mamba-ssm's `selective_scan_ref` ("d" is the channel, "n" the stat
 Every path computes in float32 and casts back to u's dtype, like the reference, and can
 return the last state h_L (float32, (batch, dim, n)).
 
-Which path is fastest (bench/bench_scan.py): on CPU, `selective_scan_sequential` — a loop
-over time on a time-major contiguous layout. Mamba1's decay differs per channel *and* state,
-so the chunked "segment-sum" form does chunk_size times the work and memory of the loop;
-on CPU that loses. It pays off where each step costs a kernel launch (CUDA without mamba-ssm).
+Which path where (measured in bench/bench_scan.py): on CPU, `selective_scan_sequential`, a
+loop over time whose every step touches only small, cache-resident slices. Mamba1's decay
+differs per channel *and* state, so the chunked "segment-sum" form does chunk_size times the
+work and memory of the loop and loses on CPU; it is kept for CUDA without mamba-ssm, where a
+loop would pay one kernel launch per op per step.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -93,8 +95,37 @@ def selective_scan_ref(
     return (out, h) if return_last_state else out
 
 
+def _steps(x: torch.Tensor, length: int):
+    """(..., L) -> L contiguous (...) slices, one per step; a length-1 time axis (constant B/C) repeats."""
+    if x.shape[-1] != length:
+        return itertools.repeat(x[..., 0], length)
+    return x.movedim(-1, 0).contiguous().unbind(0)
+
+
+def selective_scan_sequential(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
+):
+    """The CPU fast path: the reference's recurrence, each step built from small contiguous slices.
+
+    Nothing of size (batch, dim, n, L) is materialised: on CPU those full-size tensors (memory
+    traffic, page faults), not the Python loop, are what make the reference slow.
+    """
+    dtype_in = u.dtype
+    u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+    batch, dim, length = u.shape
+    h = u.new_zeros(batch, dim, A.shape[1])
+    ys = []
+    steps = zip(_steps(delta, length), _steps(delta * u, length), _steps(B, length), _steps(C, length))
+    for delta_t, delta_u_t, B_t, C_t in steps:
+        decay_t = torch.exp(delta_t[..., None] * A)
+        h = torch.addcmul(decay_t * h, delta_u_t[..., None], B_t)
+        ys.append((h * C_t).sum(-1))
+    out = _finish(torch.stack(ys, dim=-1), u, D, z, dtype_in)
+    return (out, h) if return_last_state else out
+
+
 def _time_major(u, delta, A, B, C, delta_bias, delta_softplus):
-    """The scan's inputs as (L, batch, dim, n) contiguous tensors, so each step is one block of memory.
+    """The chunked scan's inputs as (L, batch, dim, n) contiguous tensors.
 
     Returns u (float32, (batch, dim, L)), log_decay = delta*A, drive = delta*B*u, and C broadcastable
     to (L, batch, dim, n).
@@ -106,27 +137,6 @@ def _time_major(u, delta, A, B, C, delta_bias, delta_softplus):
     log_decay = (delta_t * A).contiguous()
     drive = (delta_t * u_t * B.permute(3, 0, 1, 2)).contiguous()
     return u, log_decay, drive, C.permute(3, 0, 1, 2)
-
-
-def _output(states, C, u, D, z, dtype_in):
-    """y = sum_n C * h from time-major states (L, batch, dim, n), then the common tail."""
-    y = (states * C).sum(-1).permute(1, 2, 0)  # (batch, dim, L)
-    return _finish(y, u, D, z, dtype_in)
-
-
-def selective_scan_sequential(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
-):
-    """The CPU fast path: the same recurrence as the reference, one fused op per step on contiguous memory."""
-    dtype_in = u.dtype
-    u, log_decay, drive, C = _time_major(u, delta, A, B, C, delta_bias, delta_softplus)
-    h = torch.zeros_like(drive[0])
-    states = []
-    for decay_t, drive_t in zip(log_decay.exp().unbind(0), drive.unbind(0)):
-        h = torch.addcmul(drive_t, decay_t, h)
-        states.append(h)
-    out = _output(torch.stack(states), C, u, D, z, dtype_in)
-    return (out, h) if return_last_state else out
 
 
 def _scan_chunk(log_decay: torch.Tensor, drive: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
@@ -174,7 +184,8 @@ def selective_scan_chunked(
         states = _scan_chunk(log_decay_c, drive_c, h)
         chunks.append(states)
         h = states[-1]
-    out = _output(torch.cat(chunks), C, u, D, z, dtype_in)
+    y = (torch.cat(chunks) * C).sum(-1).permute(1, 2, 0)  # (batch, dim, L)
+    out = _finish(y, u, D, z, dtype_in)
     return (out, h) if return_last_state else out
 
 

@@ -1,0 +1,178 @@
+"""Issue 6's benchmark: the ORAL generator on the real SmolLM2-135M and the bundled tasks.
+
+    python -m bench.bench_generator --home bench/out/home --held-out translate_en_pt,element_symbol
+
+Needs the trained adapters that bench/bench_tasks.py registered in --home. In one run:
+  * trains a generator on every task but the held-out ones, each seen task's last
+    description withheld (held-out descriptions);
+  * per task: generated adapter (seen description / held-out description / held-out task),
+    ablations with a random text or random base embedding (ORAL fig. 3), and the
+    memorisation baselines of Zeng et al. 2025: (a) nearest training adapter by
+    condition, (b) mean of the nearest task's adapters, (c) a training adapter plus
+    Gaussian noise of the norm that separates the generated adapter from it;
+  * cosine similarity of each generated adapter to its nearest training adapter;
+  * generation time vs the fine-tuning time of the same adapter.
+Results print as a table and go to bench/out/generator.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from bench.common import BASE, command_line, git_revision, machine, open_registry, write_json
+
+
+def flat(state_dict, keys):
+    return torch.cat([state_dict[k].flatten().float() for k in keys])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--home", type=Path, default=Path("bench/out/home"))
+    parser.add_argument("--held-out", default="translate_en_pt,element_symbol")
+    parser.add_argument("--steps", type=int, default=800, help="generator training steps")
+    parser.add_argument("--limit", type=int, default=50, help="test examples per evaluation")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when the machine is shared)")
+    parser.add_argument("--out", type=Path, default=Path("bench/out/generator.json"))
+    args = parser.parse_args()
+
+    from loragen.adapters import load_weights, lora_config_dict, write_adapter_folder
+    from loragen.config import load_settings
+    from loragen.evaluation import attached, evaluate
+    from loragen.generator.training import train_generator
+    from loragen.tasks.suite import get_task
+    from loragen.workflows import (LoadedGenerator, base_embedding, collect_training_set, sample_state_dict,
+                                   text_encoder)
+
+    torch.set_num_threads(args.threads)
+    registry = open_registry(args.home)
+    settings = replace(load_settings().generator, steps=args.steps, seed=args.seed)
+    held_out = [t for t in args.held_out.split(",") if t]
+    everything = collect_training_set(registry, bases=[BASE])
+    tasks = sorted(everything.task_descriptions)
+    seen = [t for t in tasks if t not in held_out]
+
+    # Training set: seen tasks only, each without its last description.
+    data = collect_training_set(registry, tasks=seen, bases=[BASE])
+    withheld = {t: d[-1] for t, d in data.task_descriptions.items() if len(d) > 1}
+    data.task_descriptions = {t: d[:-1] if t in withheld else d for t, d in data.task_descriptions.items()}
+    data.text_embeddings = {t: e[:-1] if t in withheld else e for t, e in data.text_embeddings.items()}
+    began = time.perf_counter()
+    checkpoint = train_generator(data, settings, args.home / "runs" / f"bench-generator-s{args.seed}-n{args.steps}")
+    train_seconds = time.perf_counter() - began
+    generator = LoadedGenerator(uid="bench", checkpoint=checkpoint, model=checkpoint.build_model())
+    keys = checkpoint.layout.keys
+    print(f"generator: {len(data.adapters)} adapters of {len(seen)} tasks, {checkpoint.layout.num_tokens} tokens of "
+          f"{checkpoint.config.token_size}, trained {train_seconds:.0f} s, final loss {checkpoint.training['final_loss']:.4f}",
+          flush=True)
+
+    encoder = text_encoder(registry)
+    base = base_embedding(registry, f"{BASE}@v1")
+    by_task = {t: [a for a in everything.adapters if a.task == t] for t in tasks}
+    training_vectors = {a.uid: flat(a.state_dict, keys) for a in data.adapters}
+    task_of = {a.uid: a.task for a in data.adapters}
+    seen_text = {t: data.text_embeddings[t].mean(0) for t in seen}
+    lora = lora_config_dict(checkpoint.lora["r"], checkpoint.lora["lora_alpha"], checkpoint.lora["target_modules"])
+    rng = torch.Generator().manual_seed(1234)
+    random_text = torch.nn.functional.normalize(torch.randn(384, generator=rng), dim=0)
+    random_base = base + torch.randn(base.shape, generator=rng) * base.std()
+    model, tokenizer, version = registry.load_base(BASE)
+    zero_shot = {r["task"]: r["zero_shot"]["mean"] for r in registry.comparison() if r["zero_shot"]}
+
+    def score(task_name, state_dict, tmp):
+        folder = write_adapter_folder(Path(tmp) / f"a{time.perf_counter_ns()}", state_dict, lora)
+        with attached(model, folder) as peft_model:
+            [result] = evaluate(peft_model, tokenizer, [get_task(task_name)], limit=args.limit)
+        return result.value
+
+    def nearest_training(vector):
+        sims = {uid: torch.nn.functional.cosine_similarity(vector, v, dim=0).item() for uid, v in training_vectors.items()}
+        uid = max(sims, key=sims.get)
+        return uid, sims[uid]
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-generator-", dir=args.home) as tmp:
+        for task in tasks:
+            task_obj = get_task(task)
+            is_seen = task in seen
+            own = by_task[task][-1]  # the task's last fine-tuning checkpoint (the "trained" adapter)
+            description = task_obj.descriptions[0]
+            text = encoder.encode([description])[0]
+            row = {"task": task, "split": "seen" if is_seen else "held-out task", "metric": "",
+                   "zero_shot": zero_shot.get(task)}
+            t0 = time.perf_counter()
+            generated = sample_state_dict(generator, text, base, seed=args.seed, method=settings.sample_method,
+                                          steps=settings.sample_steps, eta=settings.eta)
+            row["generate_s"] = round(time.perf_counter() - t0, 2)
+            row["trained"] = score(task, own.state_dict, tmp)
+            row["generated"] = score(task, generated, tmp)
+            gen_vector = flat(generated, keys)
+            near_uid, near_cos = nearest_training(gen_vector)
+            row["nearest_training_task"], row["cosine_to_nearest"] = task_of[near_uid], round(near_cos, 4)
+            if is_seen and task in withheld:
+                other = sample_state_dict(generator, encoder.encode([withheld[task]])[0], base, seed=args.seed,
+                                          method=settings.sample_method, steps=settings.sample_steps, eta=settings.eta)
+                row["generated_heldout_description"] = score(task, other, tmp)
+            row["ablation_random_text"] = score(task, sample_state_dict(
+                generator, random_text, base, seed=args.seed, method=settings.sample_method,
+                steps=settings.sample_steps, eta=settings.eta), tmp)
+            row["ablation_random_base"] = score(task, sample_state_dict(
+                generator, text, random_base, seed=args.seed, method=settings.sample_method,
+                steps=settings.sample_steps, eta=settings.eta), tmp)
+            # Memorisation baselines, conditioned the way the generator is: by the description.
+            nearest_task = max(seen, key=lambda t: torch.dot(seen_text[t], text).item())
+            neighbours = by_task[nearest_task]
+            row["baseline_nearest_task"] = nearest_task
+            nearest_adapter = neighbours[-1].state_dict
+            row["baseline_a_nearest"] = row["trained"] if nearest_task == task else score(task, nearest_adapter, tmp)
+            mean_adapter = {k: torch.stack([a.state_dict[k] for a in neighbours]).mean(0) for k in keys}
+            row["baseline_b_mean"] = score(task, mean_adapter, tmp)
+            distance = (gen_vector - flat(nearest_adapter, keys)).norm()
+            noise = torch.randn(gen_vector.shape, generator=rng)
+            noise = noise / noise.norm() * distance
+            noisy, offset = {}, 0
+            for k in keys:
+                size = nearest_adapter[k].numel()
+                noisy[k] = nearest_adapter[k] + noise[offset:offset + size].view_as(nearest_adapter[k])
+                offset += size
+            row["baseline_c_noise"] = score(task, noisy, tmp)
+            row["finetune_s"] = registry.get_adapter(own.uid[:12])["provenance"].get("wall_time_s")
+            row["metric"] = "acc" if task_obj.kind == "multiple_choice" else "exact_match"
+            rows.append(row)
+            print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return round(statistics.mean(values), 4) if values else None
+
+    seen_rows = [r for r in rows if r["split"] == "seen"]
+    held_rows = [r for r in rows if r["split"] != "seen"]
+    summary = {
+        "generated_over_trained_seen": mean([r["generated"] / r["trained"] for r in seen_rows if r["trained"]]),
+        "heldout_description_over_trained_seen": mean(
+            [r["generated_heldout_description"] / r["trained"] for r in seen_rows if r["trained"]]),
+        "heldout_task_generated": mean([r["generated"] for r in held_rows]),
+        "heldout_task_zero_shot": mean([r["zero_shot"] for r in held_rows]),
+        "generation_s_mean": mean([r["generate_s"] for r in rows]),
+        "finetune_s_mean": mean([r["finetune_s"] for r in rows]),
+        "train_generator_s": round(train_seconds, 1),
+    }
+    if summary["generation_s_mean"] and summary["finetune_s_mean"]:
+        summary["speedup_generate_vs_finetune"] = round(summary["finetune_s_mean"] / summary["generation_s_mean"], 1)
+    print(summary)
+    write_json(args.out, {"command": command_line(), "machine": machine(), "revision": git_revision(),
+                          "settings": {**vars(args), "generator": settings.__dict__}, "held_out": held_out,
+                          "withheld_descriptions": withheld, "rows": rows, "summary": summary,
+                          "generator_training": checkpoint.training})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Issue 3's benchmark: per task, zero-shot vs a fine-tuned LoRA on the real SmolLM2-135M, with fine-tuning time.
+
+    python bench/bench_tasks.py --home bench/out/home --steps 120 --limit 100
+
+Every adapter and score lands in the registry at --home (reused by bench_generator.py);
+the table is printed and written to bench/out/tasks.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import BASE, command_line, git_revision, machine, open_registry, write_json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--home", type=Path, default=Path("bench/out/home"))
+    parser.add_argument("--tasks", default="", help="comma-separated; default all bundled tasks")
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--checkpoints", type=int, default=5)
+    parser.add_argument("--checkpoint-every", type=int, default=10)
+    parser.add_argument("--limit", type=int, default=100, help="test examples per task")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when the machine is shared)")
+    parser.add_argument("--out", type=Path, default=Path("bench/out/tasks.json"))
+    args = parser.parse_args()
+
+    from loragen.config import FinetuneConfig, LoraConfig
+    from loragen.evaluation import attached, evaluate
+    from loragen.finetune import finetune
+    from loragen.registry.models import Origin
+    from loragen.tasks.suite import get_task, list_tasks
+
+    torch.set_num_threads(args.threads)
+    registry = open_registry(args.home)
+    tasks = [get_task(t) for t in args.tasks.split(",") if t] or list_tasks()
+    model, tokenizer, version = registry.load_base(BASE)
+    lora = LoraConfig()
+    config = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+                            checkpoints=args.checkpoints, checkpoint_every=args.checkpoint_every, seed=args.seed)
+    rows = []
+    for task in tasks:
+        began = time.perf_counter()
+        [zero] = evaluate(model, tokenizer, [task], limit=args.limit)
+        registry.record_scores(version.label, None, [zero], {"bench": "bench_tasks", "limit": args.limit})
+        run_dir = args.home / "runs" / f"bench-{task.name}-{version.label.replace('@', '_')}-s{args.seed}-n{args.steps}"
+        result = finetune(model, tokenizer, task.examples("train"), lora, config, run_dir)
+        finetune_s = result.wall_time_s
+        if result.resumed_from_step == args.steps:  # finished in an earlier run: keep that run's time
+            finetune_s = registry.list_adapters(task=task.name, origin="trained")[-1]["provenance"]["wall_time_s"]
+        ids = [registry.ingest(c.path, version.label, task.name, task.descriptions, origin=Origin.trained,
+                               provenance={"run": run_dir.name, "step": c.step, "seed": args.seed, "steps": args.steps,
+                                           "learning_rate": args.lr, "loss": c.loss,
+                                           "wall_time_s": round(finetune_s, 2)}).id
+               for c in result.checkpoints]
+        with attached(model, result.checkpoints[-1].path) as peft_model:
+            [trained] = evaluate(peft_model, tokenizer, [task], limit=args.limit)
+        registry.record_scores(version.label, ids[-1], [trained], {"bench": "bench_tasks", "limit": args.limit})
+        row = {"task": task.name, "kind": task.kind, "metric": zero.metric, "zero_shot": zero.value,
+               "trained": trained.value, "examples": zero.num_examples, "finetune_s": round(finetune_s, 1),
+               "final_loss": round(result.checkpoints[-1].loss, 4), "adapters": ids,
+               "total_s": round(time.perf_counter() - began, 1)}
+        rows.append(row)
+        print(f"{task.name:20s} {zero.metric:12s} zero-shot {zero.value:.3f}  trained {trained.value:.3f}  "
+              f"fine-tune {finetune_s:6.1f} s", flush=True)
+    # Runs on a subset of tasks update their rows and keep the others (each row says which run made it).
+    previous = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
+    run = {"command": command_line(), "machine": machine(), "revision": git_revision()}
+    for row in rows:
+        row["run"] = run
+    rows = sorted([r for r in previous if r["task"] not in {row["task"] for row in rows}] + rows, key=lambda r: r["task"])
+    wins = sum(r["trained"] > r["zero_shot"] for r in rows)
+    print(f"trained beats zero-shot on {wins}/{len(rows)} tasks")
+    write_json(args.out, {"command": command_line(), "machine": machine(), "revision": git_revision(),
+                          "settings": vars(args), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
