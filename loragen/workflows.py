@@ -78,9 +78,15 @@ def train(registry: Registry, settings: GeneratorSettings, *, tasks: Sequence[st
     from loragen.generator.training import train_generator
 
     data = collect_training_set(registry, tasks, bases, held_out)
-    key = hashlib.sha256(json.dumps([asdict(settings), sorted(a.uid for a in data.adapters)]).encode()).hexdigest()[:12]
+    world = join_process_group()
+    key = hashlib.sha256(json.dumps([asdict(settings), sorted(a.uid for a in data.adapters), world]).encode()).hexdigest()[:12]
     run_dir = registry.home / "runs" / f"generator-{key}"
     checkpoint = train_generator(data, settings, run_dir, progress=progress)
+    digests = ranks_weight_digests(checkpoint.weights)
+    if len(set(digests)) != 1:
+        raise LoragenError(f"data-parallel ranks ended with different weights: {digests}")
+    if rank() != 0:  # rank 0 registers; the others only trained
+        return Registered(id=digests[0][:12], created=False), {"rank": rank(), "weights_sha256": digests[0]}
     with tempfile.TemporaryDirectory(prefix="loragen-generator-", dir=registry.home) as tmp:
         folder = checkpoint.save(Path(tmp) / "checkpoint")
         registered = registry.register_generator(
@@ -92,7 +98,44 @@ def train(registry: Registry, settings: GeneratorSettings, *, tasks: Sequence[st
                "held_out": sorted(held_out), "tokens_per_adapter": checkpoint.layout.num_tokens,
                "values_per_adapter": checkpoint.layout.num_values, "run_dir": str(run_dir), **checkpoint.training}
     summary.pop("settings", None)
+    summary["weights_sha256_per_rank"] = digests
     return registered, summary
+
+
+def join_process_group() -> int:
+    """Under torchrun (WORLD_SIZE > 1) join the process group: gloo on CPU, NCCL on GPU. Returns the world size."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return world
+
+
+def rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def ranks_weight_digests(weights) -> list[str]:
+    """sha256 of the weights on every rank (one entry without distribution)."""
+    import hashlib
+
+    import torch.distributed as dist
+
+    digest = hashlib.sha256()
+    for key in sorted(weights):
+        digest.update(key.encode() + weights[key].detach().cpu().contiguous().numpy().tobytes())
+    mine = digest.hexdigest()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    gathered: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    return gathered
 
 
 @dataclass

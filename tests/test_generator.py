@@ -153,3 +153,29 @@ def test_generate_without_a_generator_is_a_clear_error(capsys, tiny_base):
     assert result.code == 1 and "no generator has been trained yet" in result.err
     empty = run_cli(capsys, "train")
     assert empty.code == 1 and "no trained or ingested adapters" in empty.err
+
+
+@pytest.mark.slow
+def test_data_parallel_training_with_two_cpu_processes(capsys, tiny_base, tmp_path, isolated_home):
+    """`loragen train --nproc 2` runs torchrun with gloo; both ranks end with the same weights."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    isolated_home.mkdir(parents=True, exist_ok=True)
+    (isolated_home / "loragen.toml").write_text(
+        "[generator]\n" + "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in dict(TINY, steps=4).items()) + "\n")
+    assert run_cli(capsys, "base", "add", "tiny", "--from", tiny_base).code == 0
+    for index, task in enumerate(["upper", "lower"]):
+        folder = make_lora(tiny_base, tmp_path / f"l{index}", seed=index, r=2)
+        assert run_cli(capsys, "ingest", folder, "--base", "tiny", "--task", task).code == 0
+    env = dict(os.environ, LORAGEN_HOME=str(isolated_home), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "loragen", "train", "--nproc", "2", "--json"], env=env,
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert summary["world_size"] == 2
+    digests = summary["weights_sha256_per_rank"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert [g["id"] for g in run_cli(capsys, "list", "generators", "--json").json()] == [summary["id"]]

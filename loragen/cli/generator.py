@@ -21,15 +21,34 @@ def train(tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these 
           steps: Optional[int] = typer.Option(None, help="Training steps [generator.steps]."),
           seed: Optional[int] = typer.Option(None, help="Seed [generator.seed]."),
           lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [generator.learning_rate]."),
+          nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes (torchrun; gloo on CPU, NCCL on GPU)."),
           as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
     """Train the generator on the registry's trained/ingested adapters; register its checkpoint. Resumable."""
+    import os
+    import sys
+
     from loragen import workflows
+
+    if nproc < 1:
+        raise typer.BadParameter("--nproc must be at least 1")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        import subprocess
+
+        args = ["train"] + [item for flag, value in (("--tasks", tasks), ("--bases", bases), ("--held-out", held_out),
+                                                       ("--steps", steps), ("--seed", seed), ("--lr", lr))
+                            if value is not None for item in (flag, str(value))] + (["--json"] if as_json else [])
+        env = dict(os.environ, LORAGEN_HOME=str(state.settings.registry.home_path))
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                   "-m", "loragen", *args]
+        raise typer.Exit(subprocess.call(command, env=env))
 
     overrides = {k: v for k, v in {"steps": steps, "seed": seed, "learning_rate": lr}.items() if v is not None}
     settings = replace(state.settings.generator, **overrides)
     with StepProgress("training generator", settings.steps) as bar:
         registered, summary = workflows.train(state.registry, settings, tasks=_split(tasks), bases=_split(bases),
                                               held_out=_split(held_out) or (), progress=bar.update)
+    if summary.get("rank"):  # a data-parallel worker: rank 0 reports
+        return
     if as_json:
         render(summary, as_json=True)
         return
