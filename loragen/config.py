@@ -82,23 +82,23 @@ class GeneratorSettings:
     """The generator's architecture, training and sampling knobs (see loragen/generator/model.py)."""
 
     token_size: int = field(default=1024, metadata={"help": "LoRA values per token"})
-    d_model: int = field(default=256, metadata={"help": "Mamba width"})
-    n_layers: int = field(default=2, metadata={"help": "Mamba blocks"})
+    d_model: int = field(default=128, metadata={"help": "Mamba width"})
+    n_layers: int = field(default=1, metadata={"help": "Mamba blocks"})
     d_state: int = field(default=16, metadata={"help": "SSM state size"})
     prototype_dim: int = field(default=256, metadata={"help": "prototype size per token"})
-    denoiser_channels: list[int] = field(default_factory=lambda: [16, 24, 32, 24, 16],
+    denoiser_channels: list[int] = field(default_factory=lambda: [8, 16, 8],
                                          metadata={"help": "per-token conv U-Net widths"})
     anchor: bool = field(default=True, metadata={"help": "tokenize the residual from the mean training adapter"})
     permutation_states: bool = field(default=False, metadata={"help": "learn one state per training adapter (RPG)"})
-    steps: int = field(default=1500, metadata={"help": "training steps"})
-    batch_size: int = field(default=8, metadata={"help": "adapters per step"})
-    tokens_per_step: int = field(default=256, metadata={"help": "tokens the loss sees per step (bounds memory)"})
-    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
-    checkpoint_every: int = field(default=250, metadata={"help": "steps between resumable checkpoints"})
+    steps: int = field(default=800, metadata={"help": "training steps"})
+    batch_size: int = field(default=4, metadata={"help": "adapters per step"})
+    tokens_per_step: int = field(default=128, metadata={"help": "tokens the loss sees per step (bounds memory)"})
+    learning_rate: float = field(default=2e-3, metadata={"help": "AdamW learning rate"})
+    checkpoint_every: int = field(default=100, metadata={"help": "steps between resumable checkpoints"})
     seed: int = field(default=0, metadata={"help": "training seed"})
     prediction_type: str = field(default="sample", metadata={"help": "what the denoiser predicts: sample (x0) or epsilon"})
     sample_method: str = field(default="ddim", metadata={"help": "ddim or ddpm"})
-    sample_steps: int = field(default=50, metadata={"help": "DDIM steps (DDPM always uses all 1000)"})
+    sample_steps: int = field(default=20, metadata={"help": "DDIM steps (DDPM always uses all 1000)"})
     eta: float = field(default=0.0, metadata={"help": "DDIM eta (0: deterministic given the seed)"})
 
     def __post_init__(self) -> None:

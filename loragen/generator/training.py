@@ -170,7 +170,9 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
     layout = common_layout(data.adapters, settings.token_size)
     anchor = mean_adapter(data.adapters) if settings.anchor else {}
     residuals = [subtract(a.state_dict, anchor) for a in data.adapters]
-    stats = NormStats.fit(residuals, layout)
+    # Scale by the adapters' own spread, not the residuals': matrices that barely differ
+    # between tasks (the shared A) stay near zero instead of being blown up to unit noise.
+    stats = NormStats.fit([a.state_dict for a in data.adapters], layout)
     tokenized = [tokenize(r, layout, stats) for r in residuals]
     tokens = torch.stack([t for t, _ in tokenized])                       # (N, L, T)
     masks = torch.stack([m for _, m in tokenized]).float()
