@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/generator.json"))
     args = parser.parse_args()
 
-    from loragen.adapters import load_weights, lora_config_dict, write_adapter_folder
+    from loragen.adapters import lora_config_dict, write_adapter_folder
     from loragen.config import load_settings
     from loragen.evaluation import attached, evaluate
     from loragen.generator.training import train_generator

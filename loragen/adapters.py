@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loragen.atomic import staged_folder
 from loragen.errors import InvalidAdapter
 
 CONFIG_NAME = "adapter_config.json"
@@ -242,16 +240,8 @@ def write_adapter_folder(out_dir: Path, state_dict: dict, config: dict[str, Any]
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise InvalidAdapter(f"{out_dir}: already exists and is not empty")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir) as staging:
         tensors = {key: value.detach().contiguous().cpu() for key, value in state_dict.items()}
         save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir

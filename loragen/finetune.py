@@ -9,9 +9,6 @@ where it stopped and ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from loragen.atomic import staged_folder, torch_save_atomic
 from loragen.config import FinetuneConfig, LoraConfig
 from loragen.errors import LoragenError
 
@@ -109,28 +107,12 @@ class _BatchOrder:
         self.order = list(state["order"])
 
 
-def _save_atomic(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_adapter(peft_model, path: Path) -> None:
     """Write a PEFT folder into place atomically (a half-written checkpoint is never visible)."""
     if path.exists():
         return
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
+    with staged_folder(path) as staging:
         peft_model.save_pretrained(str(staging))
-        os.replace(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _lora_state(peft_model) -> dict[str, torch.Tensor]:
@@ -192,9 +174,9 @@ def finetune(model, tokenizer, examples: Sequence[tuple[str, str]], lora: LoraCo
         if step in keep:
             _save_adapter(peft_model, run_dir / "checkpoints" / f"step-{step:06d}")
         if step in keep or step % config.checkpoint_every == 0 or step == config.steps:
-            _save_atomic({"settings": settings, "step": step, "lora": _lora_state(peft_model),
-                          "optimizer": optimizer.state_dict(), "order": order.state(),
-                          "torch_rng": torch.get_rng_state(), "losses": losses}, state_path)
+            torch_save_atomic({"settings": settings, "step": step, "lora": _lora_state(peft_model),
+                               "optimizer": optimizer.state_dict(), "order": order.state(),
+                               "torch_rng": torch.get_rng_state(), "losses": losses}, state_path)
         if progress:
             progress(step, config.steps, losses[step])
     elapsed = time.perf_counter() - began if start < config.steps else 0.0

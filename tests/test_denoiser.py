@@ -9,14 +9,6 @@ from loragen.generator.diffusion import DDPMSchedule
 from loragen.generator.modules.denoiser import DenoiserConfig, TokenDenoiser, timestep_embedding
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # a tiny network: on a shared 2-core box a second thread costs more than it saves
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def tiny_config(**overrides) -> DenoiserConfig:
     values = dict(token_size=16, prototype_dim=8, channels=(16, 32, 16), kernel_size=3, time_embed_dim=32, num_groups=4)

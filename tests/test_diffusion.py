@@ -9,13 +9,6 @@ from loragen.errors import LoragenError
 from loragen.generator.diffusion import DDPMSchedule
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def oracle(schedule: DDPMSchedule, x0: torch.Tensor):
     """The exact eps of x_t for a model that knows x0: eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)."""

@@ -1,6 +1,5 @@
 """finetune -> registered checkpoints -> lm-eval, end to end offline on a tiny model and real task files."""
 
-import json
 import shutil
 
 import pytest

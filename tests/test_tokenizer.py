@@ -29,14 +29,6 @@ def make_adapter(seed: int = 0, *, num_layers: int = 3, rank: int = 4, hidden: i
     return sd
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: thread start-up costs more than the work on a shared 2-core box
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def test_parse_key():
     assert parse_key(f"{PREFIX}.3.self_attn.q_proj.lora_A.weight") == (3, "self_attn.q_proj", "lora_A")

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from loragen.cli.context import state
-from loragen.cli.render import Column, StepProgress, render, render_fields, say
+from loragen.cli.render import Column, StepProgress, render, say
 
 
 def _split(value: Optional[str]) -> list[str] | None:

@@ -9,9 +9,6 @@ to generate is in it; nothing is read from the training run.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from loragen import __version__
+from loragen.atomic import staged_folder, torch_save_atomic
 from loragen.config import GeneratorSettings
 from loragen.errors import LoragenError
 from loragen.generator.diffusion import DDPMSchedule
@@ -88,19 +86,11 @@ class GeneratorCheckpoint:
         from safetensors.torch import save_file
 
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-        try:
+        with staged_folder(folder, replace=True) as staging:
             tensors = {k: v.contiguous() for k, v in self.weights.items()}
             tensors.update({ANCHOR_PREFIX + k: v.contiguous() for k, v in self.anchor.items()})
             save_file(tensors, str(staging / WEIGHTS_FILE))
             (staging / META_FILE).write_text(json.dumps(self.metadata(), indent=1, sort_keys=True))
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(staging, folder)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return folder
 
     @classmethod
@@ -144,17 +134,6 @@ def common_layout(adapters: Sequence[TrainingAdapter], token_size: int) -> LoraL
 
 def _positions(layout: LoraLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return layout.layer_index(), layout.module_index(), layout.slice_index()
-
-
-def _save_state(path: Path, payload: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Path,
@@ -233,9 +212,9 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
         optimizer.step()
         losses.append(loss.item())
         if rank == 0 and (step % settings.checkpoint_every == 0 or step == settings.steps):
-            _save_state(state_path, {"fingerprint": fingerprint, "step": step, "model": model.state_dict(),
-                                     "optimizer": optimizer.state_dict(), "sampler": sampler.get_state(),
-                                     "torch_rng": torch.get_rng_state(), "losses": losses})
+            torch_save_atomic({"fingerprint": fingerprint, "step": step, "model": model.state_dict(),
+                               "optimizer": optimizer.state_dict(), "sampler": sampler.get_state(),
+                               "torch_rng": torch.get_rng_state(), "losses": losses}, state_path)
         if progress:
             progress(step, settings.steps, sum(losses[-20:]) / len(losses[-20:]))
     model.eval()

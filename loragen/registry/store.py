@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, selectinload
 from loragen import adapters as adapter_io
 from loragen.bases import Architecture, BaseSource, read_architecture, resolve_source, weights_digest
 from loragen.config import RegistryConfig
-from loragen.errors import InvalidAdapter, LoragenError, NotFound
+from loragen.errors import LoragenError, NotFound
 from loragen.registry import db
 from loragen.registry.blobs import BlobStore
 from loragen.registry.models import (
@@ -301,23 +301,16 @@ class Registry:
     def export(self, ref: str, out_dir: Path) -> Path:
         """Write a folder that peft.PeftModel.from_pretrained loads, byte-identical to what was stored."""
         import shutil
-        import tempfile
+
+        from loragen.atomic import staged_folder
 
         weights, config, view = self.adapter_files(ref)
         out_dir = Path(out_dir)
         if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
             raise LoragenError(f"{out_dir}: already exists and is not empty")
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-        try:
+        with staged_folder(out_dir) as staging:
             shutil.copyfile(weights, staging / adapter_io.WEIGHTS_NAME)
             shutil.copyfile(config, staging / adapter_io.CONFIG_NAME)
-            if out_dir.exists():
-                out_dir.rmdir()
-            os.replace(staging, out_dir)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return out_dir
 
     def remove(self, ref: str) -> str:
