@@ -58,8 +58,13 @@ def evaluate(model, tokenizer, tasks: Sequence[Task], *, split: str = "test", li
         raise LoragenError("no tasks to evaluate")
     _offline()
     import lm_eval
+    import lm_eval.evaluator
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+
+    # lm-eval runs `git describe` in the working directory for its metadata, and git's
+    # "fatal: not a git repository" lands on our user's terminal; we don't use that field.
+    lm_eval.evaluator.get_git_commit_hash = lambda: None
 
     with tempfile.TemporaryDirectory(prefix="loragen-eval-") as tmp:
         include = _task_yamls(tasks, split, Path(tmp))

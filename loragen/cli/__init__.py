@@ -66,6 +66,10 @@ app.command("generate")(_generator.generate)
 def main(argv: list[str] | None = None) -> None:
     from loragen.errors import LoragenError
 
+    # OpenMP threads that spin while waiting make torch many times slower when the
+    # cores are shared (measured on this project's 2-core machines); sleep instead.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
     debug = os.environ.get("LORAGEN_DEBUG") == "1"
     try:
         # Typer handles usage errors (exit 2) and --help itself, then exits.

@@ -10,7 +10,8 @@ from typing import Any, Callable, Sequence
 from rich.console import Console
 from rich.table import Table
 
-out = Console(soft_wrap=True)
+# Tables keep their natural width when piped to a file; in a terminal they fit the window.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
 err = Console(stderr=True)
 
 
