@@ -179,3 +179,29 @@ def test_data_parallel_training_with_two_cpu_processes(capsys, tiny_base, tmp_pa
     digests = summary["weights_sha256_per_rank"]
     assert len(digests) == 2 and digests[0] == digests[1]
     assert [g["id"] for g in run_cli(capsys, "list", "generators", "--json").json()] == [summary["id"]]
+
+
+@pytest.mark.slow
+def test_generate_samples_keeps_the_best_candidate_on_validation(capsys, tiny_base, tmp_path, isolated_home):
+    isolated_home.mkdir(parents=True, exist_ok=True)
+    (isolated_home / "loragen.toml").write_text(
+        "[generator]\n" + "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in dict(TINY, steps=4).items()) + "\n")
+    assert run_cli(capsys, "base", "add", "tiny", "--from", tiny_base).code == 0
+    for index in range(2):
+        folder = make_lora(tiny_base, tmp_path / f"l{index}", seed=index, r=2)
+        assert run_cli(capsys, "ingest", folder, "--base", "tiny", "--task", "element_symbol").code == 0
+    assert run_cli(capsys, "train").code == 0
+    result = run_cli(capsys, "generate", "--task", "element_symbol", "--base", "tiny", "--samples", "2",
+                     "--select-limit", "2", "--json")
+    assert result.code == 0, result.err
+    report = result.json()
+    candidates = report["candidates"]
+    assert [c["seed"] for c in candidates] == [0, 1]
+    assert all(c["metric"] == "exact_match" and 0 <= c["score"] <= 1 for c in candidates)
+    best = max(candidates, key=lambda c: (c["score"], -c["seed"]))
+    assert report["seed"] == best["seed"]
+    provenance = run_cli(capsys, "show", report["id"], "--json").json()["provenance"]
+    assert provenance["candidates"] == candidates and provenance["seed"] == best["seed"]
+    table = run_cli(capsys, "generate", "--task", "element_symbol", "--base", "tiny", "--samples", "2",
+                    "--select-limit", "2", "--seed", "5")
+    assert table.code == 0 and "VALIDATION" in table.out and "kept seed" in table.err
