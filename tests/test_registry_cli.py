@@ -217,3 +217,12 @@ def test_export_refuses_non_empty_target(capsys, registered, tiny_adapter, tmp_p
 def test_version_and_help_are_fast_paths(capsys):
     assert run_cli(capsys, "--version").out.startswith("loragen ")
     assert "ingest" in run_cli(capsys, "--help").out
+
+
+def test_list_suite_shows_the_bundled_tasks(capsys):
+    rows = run_cli(capsys, "list", "suite", "--json").json()
+    names = {r["name"] for r in rows}
+    assert {"antonyms", "element_symbol", "hypernym_choice"} <= names and len(rows) >= 8
+    assert all(len(r["descriptions"]) >= 5 and r["counts"]["test"] > 0 for r in rows)
+    assert "bundled task(s)" in run_cli(capsys, "list", "suite").out
+    assert run_cli(capsys, "list", "nonsense").code == 2

@@ -44,12 +44,22 @@ def ingest(path: Path = typer.Argument(..., help="A PEFT adapter folder (adapter
         typer.echo(f"already registered as {result.id}")
 
 
-def list_cmd(what: str = typer.Argument("adapters", help="adapters, bases, tasks or generators."),
+SUITE_COLUMNS = [
+    Column("TASK", lambda r: r["name"]),
+    Column("KIND", lambda r: r["kind"]),
+    Column("TRAIN", lambda r: r["counts"].get("train"), "right"),
+    Column("VAL", lambda r: r["counts"].get("validation"), "right"),
+    Column("TEST", lambda r: r["counts"].get("test"), "right"),
+    Column("SOURCE", lambda r: r["source"].split(";")[0][:60]),
+]
+
+
+def list_cmd(what: str = typer.Argument("adapters", help="adapters, bases, tasks, suite or generators."),
              task: Optional[str] = typer.Option(None, "--task", help="Only this task's adapters."),
              base: Optional[str] = typer.Option(None, "--base", help="Only adapters of this base version."),
              origin: Optional[str] = typer.Option(None, "--origin", help="trained, ingested or generated."),
              as_json: bool = JSON, quiet: bool = QUIET) -> None:
-    """List adapters (default), bases, tasks or generators."""
+    """List adapters (default), bases, tasks in the registry, the bundled task suite, or generators."""
     if what in ("bases", "base"):
         from loragen.cli.base import list_bases
 
@@ -63,12 +73,19 @@ def list_cmd(what: str = typer.Argument("adapters", help="adapters, bases, tasks
         rows = state.registry.list_adapters(task=task, base_ref=base, origin=origin)
         render(rows, as_json=as_json, quiet=quiet, columns=ADAPTER_COLUMNS,
                summary=f"{len(rows)} adapter(s), {human_count(sum(r['parameters'] for r in rows))} parameters")
+    elif what == "suite":
+        from loragen.tasks.suite import list_tasks
+
+        rows = [{"name": t.name, "kind": t.kind, "counts": t.counts, "source": t.source,
+                 "descriptions": t.descriptions, "folder": str(t.dir)} for t in list_tasks()]
+        render(rows, as_json=as_json, quiet=quiet, columns=SUITE_COLUMNS, key="name",
+               summary=f"{len(rows)} bundled task(s); use them with --task NAME")
     elif what in ("generators", "generator"):
         from loragen.cli.generator import generators
 
         generators(as_json=as_json, quiet=quiet)
     else:
-        raise typer.BadParameter(f"'{what}': expected adapters, bases, tasks or generators")
+        raise typer.BadParameter(f"'{what}': expected adapters, bases, tasks, suite or generators")
 
 
 def show(ref: str = typer.Argument(..., help="Adapter id (a prefix is enough), base NAME[@vN] or task name."),
