@@ -269,3 +269,91 @@ def _select_on_validation(registry: Registry, base_label: str, task_name: str, s
                 [score] = evaluate(peft_model, tokenizer, [task], split="validation", limit=limit)
             candidate.score, candidate.metric = score.value, score.metric
     return max(range(len(candidates)), key=lambda i: (candidates[i].score, -i))
+
+
+@dataclass
+class RefreshItem:
+    task: str
+    base: str                      # the newest version, which gets the new adapter
+    replaces: str | None           # the adapter it succeeds (on an earlier version)
+    replaces_base: str | None
+    action: str                    # "generate", "generated", or "skip: …"
+    id: str | None = None
+    seconds: float | None = None
+    scores: dict[str, float] = field(default_factory=dict)   # old_on_new / zero_shot / regenerated
+
+
+def plan_refresh(registry: Registry, *, base: str | None = None, tasks: Sequence[str] | None = None) -> list[RefreshItem]:
+    """For the newest version of each base (or `base`): every task that has an adapter on an earlier version."""
+    items = []
+    for label in _newest_versions(registry, base):
+        name, _ = label.split("@")
+        versions = {row["name"]: row["version"] for row in registry.list_bases() if row["base"] == name}
+        newest = versions[label]
+        adapters = [a for a in registry.list_adapters() if a["base"] in versions and (not tasks or a["task"] in tasks)]
+        for task in sorted({a["task"] for a in adapters}):
+            earlier = [a for a in adapters if a["task"] == task and versions[a["base"]] < newest]
+            if not earlier:
+                continue
+            # The adapter to succeed: from the latest earlier version, the newest one made there.
+            predecessor = max(earlier, key=lambda a: (versions[a["base"]], a["created_at"]))
+            existing = [a for a in adapters if a["task"] == task and a["base"] == label and a["origin"] == "generated"]
+            action = f"skip: {existing[-1]['id']} already generated for {label}" if existing else "generate"
+            items.append(RefreshItem(task=task, base=label, replaces=predecessor["id"], replaces_base=predecessor["base"],
+                                     action=action, id=existing[-1]["id"] if existing else None))
+    return items
+
+
+def _newest_versions(registry: Registry, base: str | None) -> list[str]:
+    rows = registry.list_bases()
+    if base:
+        with registry.session() as s:
+            return [registry.resolve_version(s, base.split("@")[0]).label]
+    newest: dict[str, dict] = {}
+    for row in rows:
+        if row["base"] not in newest or row["version"] > newest[row["base"]]["version"]:
+            newest[row["base"]] = row
+    return sorted(row["name"] for row in newest.values() if row["version"] > 1)
+
+
+def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None = None,
+            tasks: Sequence[str] | None = None, seed: int = 0, evaluate_limit: int | None = None,
+            run_eval: bool = False, progress: Callable[[int, int], None] | None = None) -> list[RefreshItem]:
+    """Generate each task's adapter for the newest base version; idempotent (done tasks are skipped)."""
+    items = plan_refresh(registry, base=base, tasks=tasks)
+    todo = [item for item in items if item.action == "generate"]
+    for index, item in enumerate(todo):
+        result = generate(registry, settings, task=item.task, base_ref=item.base, seed=seed, replaces=item.replaces)
+        item.action, item.id, item.seconds = "generated", result.id, round(result.seconds, 3)
+        if progress:
+            progress(index + 1, len(todo))
+    if run_eval:
+        _evaluate_refresh(registry, [item for item in items if item.id], evaluate_limit)
+    return items
+
+
+def _evaluate_refresh(registry: Registry, items: Sequence[RefreshItem], limit: int | None) -> None:
+    """Before/after on the new version: the old adapter carried over, zero-shot, the regenerated adapter."""
+    from loragen.errors import NotFound
+    from loragen.evaluation import attached, evaluate
+    from loragen.tasks.suite import get_task
+
+    by_base: dict[str, list[RefreshItem]] = {}
+    for item in items:
+        by_base.setdefault(item.base, []).append(item)
+    for label, group in by_base.items():
+        model, tokenizer, _ = registry.load_base(label)
+        for item in group:
+            try:
+                task = get_task(item.task)
+            except NotFound:
+                continue  # no bundled data to score it on
+            [zero] = evaluate(model, tokenizer, [task], limit=limit)
+            registry.record_scores(label, None, [zero], {"refresh": True, "limit": limit})
+            item.scores["zero_shot"] = zero.value
+            for key, ref in (("old_on_new", item.replaces), ("regenerated", item.id)):
+                with attached(model, registry.adapter_folder(ref)) as peft_model:
+                    [score] = evaluate(peft_model, tokenizer, [task], limit=limit)
+                item.scores[key] = score.value
+            # Stored under the regenerated adapter only: the old one belongs to another version.
+            registry.record_scores(label, item.id, [score], {"refresh": True, "limit": limit})

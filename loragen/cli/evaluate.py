@@ -39,9 +39,9 @@ SCORE_COLUMNS = [
 def eval_cmd(adapters: list[str] = typer.Argument(None, help="Adapter ids to evaluate (default: their own task)."),
              base: Optional[str] = typer.Option(None, "--base", help="Evaluate this base version zero-shot."),
              tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated task names or folders."),
-             limit: Optional[int] = typer.Option(None, "--limit", help="Examples per task [eval.limit; 0 = all]."),
+             limit: Optional[int] = typer.Option(None, "--limit", help="Examples per task (settings: eval.limit; 0 = all)."),
              split: str = typer.Option("test", "--split", help="test or validation."),
-             batch_size: Optional[int] = typer.Option(None, "--batch-size", help="lm-eval batch size [eval.batch_size]."),
+             batch_size: Optional[int] = typer.Option(None, "--batch-size", help="lm-eval batch size (settings: eval.batch_size)."),
              compare: bool = typer.Option(False, "--compare", help="Show stored results: zero-shot vs trained vs generated."),
              as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
     """Evaluate adapters (or a base zero-shot) with lm-eval-harness and keep the results."""

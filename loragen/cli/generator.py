@@ -18,9 +18,9 @@ def _split(value: Optional[str]) -> list[str] | None:
 def train(tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these tasks' adapters (comma-separated)."),
           bases: Optional[str] = typer.Option(None, "--bases", help="Only adapters of these base versions."),
           held_out: Optional[str] = typer.Option(None, "--held-out", help="Tasks to leave out (for evaluation)."),
-          steps: Optional[int] = typer.Option(None, help="Training steps [generator.steps]."),
-          seed: Optional[int] = typer.Option(None, help="Seed [generator.seed]."),
-          lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [generator.learning_rate]."),
+          steps: Optional[int] = typer.Option(None, help="Training steps (settings: generator.steps)."),
+          seed: Optional[int] = typer.Option(None, help="Seed (settings: generator.seed)."),
+          lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (settings: generator.learning_rate)."),
           nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes (torchrun; gloo on CPU, NCCL on GPU)."),
           as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
     """Train the generator on the registry's trained/ingested adapters; register its checkpoint. Resumable."""
@@ -64,8 +64,8 @@ def generate(task: str = typer.Option(..., "--task", help="A task name in the re
              samples: int = typer.Option(1, help="Candidates to draw; >1 keeps the best on the task's validation split."),
              name: Optional[str] = typer.Option(None, help="Task name to register under (default: the task or a slug)."),
              generator: Optional[str] = typer.Option(None, "--generator", help="Generator id (default: newest)."),
-             method: Optional[str] = typer.Option(None, help="ddim or ddpm [generator.sample_method]."),
-             sample_steps: Optional[int] = typer.Option(None, help="DDIM steps [generator.sample_steps]."),
+             method: Optional[str] = typer.Option(None, help="ddim or ddpm (settings: generator.sample_method)."),
+             sample_steps: Optional[int] = typer.Option(None, help="DDIM steps (settings: generator.sample_steps)."),
              select_limit: int = typer.Option(50, help="Validation examples per candidate when --samples > 1."),
              out: Optional[str] = typer.Option(None, "--out", help="Also export the adapter to this folder."),
              as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:

@@ -25,14 +25,14 @@ def resolve_task(spec: str):
 
 def finetune(task: str = typer.Option(..., "--task", help="Bundled task name, or a task folder."),
              base: str = typer.Option(..., "--base", help="NAME or NAME@vN (default newest)."),
-             steps: Optional[int] = typer.Option(None, help="Optimizer steps [loragen.toml finetune.steps]."),
-             seed: Optional[int] = typer.Option(None, help="Random seed [finetune.seed]."),
-             lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [finetune.learning_rate]."),
-             batch_size: Optional[int] = typer.Option(None, help="Examples per step [finetune.batch_size]."),
+             steps: Optional[int] = typer.Option(None, help="Optimizer steps (settings: loragen.toml finetune.steps)."),
+             seed: Optional[int] = typer.Option(None, help="Random seed (settings: finetune.seed)."),
+             lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (settings: finetune.learning_rate)."),
+             batch_size: Optional[int] = typer.Option(None, help="Examples per step (settings: finetune.batch_size)."),
              checkpoints: Optional[int] = typer.Option(None, help="How many last checkpoints to register."),
              checkpoint_every: Optional[int] = typer.Option(None, help="Steps between kept checkpoints."),
-             rank: Optional[int] = typer.Option(None, "--rank", "-r", help="LoRA rank [lora.r]."),
-             targets: Optional[str] = typer.Option(None, help="Comma-separated target modules [lora.target_modules]."),
+             rank: Optional[int] = typer.Option(None, "--rank", "-r", help="LoRA rank (settings: lora.r)."),
+             targets: Optional[str] = typer.Option(None, help="Comma-separated target modules (settings: lora.target_modules)."),
              train_limit: int = typer.Option(0, help="Use only the first N training examples (0: all)."),
              as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
     """Fine-tune a LoRA on a task; register its last checkpoints (origin=trained). Resumes if interrupted."""
