@@ -15,7 +15,32 @@ def isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("LORAGEN_HOME", str(home))
     monkeypatch.delenv("LORAGEN_DATABASE_URL", raising=False)
     monkeypatch.chdir(tmp_path)
-    return home
+    server = os.environ.get("LORAGEN_TEST_POSTGRES_URL")
+    if not server:
+        yield home
+        return
+    # The same tests against PostgreSQL: a fresh database per test, dropped afterwards.
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"loragen_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    monkeypatch.setenv("LORAGEN_DATABASE_URL", make_url(server).set(database=name).render_as_string(hide_password=False))
+    try:
+        yield home
+    finally:
+        from loragen.cli.context import state
+
+        if state._registry is not None:
+            state._registry.engine.dispose()
+        state._registry = None
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")

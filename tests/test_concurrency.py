@@ -12,6 +12,7 @@ def test_two_processes_ingest_concurrently(capsys, tiny_base, tmp_path, isolated
     assert run_cli(capsys, "base", "add", "tiny", "--from", tiny_base).code == 0
     per_process = 4
     folders = [make_lora(tiny_base, tmp_path / f"lora{i}", seed=100 + i) for i in range(2 * per_process)]
+    common = make_lora(tiny_base, tmp_path / "common", seed=99)  # both processes ingest this one
     script = (
         "import sys\n"
         "from loragen.cli import main\n"
@@ -27,12 +28,13 @@ def test_two_processes_ingest_concurrently(capsys, tiny_base, tmp_path, isolated
         args = []
         for i in range(p * per_process, (p + 1) * per_process):
             args += [str(folders[i]), "shared-task" if i % 2 else f"task-{i}"]
+        args += [str(common), "shared-task"]
         procs.append(subprocess.Popen([sys.executable, "-c", script, *args], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for proc in procs:
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
     adapters = run_cli(capsys, "list", "--json").json()
-    assert len(adapters) == 2 * per_process
+    assert len(adapters) == 2 * per_process + 1  # the common adapter once
     tasks = {t["name"]: t["adapters"] for t in run_cli(capsys, "list", "tasks", "--json").json()}
-    assert tasks["shared-task"] == per_process
+    assert tasks["shared-task"] == per_process + 1

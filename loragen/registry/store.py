@@ -77,9 +77,13 @@ class Registry:
         return sha
 
     def _record_blob(self, session: Session, sha: str, size: int, media_type: str) -> None:
-        if session.get(Blob, sha) is None:
-            session.add(Blob(sha256=sha, size=size, media_type=media_type))
-            session.flush()
+        if session.get(Blob, sha) is not None:
+            return
+        try:
+            with session.begin_nested():  # a savepoint: losing a race must not abort the transaction
+                session.add(Blob(sha256=sha, size=size, media_type=media_type))
+        except IntegrityError:
+            pass  # another process recorded the same bytes meanwhile (PostgreSQL; SQLite serialises writers)
 
     def blob_path(self, sha: str) -> Path:
         path = self.blobs.path(sha)
@@ -247,12 +251,15 @@ class Registry:
                 return Registered(id=uid[:12], created=False)
             task_row = self.ensure_task(s, task, descriptions)
             replaces_id = self._find_adapter(s, replaces).id if replaces else None
-            s.add(Adapter(
-                uid=uid, task_id=task_row.id, base_version_id=version.id, origin=origin,
-                rank=folder.rank, alpha=folder.alpha, target_modules=folder.target_leaf_names(),
-                num_parameters=folder.num_parameters, weights_sha256=weights_sha, config_sha256=config_sha,
-                provenance=provenance, replaces_id=replaces_id))
-            s.flush()
+            try:
+                with s.begin_nested():
+                    s.add(Adapter(
+                        uid=uid, task_id=task_row.id, base_version_id=version.id, origin=origin,
+                        rank=folder.rank, alpha=folder.alpha, target_modules=folder.target_leaf_names(),
+                        num_parameters=folder.num_parameters, weights_sha256=weights_sha, config_sha256=config_sha,
+                        provenance=provenance, replaces_id=replaces_id))
+            except IntegrityError:  # the same adapter, registered by another process meanwhile
+                return Registered(id=uid[:12], created=False)
             return Registered(id=uid[:12], created=True)
 
     def _find_adapter(self, s: Session, ref: str) -> Adapter:
