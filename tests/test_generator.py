@@ -198,3 +198,18 @@ def test_generate_samples_keeps_the_best_candidate_on_validation(capsys, tiny_ba
     table = run_cli(capsys, "generate", "--task", "element_symbol", "--base", "tiny", "--samples", "2",
                     "--select-limit", "2", "--seed", "5")
     assert table.code == 0 and "VALIDATION" in table.out and "kept seed" in table.err
+
+
+def test_chunked_denoising_gives_the_same_tokens(tiny_base, tmp_path):
+    from loragen.generator.model import sample_tokens
+    from loragen.generator.training import train_generator
+
+    data = _training_set(tiny_base, tmp_path)
+    checkpoint = train_generator(data, GeneratorSettings(**dict(TINY, steps=2)), tmp_path / "run")
+    model, layout = checkpoint.build_model(), checkpoint.layout
+    positions = (layout.layer_index(), layout.module_index(), layout.slice_index())
+    text, base = data.text_embeddings["alpha"][0], data.base_embeddings["tiny@v1"]
+    whole, chunked = (sample_tokens(model, checkpoint.schedule, positions, text, base, None, steps=3,
+                                    generator=torch.Generator().manual_seed(0), chunk_tokens=size)
+                      for size in (10_000, 3))
+    assert torch.allclose(whole, chunked, atol=1e-6)

@@ -161,10 +161,18 @@ def diffusion_loss(model: ORALGenerator, schedule: DDPMSchedule, tokens: torch.T
 def sample_tokens(model: ORALGenerator, schedule: DDPMSchedule, positions: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                   text: torch.Tensor, base: torch.Tensor, state: torch.Tensor | None, *, method: str = "ddim",
                   steps: int | None = 50, eta: float = 0.0, generator: torch.Generator | None = None,
-                  progress=None) -> torch.Tensor:
-    """Generate one adapter's tokens (L, token_size): prototypes once, then all tokens denoised in parallel."""
+                  progress=None, chunk_tokens: int = 2048) -> torch.Tensor:
+    """Generate one adapter's tokens (L, token_size): prototypes once, then every token denoised independently.
+
+    Tokens go through the denoiser `chunk_tokens` at a time, so the working memory
+    beyond the (L, token_size) sample itself stays fixed however large the adapter.
+    """
     prototypes = model.prototypes(*positions, text[None], base[None], state[None] if state is not None else None)[0]
     length = prototypes.shape[0]
-    return schedule.sample(lambda x_t, t: model.denoise(x_t, prototypes, t), (length, model.config.token_size),
-                           steps=steps, method=method, eta=eta, generator=generator, progress=progress,
-                           device=prototypes.device)
+
+    def denoise_in_chunks(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([model.denoise(x_t[i:i + chunk_tokens], prototypes[i:i + chunk_tokens], t[i:i + chunk_tokens])
+                          for i in range(0, length, chunk_tokens)])
+
+    return schedule.sample(denoise_in_chunks, (length, model.config.token_size), steps=steps, method=method, eta=eta,
+                           generator=generator, progress=progress, device=prototypes.device)
