@@ -82,6 +82,34 @@ def test_kill_9_during_generator_training_resumes(capsys, tiny_base, tmp_path, i
     assert summary["resumed_from_step"] >= 5 and summary["steps"] == 400
 
 
+@pytest.mark.slow
+def test_kill_9_during_generate_leaves_all_or_nothing(capsys, tiny_base, tmp_path, isolated_home):
+    isolated_home.mkdir(parents=True, exist_ok=True)
+    (isolated_home / "loragen.toml").write_text("[generator]\n" + "\n".join(
+        f"{k} = {v!r}".replace("'", '"') for k, v in dict(TINY, steps=4, sample_steps=200).items()) + "\n")
+    assert run_cli(capsys, "base", "add", "tiny", "--from", tiny_base).code == 0
+    for index in range(2):
+        folder = make_lora(tiny_base, tmp_path / f"l{index}", seed=index, r=2)
+        assert run_cli(capsys, "ingest", folder, "--base", "tiny", "--task", f"t{index}").code == 0
+    assert run_cli(capsys, "train").code == 0
+    rng = random.Random(1)
+    killed = 0
+    for seed in range(6):
+        proc = subprocess.Popen([sys.executable, "-m", "loragen", "generate", "--task", "say hello", "--base", "tiny",
+                                 "--seed", str(seed)], env=_env(isolated_home), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.0, 6.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait()
+        _registry_is_consistent(capsys, isolated_home)
+    assert killed > 0
+    for seed in range(6):  # every seed can still be generated, once
+        assert run_cli(capsys, "generate", "--task", "say hello", "--base", "tiny", "--seed", str(seed)).code == 0
+    assert len(run_cli(capsys, "list", "--origin", "generated", "--json").json()) == 6
+
+
 def test_disk_full_mid_write_is_reported_and_leaves_the_store_clean(capsys, tiny_base, tiny_adapter, isolated_home,
                                                                     monkeypatch):
     from loragen.registry import blobs
