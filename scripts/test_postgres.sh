@@ -14,9 +14,11 @@ for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 && break; sleep 1; done
 su postgres -c "psql -q -v ON_ERROR_STOP=1" <<'SQL'
 DO $$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'loragen') THEN
-    CREATE ROLE loragen LOGIN CREATEDB PASSWORD 'loragen';
+    CREATE ROLE loragen LOGIN PASSWORD 'loragen';
   END IF;
 END $$;
+-- A throw-away local test server: the tests create and force-drop a database each.
+ALTER ROLE loragen SUPERUSER;
 SQL
 export LORAGEN_TEST_POSTGRES_URL="postgresql+psycopg://loragen:loragen@127.0.0.1:5432/postgres"
 python3 -m pytest -q tests/test_registry_cli.py tests/test_concurrency.py tests/test_refresh.py tests/test_fuzz_adapters.py

@@ -21,7 +21,10 @@ def run_cli(capsys, *args: str) -> Result:
     from loragen.cli import main
     from loragen.cli.context import state
 
-    # Each invocation is a fresh process for the user: forget the previous one's state.
+    # Each invocation is a fresh process for the user: forget the previous one's state
+    # (and close its database connections, as a process exit would).
+    if state._registry is not None:
+        state._registry.engine.dispose()
     state._settings = None
     state._registry = None
     capsys.readouterr()
