@@ -467,10 +467,30 @@ def build_hypernyms(freq: collections.Counter, banned: set[str]) -> BuiltTask:
     )
 
 
-def build_verb_lemmas(freq: collections.Counter, banned: set[str]) -> BuiltTask:
-    name = "verb_base_form"
+LEMMA_TASKS = {
+    # exc file -> (task name, prompt, form label, answer label, descriptions)
+    "verb.exc": ("verb_base_form", "Give the base form of the English verb.", "Verb", "Base form", [
+        "Turn an inflected English verb into its base form (lemmatize).",
+        "Give the infinitive of an irregular verb form, e.g. went -> go.",
+        "Verb lemmatization: answer with the dictionary form of the verb.",
+        "Undo the past tense or participle: what is the plain verb?",
+        "Map irregular English verb forms back to their base verb.",
+    ]),
+    "noun.exc": ("noun_singular", "Give the singular form of the English noun.", "Plural", "Singular", [
+        "Turn an irregular English plural noun into its singular, e.g. mice -> mouse.",
+        "Give the singular of a plural noun.",
+        "Noun lemmatization: answer with the dictionary (singular) form of the noun.",
+        "What is one of these called? Write the singular of the irregular plural.",
+        "Map irregular plurals such as geese, cacti or criteria back to their singular.",
+    ]),
+}
+
+
+def build_lemmas(exc_file: str, freq: collections.Counter, banned: set[str]) -> BuiltTask:
+    """Irregular inflected forms back to their lemma, from one of WordNet's exception lists."""
+    name, instruction, form_label, answer_label, descriptions = LEMMA_TASKS[exc_file]
     lemmas: dict[str, set[str]] = collections.defaultdict(set)
-    with open(WORDNET / "verb.exc", encoding="utf-8") as f:
+    with open(WORDNET / exc_file, encoding="utf-8") as f:
         for line in f:
             form, *bases = line.split()
             lemmas[form].update(bases)
@@ -482,14 +502,14 @@ def build_verb_lemmas(freq: collections.Counter, banned: set[str]) -> BuiltTask:
                 by_lemma[base].append(form)
     ranked = sorted(by_lemma, key=lambda b: (-freq[b], b))
     chosen, n_forms = [], 0
-    for base in ranked:  # the most common verbs, up to the record budget
+    for base in ranked:  # the most common lemmas, up to the record budget
         if n_forms >= MAX_TRAIN + MAX_VALIDATION + MAX_TEST:
             break
         chosen.append(base)
         n_forms += len(by_lemma[base])
     groups = [
         [
-            {"prompt": f"Give the base form of the English verb.\nVerb: {form}\nBase form:", "target": answer(base)}
+            {"prompt": f"{instruction}\n{form_label}: {form}\n{answer_label}:", "target": answer(base)}
             for form in sorted(by_lemma[base])
         ]
         for base in sorted(chosen)
@@ -498,17 +518,11 @@ def build_verb_lemmas(freq: collections.Counter, banned: set[str]) -> BuiltTask:
         name=name,
         kind="exact_match",
         source=(
-            f"Debian wordnet-base {debian_version('wordnet-base')}: {WORDNET}/verb.exc "
-            "(irregular inflections with one base form; all forms of a verb in one split) and cntlist.rev"
+            f"Debian wordnet-base {debian_version('wordnet-base')}: {WORDNET}/{exc_file} "
+            "(irregular inflections with one lemma; all forms of a lemma in one split) and cntlist.rev"
         ),
         license="WordNet-3.0",
-        descriptions=[
-            "Turn an inflected English verb into its base form (lemmatize).",
-            "Give the infinitive of an irregular verb form, e.g. went -> go.",
-            "Verb lemmatization: answer with the dictionary form of the verb.",
-            "Undo the past tense or participle: what is the plain verb?",
-            "Map irregular English verb forms back to their base verb.",
-        ],
+        descriptions=descriptions,
         splits=split_groups(name, groups),
     )
 
@@ -562,34 +576,6 @@ def _countries() -> list[dict]:
 
 
 COUNTRY_SOURCE = "PyPI countryinfo {v}: countryinfo/data/*.json ({fields})"
-
-
-def build_capitals() -> BuiltTask:
-    name = "country_capital"
-    groups = []
-    for c in _countries():
-        capital = c.get("capital")
-        if not isinstance(capital, str) or not capital.strip() or "/" in capital:
-            continue
-        if capital.strip() == c["name"].strip():  # city-states answer themselves
-            continue
-        groups.append(
-            [{"prompt": f"What is the capital city of the country?\nCountry: {c['name'].strip()}\nCapital:", "target": answer(capital)}]
-        )
-    return BuiltTask(
-        name=name,
-        kind="exact_match",
-        source=COUNTRY_SOURCE.format(v=pip_version("countryinfo"), fields="name, capital"),
-        license="MIT (countryinfo)",
-        descriptions=[
-            "Name the capital city of a country.",
-            "Geography quiz: give each country's capital.",
-            "Country to capital: answer with the seat of government.",
-            "What city is the capital of this nation?",
-            "Recall world capitals, e.g. France -> Paris.",
-        ],
-        splits=split_groups(name, groups),
-    )
 
 
 REGIONS = ["Africa", "Americas", "Asia", "Europe", "Oceania"]
@@ -743,8 +729,9 @@ def main() -> None:
     freq = wordnet_frequencies()
     banned = offensive_words()
     tasks = [build_translation(lang, freq, banned) for lang in LANGUAGES]
-    tasks += [build_antonyms(freq, banned), build_hypernyms(freq, banned), build_verb_lemmas(freq, banned)]
-    tasks += [build_elements(), build_capitals(), build_regions()]
+    tasks += [build_antonyms(freq, banned), build_hypernyms(freq, banned), build_lemmas("verb.exc", freq, banned),
+              build_lemmas("noun.exc", freq, banned)]
+    tasks += [build_elements(), build_regions()]
 
     if args.out.exists():  # stale task folders from older builds must not linger
         for child in sorted(args.out.iterdir()):

@@ -10,12 +10,12 @@ BASE=smollm2-135m
 STEPS=${MAIN_JOB_STEPS:-60}
 
 loragen show "$BASE" --json >/dev/null 2>&1 || loragen base add "$BASE" --from bundled:smollm2
-for task in element_symbol country_capital; do
+for task in element_symbol noun_singular; do
   loragen finetune --task "$task" --base "$BASE" --steps "$STEPS" --checkpoints 3 --checkpoint-every 10 --lr 2e-3
 done
 loragen train --steps 300
 loragen generate --task "Give the chemical symbol of a chemical element" --name element_symbol --base "$BASE" --seed 0
-loragen eval --base "$BASE" --tasks element_symbol,country_capital --limit 50
+loragen eval --base "$BASE" --tasks element_symbol,noun_singular --limit 50
 loragen eval $(loragen list --task element_symbol -q | tail -1) $(loragen list --origin trained --task element_symbol -q | tail -1) --limit 50
 loragen eval --compare
 loragen list

@@ -100,7 +100,7 @@ def test_materialize_writes_absolute_existing_paths(tmp_path):
         assert (DATA_DIR / "antonyms" / f"{split}.jsonl").samefile(path)
 
 
-def _copy_task(tmp_path, name="country_capital"):
+def _copy_task(tmp_path, name="element_symbol"):
     user_dir = tmp_path / "my_task"
     shutil.copytree(DATA_DIR / name, user_dir)
     return user_dir
@@ -109,12 +109,12 @@ def _copy_task(tmp_path, name="country_capital"):
 def test_user_task_dir_loads_and_materializes(tmp_path):
     user_dir = _copy_task(tmp_path)
     meta = json.loads((user_dir / "meta.json").read_text())
-    meta["name"] = "my_capitals"
+    meta["name"] = "my_elements"
     (user_dir / "meta.json").write_text(json.dumps(meta))
     task = load_task_dir(user_dir)
-    assert task.name == "my_capitals" and task.dir == user_dir.resolve()
+    assert task.name == "my_elements" and task.dir == user_dir.resolve()
     include = materialize_yaml([task], tmp_path / "inc")
-    assert (include / "loragen_country_capital.yaml").is_file()
+    assert (include / "loragen_element_symbol.yaml").is_file()
 
 
 def test_missing_data_file_is_one_clear_line(tmp_path):
