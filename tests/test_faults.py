@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from tests.helpers import blob_files, run_cli
-from tests.test_generator import TINY
+from tests.helpers import blob_files, registry_with_adapters, run_cli
 from tests.tiny import make_lora
 
 
@@ -56,13 +55,7 @@ def test_kill_9_during_ingest_leaves_all_or_nothing(capsys, tiny_base, tmp_path,
 
 @pytest.mark.slow
 def test_kill_9_during_generator_training_resumes(capsys, tiny_base, tmp_path, isolated_home):
-    isolated_home.mkdir(parents=True, exist_ok=True)
-    (isolated_home / "loragen.toml").write_text("[generator]\n" + "\n".join(
-        f"{k} = {v!r}".replace("'", '"') for k, v in dict(TINY, steps=400, checkpoint_every=5).items()) + "\n")
-    assert run_cli(capsys, "base", "add", "tiny", "--from", tiny_base).code == 0
-    for index in range(2):
-        folder = make_lora(tiny_base, tmp_path / f"l{index}", seed=index, r=2)
-        assert run_cli(capsys, "ingest", folder, "--base", "tiny", "--task", f"t{index}").code == 0
+    registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home, ["t0", "t1"], steps=400, checkpoint_every=5)
     proc = subprocess.Popen([sys.executable, "-m", "loragen", "train", "--json"], env=_env(isolated_home),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -84,13 +77,7 @@ def test_kill_9_during_generator_training_resumes(capsys, tiny_base, tmp_path, i
 
 @pytest.mark.slow
 def test_kill_9_during_generate_leaves_all_or_nothing(capsys, tiny_base, tmp_path, isolated_home):
-    isolated_home.mkdir(parents=True, exist_ok=True)
-    (isolated_home / "loragen.toml").write_text("[generator]\n" + "\n".join(
-        f"{k} = {v!r}".replace("'", '"') for k, v in dict(TINY, steps=4, sample_steps=200).items()) + "\n")
-    assert run_cli(capsys, "base", "add", "tiny", "--from", tiny_base).code == 0
-    for index in range(2):
-        folder = make_lora(tiny_base, tmp_path / f"l{index}", seed=index, r=2)
-        assert run_cli(capsys, "ingest", folder, "--base", "tiny", "--task", f"t{index}").code == 0
+    registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home, ["t0", "t1"], steps=4, sample_steps=200)
     assert run_cli(capsys, "train").code == 0
     rng = random.Random(1)
     killed = 0

@@ -6,11 +6,10 @@ import pytest
 import torch
 
 from loragen.config import GeneratorSettings
-from tests.helpers import run_cli
+from tests.helpers import TINY_GENERATOR, registry_with_adapters, run_cli
 from tests.tiny import make_lora
 
-TINY = dict(token_size=32, d_model=32, n_layers=1, d_state=4, prototype_dim=16, denoiser_channels=[8, 16, 8],
-            batch_size=2, tokens_per_step=64, learning_rate=3e-3, checkpoint_every=50, sample_steps=25)
+TINY = TINY_GENERATOR
 
 
 def _training_set(tiny_base, tmp_path):
@@ -105,17 +104,6 @@ def test_mixed_layouts_are_refused(tiny_base, tmp_path):
         common_layout([TrainingAdapter("a" * 64, "t", "b@v1", r2), TrainingAdapter("b" * 64, "t", "b@v1", r4)], 32)
 
 
-def _registry_with_adapters(capsys, tiny_base, tmp_path, home, tasks, steps):
-    """A registry holding the tiny base and one tiny LoRA per entry of `tasks`, with TINY generator settings."""
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "loragen.toml").write_text(
-        "[generator]\n" + "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in dict(TINY, steps=steps).items()) + "\n")
-    assert run_cli(capsys, "base", "add", "tiny", "--from", tiny_base).code == 0
-    for index, task in enumerate(tasks):
-        folder = make_lora(tiny_base, tmp_path / f"l{index}", seed=index, r=2)
-        assert run_cli(capsys, "ingest", folder, "--base", "tiny", "--task", task, "-d", f"make words {task}case").code == 0
-
-
 def _sha(folder):
     return hashlib.sha256((folder / "adapter_model.safetensors").read_bytes()).hexdigest()
 
@@ -125,7 +113,7 @@ def test_cli_train_generate_registers_provenance_and_loads_in_peft(capsys, tiny_
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    _registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home, ["upper", "lower", "upper"], steps=8)
+    registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home, ["upper", "lower", "upper"], steps=8)
     trained = run_cli(capsys, "train", "--json")
     assert trained.code == 0, trained.err
     summary = trained.json()
@@ -168,7 +156,7 @@ def test_data_parallel_training_with_two_cpu_processes(capsys, tiny_base, tmp_pa
     import subprocess
     import sys
 
-    _registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home, ["upper", "lower"], steps=4)
+    registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home, ["upper", "lower"], steps=4)
     env = dict(os.environ, LORAGEN_HOME=str(isolated_home), OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-m", "loragen", "train", "--nproc", "2", "--json"], env=env,
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -182,7 +170,7 @@ def test_data_parallel_training_with_two_cpu_processes(capsys, tiny_base, tmp_pa
 
 @pytest.mark.slow
 def test_generate_samples_keeps_the_best_candidate_on_validation(capsys, tiny_base, tmp_path, isolated_home):
-    _registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home, ["element_symbol"] * 2, steps=4)
+    registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home, ["element_symbol"] * 2, steps=4)
     assert run_cli(capsys, "train").code == 0
     result = run_cli(capsys, "generate", "--task", "element_symbol", "--base", "tiny", "--samples", "2",
                      "--select-limit", "2", "--json")

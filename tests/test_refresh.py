@@ -2,23 +2,14 @@
 
 import pytest
 
-from tests.helpers import run_cli
-from tests.test_generator import TINY
-from tests.tiny import make_lora
+from tests.helpers import registry_with_adapters, run_cli
 
 
 @pytest.fixture
 def evolved_registry(capsys, tiny_base, tiny_base_v2, tmp_path, isolated_home):
     """v1 with adapters for two tasks and a trained generator, then an evolved v2."""
-    isolated_home.mkdir(parents=True, exist_ok=True)
-    (isolated_home / "loragen.toml").write_text(
-        "[generator]\n" + "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in dict(TINY, steps=4).items()) + "\n")
-    assert run_cli(capsys, "base", "add", "tiny", "--from", tiny_base).code == 0
-    ids = {}
-    for index, task in enumerate(["element_symbol", "shout"]):
-        folder = make_lora(tiny_base, tmp_path / f"l{index}", seed=index, r=2)
-        ids[task] = run_cli(capsys, "ingest", folder, "--base", "tiny", "--task", task, "-d", f"do {task}",
-                            "--json").json()["id"]
+    tasks = ["element_symbol", "shout"]
+    ids = dict(zip(tasks, registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home, tasks, steps=4)))
     assert run_cli(capsys, "train").code == 0
     assert run_cli(capsys, "base", "update", "tiny", "--from", tiny_base_v2, "--note", "continued pretraining").code == 0
     return ids
