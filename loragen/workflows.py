@@ -201,7 +201,7 @@ class GenerateResult:
 
 def generate(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref: str, seed: int = 0,
              samples: int = 1, name: str | None = None, generator_ref: str | None = None,
-             select_limit: int = 50, replaces: str | None = None,
+             select_limit: int = 50, replaces: str | None = None, loaded: LoadedGenerator | None = None,
              progress: Callable[[int, int], None] | None = None) -> GenerateResult:
     """Generate an adapter for `task` (a registered task name or a free description) on a base version.
 
@@ -212,7 +212,7 @@ def generate(registry: Registry, settings: GeneratorSettings, *, task: str, base
 
     from loragen.adapters import lora_config_dict, write_adapter_folder
 
-    generator = load_generator(registry, generator_ref)
+    generator = loaded or load_generator(registry, generator_ref)
     known = generator.checkpoint.task_descriptions
     registered_tasks = {t["name"]: t["descriptions"] for t in registry.list_tasks()}
     if task in known or task in registered_tasks:
@@ -322,8 +322,10 @@ def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None
     """Generate each task's adapter for the newest base version; idempotent (done tasks are skipped)."""
     items = plan_refresh(registry, base=base, tasks=tasks)
     todo = [item for item in items if item.action == "generate"]
+    generator = load_generator(registry) if todo else None  # once, not once per task
     for index, item in enumerate(todo):
-        result = generate(registry, settings, task=item.task, base_ref=item.base, seed=seed, replaces=item.replaces)
+        result = generate(registry, settings, task=item.task, base_ref=item.base, seed=seed, replaces=item.replaces,
+                          loaded=generator)
         item.action, item.id, item.seconds = "generated", result.id, round(result.seconds, 3)
         if progress:
             progress(index + 1, len(todo))
