@@ -90,6 +90,8 @@ class GeneratorSettings:
                                          metadata={"help": "per-token conv U-Net widths"})
     anchor: bool = field(default=True, metadata={"help": "tokenize the residual from the mean training adapter"})
     permutation_states: bool = field(default=False, metadata={"help": "learn one state per training adapter (RPG)"})
+    memory_slots: int = field(default=0, metadata={"help": "per-token prototype tables mixed by the condition (0: off)"})
+    direct_readout: bool = field(default=False, metadata={"help": "time-gated linear path prototype -> denoiser output"})
     steps: int = field(default=800, metadata={"help": "training steps"})
     batch_size: int = field(default=4, metadata={"help": "adapters per step"})
     tokens_per_step: int = field(default=128, metadata={"help": "tokens the loss sees per step (bounds memory)"})
@@ -106,6 +108,8 @@ class GeneratorSettings:
                      "tokens_per_step", "checkpoint_every", "sample_steps"):
             if getattr(self, name) <= 0:
                 raise LoragenError(f"generator.{name} must be positive (got {getattr(self, name)})")
+        if self.memory_slots < 0:
+            raise LoragenError(f"generator.memory_slots must be >= 0 (got {self.memory_slots})")
         if self.learning_rate <= 0 or not 0.0 <= self.eta <= 1.0:
             raise LoragenError("generator.learning_rate must be positive and generator.eta in [0, 1]")
         if self.prediction_type not in ("sample", "epsilon"):

@@ -29,12 +29,14 @@ def _training_set(tiny_base, tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_generator_overfits_two_adapters_and_regenerates_them(tiny_base, tmp_path):
+@pytest.mark.parametrize("variant", [{}, {"memory_slots": 4, "direct_readout": True, "prototype_dim": 32}],
+                         ids=["mamba-only", "with-token-memory"])
+def test_tiny_generator_overfits_two_adapters_and_regenerates_them(tiny_base, tmp_path, variant):
     from loragen.generator.training import train_generator
     from loragen.workflows import LoadedGenerator, sample_state_dict
 
     data = _training_set(tiny_base, tmp_path)
-    settings = GeneratorSettings(**dict(TINY, steps=600))
+    settings = GeneratorSettings(**dict(TINY, steps=600, **variant))
     checkpoint = train_generator(data, settings, tmp_path / "run")
     generator = LoadedGenerator(uid="x", checkpoint=checkpoint, model=checkpoint.build_model())
     base = data.base_embeddings["tiny@v1"]
@@ -55,7 +57,8 @@ def test_checkpoint_save_load_and_same_seed_same_adapter(tiny_base, tmp_path):
     from loragen.workflows import LoadedGenerator, sample_state_dict
 
     data = _training_set(tiny_base, tmp_path)
-    checkpoint = train_generator(data, GeneratorSettings(**dict(TINY, steps=4)), tmp_path / "run")
+    checkpoint = train_generator(data, GeneratorSettings(**dict(TINY, steps=4, memory_slots=2, direct_readout=True)),
+                                 tmp_path / "run")
     folder = checkpoint.save(tmp_path / "ckpt")
     loaded = GeneratorCheckpoint.load(folder)
     assert loaded.metadata() == checkpoint.metadata()
@@ -201,3 +204,17 @@ def test_chunked_denoising_gives_the_same_tokens(tiny_base, tmp_path):
                                     generator=torch.Generator().manual_seed(0), chunk_tokens=size)
                       for size in (10_000, 3))
     assert torch.allclose(whole, chunked, atol=1e-6)
+
+
+def test_base_scaling_does_not_blow_up_a_dimension_that_barely_moved():
+    from loragen.generator.model import Condition, GeneratorConfig
+
+    condition = Condition(GeneratorConfig(base_dim=3))
+    condition.fit_base_scaling(torch.tensor([[0.0, 0.0, 5.0], [2.0, 2.0, 5.000001]]))
+    unseen = torch.tensor([2.0, 2.0, 6.0])  # a later version that moves the quiet dimension a little more
+    standardised = (unseen - condition.base_shift) / condition.base_scale
+    assert torch.allclose(standardised[:2], torch.tensor([1.0, 1.0]), atol=1e-3)
+    assert 1.0 < standardised[2] < 2.0  # not 1e6: divided by the typical spread, not its own
+    constant = Condition(GeneratorConfig(base_dim=2))
+    constant.fit_base_scaling(torch.tensor([[1.0, 3.0], [1.0, 3.0]]))
+    assert torch.equal(constant.base_scale, torch.ones(2))

@@ -35,6 +35,9 @@ class GeneratorConfig:
     text_dim: int = field(default=384, metadata={"help": "task-text embedding size (all-MiniLM-L6-v2)"})
     base_dim: int = field(default=128, metadata={"help": "base-model embedding size"})
     num_permutation_states: int = field(default=0, metadata={"help": "learned states, one per training adapter (0: off)"})
+    memory_slots: int = field(default=0, metadata={"help": "learned per-token prototype tables mixed by the condition (0: off)"})
+    num_tokens: int = field(default=0, metadata={"help": "tokens per adapter (sizes the memory tables)"})
+    direct_readout: bool = field(default=False, metadata={"help": "denoiser adds a time-gated linear readout of the prototype"})
     max_layers: int = field(default=256, metadata={"help": "largest layer index the position code supports"})
     num_module_types: int = field(default=64, metadata={"help": "distinct module+matrix kinds supported"})
 
@@ -44,8 +47,10 @@ class GeneratorConfig:
                      "max_layers", "num_module_types"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"generator.{name} must be positive (got {getattr(self, name)})")
-        if self.num_permutation_states < 0:
-            raise ValueError("generator.num_permutation_states must be >= 0")
+        if self.num_permutation_states < 0 or self.memory_slots < 0:
+            raise ValueError("generator.num_permutation_states and generator.memory_slots must be >= 0")
+        if self.memory_slots and self.num_tokens <= 0:
+            raise ValueError("generator.num_tokens must be set when memory_slots is on")
         if self.d_model % 2:
             raise ValueError("generator.d_model must be even (sinusoidal position code)")
 
@@ -94,13 +99,41 @@ class Condition(nn.Module):
 
     @torch.no_grad()
     def fit_base_scaling(self, bases: torch.Tensor, eps: float = 1e-4) -> None:
-        """bases: (distinct training bases, base_dim). Dimensions that never vary map to 0."""
+        """bases: (distinct training bases, base_dim). Dimensions that never vary map to 0.
+
+        Each dimension is divided by its spread, but never by less than the mean spread of
+        the dimensions that vary: a value that barely moved between the training versions
+        would otherwise be blown up for an unseen version, where it moves a little more.
+        """
         self.base_shift.copy_(bases.mean(dim=0))
         spread = bases.std(dim=0, unbiased=False) if bases.shape[0] > 1 else torch.zeros_like(self.base_scale)
-        self.base_scale.copy_(torch.where(spread > 0, spread + eps, torch.ones_like(spread)))
+        varying = spread > 0
+        floor = spread[varying].mean() if varying.any() else torch.tensor(0.0)
+        self.base_scale.copy_(torch.where(varying, spread.clamp_min(floor) + eps, torch.ones_like(spread)))
 
     def forward(self, text: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         return self.text(text) + self.base((base - self.base_shift) / self.base_scale)
+
+
+class TokenMemory(nn.Module):
+    """K learned prototype tables over the whole token sequence, mixed by softmax weights read from the condition.
+
+    Why: a LoRA holds ~1M values per task that look like noise, and a CPU-sized Mamba
+    (~0.1M weights) cannot store them; trained without this, the generator ignored its
+    condition (bench/bench_conditioning.py). The tables hold that content at almost no
+    compute; the condition chooses and interpolates between them, and the Mamba's
+    prototypes add what depends on position. Tables start at zero (no effect at first).
+    """
+
+    def __init__(self, slots: int, num_tokens: int, d_model: int, prototype_dim: int):
+        super().__init__()
+        self.tables = nn.Parameter(torch.zeros(slots, num_tokens, prototype_dim))
+        self.mixture = nn.Linear(d_model, slots)
+
+    def forward(self, condition: torch.Tensor) -> torch.Tensor:
+        """(B, d_model) projected condition -> (B, num_tokens, prototype_dim)."""
+        weights = torch.softmax(self.mixture(condition), dim=-1)
+        return torch.einsum("bk,klp->blp", weights, self.tables)
 
 
 class ORALGenerator(nn.Module):
@@ -113,16 +146,23 @@ class ORALGenerator(nn.Module):
                                    if config.num_permutation_states else None)
         self.backbone = MambaStack(MambaConfig(d_model=config.d_model, n_layers=config.n_layers, d_state=config.d_state))
         self.to_prototype = nn.Linear(config.d_model, config.prototype_dim)
+        self.memory = (TokenMemory(config.memory_slots, config.num_tokens, config.d_model, config.prototype_dim)
+                       if config.memory_slots else None)
         self.denoiser = TokenDenoiser(DenoiserConfig(token_size=config.token_size, prototype_dim=config.prototype_dim,
-                                                     channels=config.denoiser_channels))
+                                                     channels=config.denoiser_channels,
+                                                     direct_readout=config.direct_readout))
 
     def prototypes(self, layer: torch.Tensor, module: torch.Tensor, slice_: torch.Tensor,
                    text: torch.Tensor, base: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
         """(L,) token positions and (B, dim) conditions -> (B, L, prototype_dim)."""
-        x = self.positions(layer, module, slice_)[None] + self.condition(text, base)[:, None, :]
+        condition = self.condition(text, base)
+        x = self.positions(layer, module, slice_)[None] + condition[:, None, :]
         if self.permutation_states is not None and state is not None:
             x = x + self.permutation_states(state)[:, None, :]
-        return self.to_prototype(self.backbone(x))
+        prototypes = self.to_prototype(self.backbone(x))
+        if self.memory is not None:
+            prototypes = prototypes + self.memory(condition)
+        return prototypes
 
     def denoise(self, x_t: torch.Tensor, prototypes: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Predict the noise of N tokens: (N, token_size), (N, prototype_dim), (N,) -> (N, token_size)."""

@@ -162,6 +162,8 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
         prototype_dim=settings.prototype_dim, denoiser_channels=tuple(settings.denoiser_channels),
         text_dim=text_dim, base_dim=base_dim,
         num_permutation_states=len(data.adapters) if settings.permutation_states else 0,
+        memory_slots=settings.memory_slots, num_tokens=layout.num_tokens if settings.memory_slots else 0,
+        direct_readout=settings.direct_readout,
         max_layers=max(256, layout.num_layers), num_module_types=max(64, len(layout.module_names)))
     schedule = DDPMSchedule(prediction_type=settings.prediction_type)
     positions = _positions(layout)
@@ -175,7 +177,7 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
     if distributed:
         # Same initial weights on every rank (seeded above), gradients averaged by DDP.
         trainable = torch.nn.parallel.DistributedDataParallel(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(_parameter_groups(model), lr=settings.learning_rate, weight_decay=0.0)
     sampler = torch.Generator().manual_seed(settings.seed * 1000 + rank)
     train_settings = asdict(settings)
     fingerprint = {"settings": train_settings, "adapters": [a.uid for a in data.adapters], "world": world}
@@ -200,7 +202,7 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
     for step in range(start + 1, settings.steps + 1):
         warmup = min(1.0, step / max(1, settings.steps // 20))
         for group in optimizer.param_groups:
-            group["lr"] = settings.learning_rate * warmup
+            group["lr"] = settings.learning_rate * warmup * group["lr_scale"]
         picks = torch.randint(len(data.adapters), (settings.batch_size,), generator=sampler)
         text = torch.stack([_pick_description(data.text_embeddings[data.adapters[i].task], sampler) for i in picks.tolist()])
         state_ids = picks if config.num_permutation_states else None
@@ -227,6 +229,17 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
                   "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])), "loragen": __version__,
                   "wall_time_s": round(time.perf_counter() - began, 2), "resumed_from_step": start},
         weights={k: v.detach().clone() for k, v in model.state_dict().items()}, anchor=anchor)
+
+
+# The memory tables are per-token parameters that see a gradient only when their token is
+# drawn for the loss (tokens_per_step of batch x tokens), so they learn at a larger step.
+MEMORY_LR_SCALE = 30.0
+
+
+def _parameter_groups(model: ORALGenerator) -> list[dict[str, Any]]:
+    memory = [p for name, p in model.named_parameters() if name.startswith("memory.tables")]
+    others = [p for name, p in model.named_parameters() if not name.startswith("memory.tables")]
+    return [{"params": others, "lr_scale": 1.0}] + ([{"params": memory, "lr_scale": MEMORY_LR_SCALE}] if memory else [])
 
 
 def mean_adapter(adapters: Sequence[TrainingAdapter]) -> dict[str, torch.Tensor]:

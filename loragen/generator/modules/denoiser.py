@@ -45,6 +45,7 @@ class DenoiserConfig:
     kernel_size: int = 5
     time_embed_dim: int = 128
     num_groups: int = 8
+    direct_readout: bool = False
 
     def __post_init__(self) -> None:
         self.channels = tuple(self.channels)
@@ -123,6 +124,14 @@ class TokenDenoiser(nn.Module):
         self.out_conv = nn.Conv1d(c[-1], 1, k, padding=k // 2)
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
+        # Optional shortcut prototype -> output, gated by time: at high noise the best
+        # x0 estimate is the conditional mean, which this path states linearly instead
+        # of through the normalised conv stack (which learns it far more slowly).
+        self.readout = nn.Linear(config.prototype_dim, config.token_size) if config.direct_readout else None
+        self.readout_gate = nn.Linear(hidden, 1) if config.direct_readout else None
+        if self.readout is not None:
+            nn.init.zeros_(self.readout.weight)
+            nn.init.zeros_(self.readout.bias)
 
     def forward(self, x_t: torch.Tensor, prototype: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t (N, token_size), prototype (N, prototype_dim), t (N,) long -> eps (N, token_size)."""
@@ -148,4 +157,7 @@ class TokenDenoiser(nn.Module):
             elif i > self.mid:
                 # decoder block i mirrors encoder block len(c)-1-i, same width
                 h = h + skips[len(cfg.channels) - 1 - i]
-        return self.out_conv(h)[:, 0, :]
+        out = self.out_conv(h)[:, 0, :]
+        if self.readout is not None:
+            out = out + torch.sigmoid(self.readout_gate(time_hidden)) * self.readout(prototype)
+        return out
