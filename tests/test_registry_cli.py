@@ -205,6 +205,21 @@ def test_rm_then_gc_frees_adapter_blobs_only(capsys, registered, tiny_adapter, i
     assert again.code == 1 and "no adapter" in again.err
 
 
+def test_gc_removes_work_folders_of_killed_commands_but_not_running_ones(capsys, registered, isolated_home):
+    import os
+    import time
+
+    stale = isolated_home / "loragen-generated-killed"
+    (stale / "adapter").mkdir(parents=True)
+    (stale / "adapter" / "adapter_model.safetensors").write_bytes(b"half")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    running = isolated_home / "loragen-generated-running"
+    running.mkdir()
+    gc = run_cli(capsys, "gc", "--json").json()
+    assert gc["temp_files_removed"] == 1
+    assert not stale.exists() and running.is_dir()
+
+
 def test_export_refuses_non_empty_target(capsys, registered, tiny_adapter, tmp_path):
     adapter_id = run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", "echo", "--json").json()["id"]
     target = tmp_path / "taken"

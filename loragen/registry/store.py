@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -39,6 +41,10 @@ class Registered:
 
     id: str
     created: bool
+
+
+# A work folder untouched this long belongs to no running command.
+STALE_WORK_FOLDER_S = 3600
 
 
 def _check_name(kind: str, name: str) -> None:
@@ -345,7 +351,21 @@ class Registry:
             if sha not in used:
                 self.blobs.remove(sha)
                 removed += 1
-        return {"blobs_removed": removed, "bytes_freed": freed, "temp_files_removed": self.blobs.clean_tmp()}
+        return {"blobs_removed": removed, "bytes_freed": freed,
+                "temp_files_removed": self.blobs.clean_tmp() + self._clean_work_folders()}
+
+    def _clean_work_folders(self, older_than_s: float = STALE_WORK_FOLDER_S) -> int:
+        """Remove `loragen-*` work folders (generate, train, selection) that a killed process left behind.
+
+        Only folders untouched for `older_than_s`, so a command still running beside gc keeps its own.
+        """
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for folder in self.home.glob("loragen-*"):
+            if folder.is_dir() and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed
 
     def adapter_folder(self, ref: str) -> Path:
         """A PEFT folder of links to the adapter's blobs, for loading it without a copy."""
