@@ -65,8 +65,10 @@ def one_case(base_name: str, lora_name: str, steps: int) -> dict:
     rank, targets = LORAS[lora_name]
     layout = LoraLayout.from_shapes(lora_shapes(BASES[base_name], rank, targets), load_settings().generator.token_size)
     g = load_settings().generator
+    # The scalable configuration, as recorded in BENCHMARKS.md: prototype 256 and no token memory
+    # (the memory's tables hold slots x tokens x prototype values, i.e. grow with the adapter).
     model = ORALGenerator(GeneratorConfig(token_size=g.token_size, d_model=g.d_model, n_layers=g.n_layers,
-                                          d_state=g.d_state, prototype_dim=g.prototype_dim,
+                                          d_state=g.d_state, prototype_dim=256,
                                           denoiser_channels=tuple(g.denoiser_channels), base_dim=160,
                                           max_layers=max(256, layout.num_layers))).eval()
     positions = (layout.layer_index(), layout.module_index(), layout.slice_index())

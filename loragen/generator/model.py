@@ -164,9 +164,9 @@ class ORALGenerator(nn.Module):
             prototypes = prototypes + self.memory(condition)
         return prototypes
 
-    def denoise(self, x_t: torch.Tensor, prototypes: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Predict the noise of N tokens: (N, token_size), (N, prototype_dim), (N,) -> (N, token_size)."""
-        return self.denoiser(x_t, prototypes, t)
+    def denoise(self, x_t: torch.Tensor, prototypes: torch.Tensor, t: torch.Tensor, features=None) -> torch.Tensor:
+        """Predict the noise (or x0) of N tokens: (N, token_size), (N, prototype_dim), (N,) -> (N, token_size)."""
+        return self.denoiser(x_t, prototypes, t, features)
 
     def forward(self, schedule: DDPMSchedule, tokens: torch.Tensor, mask: torch.Tensor,
                 positions: tuple[torch.Tensor, torch.Tensor, torch.Tensor], text: torch.Tensor, base: torch.Tensor,
@@ -209,8 +209,13 @@ def sample_tokens(model: ORALGenerator, schedule: DDPMSchedule, positions: tuple
     """
     prototypes = model.prototypes(*positions, text[None], base[None], state[None] if state is not None else None)[0]
     length = prototypes.shape[0]
+    # The prototype's projections do not change between steps: computed once when the adapter
+    # fits one chunk (kept for every chunk they would cost ~2.5x the sample's memory).
+    features = model.denoiser.prototype_features(prototypes) if length <= chunk_tokens else None
 
     def denoise_in_chunks(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if features is not None:
+            return model.denoise(x_t, prototypes, t, features)
         return torch.cat([model.denoise(x_t[i:i + chunk_tokens], prototypes[i:i + chunk_tokens], t[i:i + chunk_tokens])
                           for i in range(0, length, chunk_tokens)])
 

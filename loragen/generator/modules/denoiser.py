@@ -133,8 +133,17 @@ class TokenDenoiser(nn.Module):
             nn.init.zeros_(self.readout.weight)
             nn.init.zeros_(self.readout.bias)
 
-    def forward(self, x_t: torch.Tensor, prototype: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x_t (N, token_size), prototype (N, prototype_dim), t (N,) long -> eps (N, token_size)."""
+    def prototype_features(self, prototype: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The projections of the prototype alone: equal at every sampling step, so a sampler computes them once."""
+        readout = self.readout(prototype) if self.readout is not None else None
+        return self.prototype_proj(prototype), self.prototype_cond(prototype), readout
+
+    def forward(self, x_t: torch.Tensor, prototype: torch.Tensor, t: torch.Tensor,
+                features: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
+        """x_t (N, token_size), prototype (N, prototype_dim), t (N,) long -> eps (N, token_size).
+
+        `features`: `prototype_features(prototype)` when the caller already has them.
+        """
         cfg = self.config
         n = x_t.shape[0]
         if x_t.dim() != 2 or x_t.shape[1] != cfg.token_size:
@@ -144,9 +153,10 @@ class TokenDenoiser(nn.Module):
         if t.shape != (n,):
             raise ValueError(f"t must be ({n},), got {tuple(t.shape)}")
 
+        input_shift, block_cond, readout = features if features is not None else self.prototype_features(prototype)
         time_hidden = self.time_mlp(timestep_embedding(t, cfg.time_embed_dim).to(x_t.dtype))
-        h = (x_t + self.prototype_proj(prototype)) * self.time_scale(time_hidden)
-        cond = time_hidden + self.prototype_cond(prototype)
+        h = (x_t + input_shift) * self.time_scale(time_hidden)
+        cond = time_hidden + block_cond
 
         h = self.in_block(h[:, None, :], cond)  # (N, c0, token_size)
         skips = [h]
@@ -158,6 +168,6 @@ class TokenDenoiser(nn.Module):
                 # decoder block i mirrors encoder block len(c)-1-i, same width
                 h = h + skips[len(cfg.channels) - 1 - i]
         out = self.out_conv(h)[:, 0, :]
-        if self.readout is not None:
-            out = out + torch.sigmoid(self.readout_gate(time_hidden)) * self.readout(prototype)
+        if readout is not None:
+            out = out + torch.sigmoid(self.readout_gate(time_hidden)) * readout
         return out
