@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import BASE, command_line, git_revision, machine, open_registry, write_json
+from bench.common import BASE, command_line, finetune_and_register, git_revision, machine, open_registry, write_json
 
 
 def main() -> None:
@@ -35,8 +35,6 @@ def main() -> None:
 
     from loragen.config import FinetuneConfig, LoraConfig
     from loragen.evaluation import attached, evaluate
-    from loragen.finetune import finetune
-    from loragen.registry.models import Origin
     from loragen.tasks.suite import get_task, list_tasks
 
     torch.set_num_threads(args.threads)
@@ -51,16 +49,7 @@ def main() -> None:
         began = time.perf_counter()
         [zero] = evaluate(model, tokenizer, [task], limit=args.limit)
         registry.record_scores(version.label, None, [zero], {"bench": "bench_tasks", "limit": args.limit})
-        run_dir = args.home / "runs" / f"bench-{task.name}-{version.label.replace('@', '_')}-s{args.seed}-n{args.steps}"
-        result = finetune(model, tokenizer, task.examples("train"), lora, config, run_dir)
-        finetune_s = result.wall_time_s
-        if result.resumed_from_step == args.steps:  # finished in an earlier run: keep that run's time
-            finetune_s = registry.list_adapters(task=task.name, origin="trained")[-1]["provenance"]["wall_time_s"]
-        ids = [registry.ingest(c.path, version.label, task.name, task.descriptions, origin=Origin.trained,
-                               provenance={"run": run_dir.name, "step": c.step, "seed": args.seed, "steps": args.steps,
-                                           "learning_rate": args.lr, "loss": c.loss,
-                                           "wall_time_s": round(finetune_s, 2)}).id
-               for c in result.checkpoints]
+        ids, finetune_s, result = finetune_and_register(registry, model, tokenizer, version, task, config, lora, args.home)
         with attached(model, result.checkpoints[-1].path) as peft_model:
             [trained] = evaluate(peft_model, tokenizer, [task], limit=args.limit)
         registry.record_scores(version.label, ids[-1], [trained], {"bench": "bench_tasks", "limit": args.limit})

@@ -57,3 +57,26 @@ def git_revision() -> str:
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def finetune_and_register(registry, model, tokenizer, version, task, config, lora, home: Path) -> tuple[list[str], float, object]:
+    """Fine-tune `task` on a loaded base version and register its kept checkpoints as trained adapters.
+
+    Returns (adapter ids, oldest first; fine-tuning seconds; the FinetuneResult). A run that finished in an
+    earlier invocation is not repeated: its checkpoints are re-registered (a no-op)
+    and its recorded time is returned.
+    """
+    from loragen.finetune import finetune
+    from loragen.registry.models import Origin
+
+    run_dir = home / "runs" / f"bench-{task.name}-{version.label.replace('@', '_')}-s{config.seed}-n{config.steps}"
+    result = finetune(model, tokenizer, task.examples("train"), lora, config, run_dir)
+    seconds = result.wall_time_s
+    if result.resumed_from_step == config.steps:  # finished earlier: keep that run's time
+        seconds = registry.list_adapters(task=task.name, base_ref=version.label, origin="trained")[-1]["provenance"]["wall_time_s"]
+    ids = [registry.ingest(c.path, version.label, task.name, task.descriptions, origin=Origin.trained,
+                           provenance={"run": run_dir.name, "step": c.step, "seed": config.seed, "steps": config.steps,
+                                       "learning_rate": config.learning_rate, "loss": c.loss,
+                                       "wall_time_s": round(seconds, 2)}).id
+           for c in result.checkpoints]
+    return ids, seconds, result

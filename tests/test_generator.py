@@ -29,7 +29,8 @@ def _training_set(tiny_base, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", [{}, {"memory_slots": 4, "direct_readout": True, "prototype_dim": 32}],
+@pytest.mark.parametrize("variant", [{"memory_slots": 0, "direct_readout": False},
+                                     {"memory_slots": 4, "direct_readout": True, "prototype_dim": 32}],
                          ids=["mamba-only", "with-token-memory"])
 def test_tiny_generator_overfits_two_adapters_and_regenerates_them(tiny_base, tmp_path, variant):
     from loragen.generator.training import train_generator
