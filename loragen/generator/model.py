@@ -214,9 +214,8 @@ def sample_tokens(model: ORALGenerator, schedule: DDPMSchedule, positions: tuple
     features = model.denoiser.prototype_features(prototypes) if length <= chunk_tokens else None
 
     def denoise_in_chunks(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if features is not None:
-            return model.denoise(x_t, prototypes, t, features)
-        return torch.cat([model.denoise(x_t[i:i + chunk_tokens], prototypes[i:i + chunk_tokens], t[i:i + chunk_tokens])
+        return torch.cat([model.denoise(x_t[i:i + chunk_tokens], prototypes[i:i + chunk_tokens], t[i:i + chunk_tokens],
+                                        features)
                           for i in range(0, length, chunk_tokens)])
 
     return schedule.sample(denoise_in_chunks, (length, model.config.token_size), steps=steps, method=method, eta=eta,

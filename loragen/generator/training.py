@@ -237,9 +237,11 @@ MEMORY_LR_SCALE = 30.0
 
 
 def _parameter_groups(model: ORALGenerator) -> list[dict[str, Any]]:
-    memory = [p for name, p in model.named_parameters() if name.startswith("memory.tables")]
-    others = [p for name, p in model.named_parameters() if not name.startswith("memory.tables")]
-    return [{"params": others, "lr_scale": 1.0}] + ([{"params": memory, "lr_scale": MEMORY_LR_SCALE}] if memory else [])
+    if model.memory is None:
+        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    tables = model.memory.tables
+    others = [p for p in model.parameters() if p is not tables]
+    return [{"params": others, "lr_scale": 1.0}, {"params": [tables], "lr_scale": MEMORY_LR_SCALE}]
 
 
 def mean_adapter(adapters: Sequence[TrainingAdapter]) -> dict[str, torch.Tensor]:
