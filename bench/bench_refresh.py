@@ -45,7 +45,7 @@ def main() -> None:
     from loragen.config import FinetuneConfig, LoraConfig, load_settings
     from loragen.evaluation import attached, evaluate
     from loragen.tasks.suite import get_task
-    from loragen.workflows import plan_refresh, refresh, train
+    from loragen.workflows import refresh, train
 
     torch.set_num_threads(args.threads)
     registry = open_registry(args.home)
@@ -81,12 +81,11 @@ def main() -> None:
               f"{summary['wall_time_s']:.0f} s", flush=True)
 
     print(f"3. refresh to {unseen}", flush=True)
-    plan = plan_refresh(registry, base=BASE, tasks=names)
     began = time.perf_counter()
     items = refresh(registry, settings, base=BASE, tasks=names, seed=args.seed)
     refresh_s = time.perf_counter() - began
-    if any(item.action != "generate" for item in plan):
-        refresh_s = None  # some were made by an earlier run: this time is not the whole refresh
+    if any(item.action != "generated" for item in items):
+        refresh_s = None  # some were made by an earlier run ("skip: ..."): this time is not the whole refresh
     print(f"   {len(items)} adapters in {refresh_s if refresh_s is None else round(refresh_s, 1)} s", flush=True)
 
     print(f"4. fine-tune {len(tasks)} tasks on {unseen} (the ceiling)", flush=True)
