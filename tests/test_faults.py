@@ -19,6 +19,18 @@ def _env(home):
     return dict(os.environ, LORAGEN_HOME=str(home), OMP_NUM_THREADS="1")
 
 
+def _killed_after(home, seconds, *args) -> bool:
+    """Run `loragen ARGS`, SIGKILL it after `seconds` if it is still running; True when it was killed."""
+    proc = subprocess.Popen([sys.executable, "-m", "loragen", *map(str, args)], env=_env(home),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(seconds)
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return killed
+
+
 def _registry_is_consistent(capsys, home):
     """Every registered adapter's blobs exist and hash to their names; gc leaves no temporary file."""
     from loragen.registry.blobs import file_sha256
@@ -37,14 +49,8 @@ def test_kill_9_during_ingest_leaves_all_or_nothing(capsys, tiny_base, tmp_path,
     killed = 0
     for trial in range(8):
         folder = make_lora(tiny_base, tmp_path / f"k{trial}", seed=200 + trial)
-        proc = subprocess.Popen([sys.executable, "-m", "loragen", "ingest", str(folder), "--base", "tiny",
-                                 "--task", "killed"], env=_env(isolated_home), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.5, 3.0))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            killed += 1
-        proc.wait()
+        killed += _killed_after(isolated_home, rng.uniform(0.5, 3.0), "ingest", folder, "--base", "tiny",
+                                "--task", "killed")
         _registry_is_consistent(capsys, isolated_home)
     assert killed > 0  # at least some runs were really cut short
     # Whatever survived is complete; re-ingesting everything afterwards registers each exactly once.
@@ -82,14 +88,8 @@ def test_kill_9_during_generate_leaves_all_or_nothing(capsys, tiny_base, tmp_pat
     rng = random.Random(1)
     killed = 0
     for seed in range(6):
-        proc = subprocess.Popen([sys.executable, "-m", "loragen", "generate", "--task", "say hello", "--base", "tiny",
-                                 "--seed", str(seed)], env=_env(isolated_home), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.0, 6.0))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            killed += 1
-        proc.wait()
+        killed += _killed_after(isolated_home, rng.uniform(1.0, 6.0), "generate", "--task", "say hello",
+                                "--base", "tiny", "--seed", seed)
         _registry_is_consistent(capsys, isolated_home)
     assert killed > 0
     for seed in range(6):  # every seed can still be generated, once
