@@ -25,6 +25,8 @@ def test_defaults_and_precedence(tmp_path, monkeypatch, isolated_home):
     ("[finetune]\nsteps = 'many'\n", "'steps' must be int"),
     ("[generator]\npermutation_states = 1\n", "'permutation_states' must be bool"),
     ("[generator]\nsample_method = 'euler'\n", "ddim or ddpm"),
+    ("[generator]\nmemory_slots = -1\n", "generator.memory_slots must be >= 0"),
+    ("[generator]\ndirect_readout = 'yes'\n", "'direct_readout' must be bool"),
     ("[lora\n", "not valid TOML"),
 ])
 def test_bad_settings_are_refused(tmp_path, text, message):
