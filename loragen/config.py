@@ -6,13 +6,68 @@ Precedence, strongest first: command-line flag > LORAGEN_* environment variable 
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from loragen.errors import LoragenError
+
+# What the generator's settings may be. The network modules import these (not the other
+# way round), so that settings are checked here, when they are read, without importing torch.
+PREDICTION_TYPES = ("sample", "epsilon")   # what the denoiser predicts: x0 or the noise
+SAMPLING_METHODS = ("ddim", "ddpm")
+DDPM_TRAIN_TIMESTEPS = 1000                # the noise schedule's length (DDPMSchedule's default)
+DENOISER_NORM_GROUPS = 8                   # GroupNorm groups in every denoiser conv block
+SEED_LIMIT = 2**32                         # seeds are 0 .. 2**32 - 1 (torch adds offsets to them)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True is not a width
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_positive_ints(section: str, settings: Any, names: Sequence[str]) -> None:
+    for name in names:
+        value = getattr(settings, name)
+        if not _is_int(value) or value <= 0:
+            raise LoragenError(f"{section}.{name} must be a positive integer (got {value!r})")
+
+
+def _check_positive_number(section: str, name: str, value: Any) -> None:
+    if not _is_number(value) or value <= 0:
+        raise LoragenError(f"{section}.{name} must be a positive number (got {value!r})")
+
+
+def _check_bools(section: str, settings: Any, names: Sequence[str]) -> None:
+    for name in names:
+        if not isinstance(getattr(settings, name), bool):
+            raise LoragenError(f"{section}.{name} must be true or false (got {getattr(settings, name)!r})")
+
+
+def _check_seed(section: str, value: Any) -> None:
+    if not _is_int(value) or not 0 <= value < SEED_LIMIT:
+        raise LoragenError(f"{section}.seed must be an integer from 0 to {SEED_LIMIT - 1} (got {value!r})")
+
+
+def denoiser_channels_problem(channels: Sequence[Any], num_groups: int) -> str | None:
+    """Why `channels` cannot be the denoiser's conv widths, or None if they can (see modules/denoiser.py)."""
+    widths = list(channels)
+    if not widths or len(widths) % 2 != 1:
+        return f"must have an odd length: encoder, bottleneck, mirrored decoder (got {widths})"
+    if not all(_is_int(c) and c > 0 for c in widths):
+        return f"must be positive integers (got {widths})"
+    if widths != widths[::-1]:
+        return f"must be a palindrome: each decoder block adds the encoder block of its width (got {widths})"
+    if any(c % num_groups for c in widths):
+        return f"must be multiples of {num_groups}, the GroupNorm groups (got {widths})"
+    return None
 
 
 @dataclass
@@ -42,12 +97,13 @@ class LoraConfig:
                                       metadata={"help": "module names that get a LoRA"})
 
     def __post_init__(self) -> None:
-        if self.r <= 0 or self.alpha <= 0:
-            raise LoragenError(f"lora.r and lora.alpha must be positive (got r={self.r}, alpha={self.alpha})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise LoragenError(f"lora.dropout must be in [0, 1) (got {self.dropout})")
+        _check_positive_ints("lora", self, ("r", "alpha"))
+        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise LoragenError(f"lora.dropout must be in [0, 1) (got {self.dropout!r})")
         if not self.target_modules:
             raise LoragenError("lora.target_modules must name at least one module")
+        if not all(isinstance(name, str) and name for name in self.target_modules):
+            raise LoragenError(f"lora.target_modules must be module names (got {self.target_modules!r})")
 
 
 @dataclass
@@ -60,11 +116,9 @@ class FinetuneConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "checkpoints", "checkpoint_every"):
-            if getattr(self, name) <= 0:
-                raise LoragenError(f"finetune.{name} must be positive (got {getattr(self, name)})")
-        if self.learning_rate <= 0:
-            raise LoragenError(f"finetune.learning_rate must be positive (got {self.learning_rate})")
+        _check_positive_ints("finetune", self, ("steps", "batch_size", "checkpoints", "checkpoint_every"))
+        _check_positive_number("finetune", "learning_rate", self.learning_rate)
+        _check_seed("finetune", self.seed)
 
 
 @dataclass
@@ -73,21 +127,27 @@ class EvalConfig:
     batch_size: int = field(default=16, metadata={"help": "lm-eval batch size"})
 
     def __post_init__(self) -> None:
-        if self.limit < 0 or self.batch_size <= 0:
-            raise LoragenError("eval.limit must be >= 0 and eval.batch_size > 0")
+        if not _is_int(self.limit) or self.limit < 0:
+            raise LoragenError(f"eval.limit must be >= 0 (got {self.limit!r}; 0 means the whole test split)")
+        _check_positive_ints("eval", self, ("batch_size",))
 
 
 @dataclass
 class GeneratorSettings:
-    """The generator's architecture, training and sampling knobs (see loragen/generator/model.py)."""
+    """The generator's architecture, training and sampling knobs: the only place their defaults live.
 
-    token_size: int = field(default=1024, metadata={"help": "LoRA values per token"})
-    d_model: int = field(default=128, metadata={"help": "Mamba width"})
+    `generator_config_from_settings` (loragen/generator/model.py) builds the network from them.
+    RPG's sizes (d_model 4096, prototype 1024, channels 32-64) are GPU-sized; these fit a 2-core CPU.
+    """
+
+    token_size: int = field(default=1024, metadata={"help": "LoRA values per token (RPG: 1024-16384)"})
+    d_model: int = field(default=128, metadata={"help": "Mamba width, even (RPG: 4096)"})
     n_layers: int = field(default=1, metadata={"help": "Mamba blocks"})
-    d_state: int = field(default=16, metadata={"help": "SSM state size"})
-    prototype_dim: int = field(default=1024, metadata={"help": "prototype size per token"})
+    d_state: int = field(default=16, metadata={"help": "SSM state size (RPG: 64)"})
+    prototype_dim: int = field(default=1024, metadata={"help": "prototype size per token (RPG: 1024)"})
     denoiser_channels: list[int] = field(default_factory=lambda: [8, 16, 8],
-                                         metadata={"help": "per-token conv U-Net widths"})
+                                         metadata={"help": "per-token conv U-Net widths: an odd-length palindrome "
+                                                           f"of multiples of {DENOISER_NORM_GROUPS} (RPG: 32,48,64,48,32)"})
     anchor: bool = field(default=True, metadata={"help": "tokenize the residual from the mean training adapter"})
     permutation_states: bool = field(default=False, metadata={"help": "learn one state per training adapter (RPG)"})
     memory_slots: int = field(default=16, metadata={"help": "per-token prototype tables mixed by the condition (0: off)"})
@@ -98,24 +158,44 @@ class GeneratorSettings:
     learning_rate: float = field(default=2e-3, metadata={"help": "AdamW learning rate"})
     checkpoint_every: int = field(default=100, metadata={"help": "steps between resumable checkpoints"})
     seed: int = field(default=0, metadata={"help": "training seed"})
-    prediction_type: str = field(default="sample", metadata={"help": "what the denoiser predicts: sample (x0) or epsilon"})
-    sample_method: str = field(default="ddim", metadata={"help": "ddim or ddpm"})
-    sample_steps: int = field(default=10, metadata={"help": "DDIM steps (DDPM always uses all 1000)"})
+    prediction_type: str = field(default="sample", metadata={"help": "what the denoiser predicts: "
+                                                                     + " or ".join(PREDICTION_TYPES)})
+    sample_method: str = field(default="ddim", metadata={"help": " or ".join(SAMPLING_METHODS)})
+    sample_steps: int = field(default=10, metadata={"help": f"DDIM steps, at most {DDPM_TRAIN_TIMESTEPS} "
+                                                            f"(DDPM always runs all {DDPM_TRAIN_TIMESTEPS})"})
     eta: float = field(default=0.0, metadata={"help": "DDIM eta (0: deterministic given the seed)"})
 
     def __post_init__(self) -> None:
-        for name in ("token_size", "d_model", "n_layers", "d_state", "prototype_dim", "steps", "batch_size",
-                     "tokens_per_step", "checkpoint_every", "sample_steps"):
-            if getattr(self, name) <= 0:
-                raise LoragenError(f"generator.{name} must be positive (got {getattr(self, name)})")
-        if self.memory_slots < 0:
-            raise LoragenError(f"generator.memory_slots must be >= 0 (got {self.memory_slots})")
-        if self.learning_rate <= 0 or not 0.0 <= self.eta <= 1.0:
-            raise LoragenError("generator.learning_rate must be positive and generator.eta in [0, 1]")
-        if self.prediction_type not in ("sample", "epsilon"):
-            raise LoragenError(f"generator.prediction_type must be sample or epsilon (got {self.prediction_type!r})")
-        if self.sample_method not in ("ddim", "ddpm"):
-            raise LoragenError(f"generator.sample_method must be ddim or ddpm (got {self.sample_method!r})")
+        _check_positive_ints("generator", self, ("token_size", "d_model", "n_layers", "d_state", "prototype_dim",
+                                                 "steps", "batch_size", "tokens_per_step", "checkpoint_every",
+                                                 "sample_steps"))
+        if self.d_model % 2:
+            raise LoragenError(f"generator.d_model must be even: the position code has sine and cosine halves "
+                               f"(got {self.d_model})")
+        problem = denoiser_channels_problem(self.denoiser_channels, DENOISER_NORM_GROUPS)
+        if problem:
+            raise LoragenError(f"generator.denoiser_channels {problem}")
+        _check_bools("generator", self, ("anchor", "permutation_states", "direct_readout"))
+        if not _is_int(self.memory_slots) or self.memory_slots < 0:
+            raise LoragenError(f"generator.memory_slots must be >= 0 (got {self.memory_slots!r})")
+        _check_positive_number("generator", "learning_rate", self.learning_rate)
+        _check_seed("generator", self.seed)
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise LoragenError(f"generator.prediction_type must be {' or '.join(PREDICTION_TYPES)} "
+                               f"(got {self.prediction_type!r})")
+        if self.sample_method not in SAMPLING_METHODS:
+            raise LoragenError(f"generator.sample_method must be {' or '.join(SAMPLING_METHODS)} "
+                               f"(got {self.sample_method!r})")
+        if self.sample_steps > DDPM_TRAIN_TIMESTEPS:
+            raise LoragenError(f"generator.sample_steps must be at most {DDPM_TRAIN_TIMESTEPS}, the noise schedule's "
+                               f"length (got {self.sample_steps})")
+        if not _is_number(self.eta) or not 0.0 <= self.eta <= 1.0:
+            raise LoragenError(f"generator.eta must be in [0, 1] (got {self.eta!r})")
+
+    @property
+    def steps_per_sample(self) -> int:
+        """Denoiser passes per generated adapter: DDIM runs `sample_steps`, DDPM the whole schedule."""
+        return self.sample_steps if self.sample_method == "ddim" else DDPM_TRAIN_TIMESTEPS
 
 
 @dataclass
@@ -127,23 +207,27 @@ class Settings:
     generator: GeneratorSettings = field(default_factory=GeneratorSettings)
 
 
-def _merge(target: Any, values: dict[str, Any], where: str) -> None:
-    """Overwrite dataclass fields from a (nested) dict, refusing unknown keys and wrong types."""
+def _merge(target: Any, values: dict[str, Any], source: str, section: str = "") -> None:
+    """Overwrite dataclass fields from a (nested) dict, refusing unknown keys and wrong types.
+
+    Errors name the setting as a user writes it (`generator.d_model`) and the file it came from.
+    """
     known = {f.name: f for f in fields(target)}
     for key, value in values.items():
+        name = f"{section}.{key}" if section else key
         if key not in known:
-            raise LoragenError(f"{where}: unknown setting '{key}' (known: {', '.join(sorted(known))})")
+            raise LoragenError(f"{source}: unknown setting '{name}' (known: {', '.join(sorted(known))})")
         current = getattr(target, key)
         if is_dataclass(current):
             if not isinstance(value, dict):
-                raise LoragenError(f"{where}: [{key}] must be a table")
-            _merge(current, value, f"{where} [{key}]")
+                raise LoragenError(f"{source}: [{name}] must be a table")
+            _merge(current, value, source, name)
             continue
         same_type = isinstance(value, bool) if isinstance(current, bool) else (
             not isinstance(value, bool) and (isinstance(value, type(current))
                                              or (isinstance(current, float) and isinstance(value, int))))
         if not same_type:
-            raise LoragenError(f"{where}: '{key}' must be {type(current).__name__}, got {value!r}")
+            raise LoragenError(f"{source}: {name} must be {type(current).__name__}, got {value!r}")
         setattr(target, key, value)
 
 
