@@ -53,32 +53,34 @@ def one_case(base_name: str, lora_name: str, steps: int) -> dict:
     """Runs inside its own process so that its peak memory is its own."""
     import resource
     import time
+    from dataclasses import replace
 
     import torch
 
     from loragen.config import load_settings
+    from loragen.generator.conditioning import BASE_EMBED_DIM, TEXT_EMBED_DIM
     from loragen.generator.diffusion import DDPMSchedule
-    from loragen.generator.model import GeneratorConfig, ORALGenerator, sample_tokens
+    from loragen.generator.model import ORALGenerator, generator_config_from_settings, sample_tokens
     from loragen.generator.tokenizer import LoraLayout
 
     torch.set_num_threads(2)
     rank, targets = LORAS[lora_name]
-    layout = LoraLayout.from_shapes(lora_shapes(BASES[base_name], rank, targets), load_settings().generator.token_size)
-    g = load_settings().generator
-    # The scalable configuration, as recorded in BENCHMARKS.md: prototype 256 and no token memory
-    # (the memory's tables hold slots x tokens x prototype values, i.e. grow with the adapter).
-    model = ORALGenerator(GeneratorConfig(token_size=g.token_size, d_model=g.d_model, n_layers=g.n_layers,
-                                          d_state=g.d_state, prototype_dim=256,
-                                          denoiser_channels=tuple(g.denoiser_channels), base_dim=160,
-                                          max_layers=max(256, layout.num_layers))).eval()
+    # The scalable configuration, as recorded in BENCHMARKS.md: prototype 256, no token memory (its
+    # tables hold slots x tokens x prototype values, i.e. grow with the adapter) and no direct readout.
+    settings = replace(load_settings().generator, prototype_dim=256, memory_slots=0, direct_readout=False,
+                       permutation_states=False)
+    layout = LoraLayout.from_shapes(lora_shapes(BASES[base_name], rank, targets), settings.token_size)
+    model = ORALGenerator(generator_config_from_settings(settings, layout, text_dim=TEXT_EMBED_DIM,
+                                                         base_dim=BASE_EMBED_DIM, num_adapters=0)).eval()
     positions = (layout.layer_index(), layout.module_index(), layout.slice_index())
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     began = time.perf_counter()
     with torch.no_grad():
-        model.prototypes(*positions, torch.zeros(1, 384), torch.zeros(1, 160))
+        model.prototypes(*positions, torch.zeros(1, TEXT_EMBED_DIM), torch.zeros(1, BASE_EMBED_DIM))
     backbone_s = time.perf_counter() - began
     began = time.perf_counter()
-    sample_tokens(model, DDPMSchedule(prediction_type="sample"), positions, torch.zeros(384), torch.zeros(160), None,
+    sample_tokens(model, DDPMSchedule(prediction_type=settings.prediction_type), positions,
+                  torch.zeros(TEXT_EMBED_DIM), torch.zeros(BASE_EMBED_DIM), None,
                   method="ddim", steps=steps, generator=torch.Generator().manual_seed(0))
     sample_s = time.perf_counter() - began
     step_s = max(0.0, sample_s - backbone_s) / steps

@@ -11,14 +11,15 @@ from loragen.generator.modules.denoiser import DenoiserConfig, TokenDenoiser, ti
 
 
 def tiny_config(**overrides) -> DenoiserConfig:
-    values = dict(token_size=16, prototype_dim=8, channels=(16, 32, 16), kernel_size=3, time_embed_dim=32, num_groups=4)
+    values = dict(token_size=16, prototype_dim=8, channels=(16, 32, 16), direct_readout=False, kernel_size=3,
+                  time_embed_dim=32, num_groups=4)
     values.update(overrides)
     return DenoiserConfig(**values)
 
 
-def test_default_config_is_rpg():
-    cfg = DenoiserConfig(token_size=64, prototype_dim=32)
-    assert cfg.channels == (32, 48, 64, 48, 32) and cfg.kernel_size == 5
+def test_rpg_widths_build_rpg_stack():
+    cfg = DenoiserConfig(token_size=64, prototype_dim=32, channels=[32, 48, 64, 48, 32], direct_readout=False)
+    assert cfg.channels == (32, 48, 64, 48, 32) and cfg.kernel_size == 5 and cfg.num_groups == 8
     model = TokenDenoiser(cfg)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv1d)]
     widths = [(c.in_channels, c.out_channels) for c in convs]

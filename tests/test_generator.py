@@ -207,15 +207,61 @@ def test_chunked_denoising_gives_the_same_tokens(tiny_base, tmp_path):
     assert torch.allclose(whole, chunked, atol=1e-6)
 
 
-def test_base_scaling_does_not_blow_up_a_dimension_that_barely_moved():
-    from loragen.generator.model import Condition, GeneratorConfig
+def _config(base_dim: int = 4):
+    """The network config of the TINY settings, for a one-module r=2 layout of 2 tokens."""
+    from loragen.generator.model import generator_config_from_settings
+    from loragen.generator.tokenizer import LoraLayout
 
-    condition = Condition(GeneratorConfig(base_dim=3))
+    layout = LoraLayout.from_shapes({"base_model.model.layers.0.q_proj.lora_A.weight": (2, 8),
+                                     "base_model.model.layers.0.q_proj.lora_B.weight": (8, 2)}, 32)
+    return generator_config_from_settings(GeneratorSettings(**TINY), layout, text_dim=8, base_dim=base_dim,
+                                          num_adapters=2)
+
+
+def test_base_scaling_does_not_blow_up_a_dimension_that_barely_moved():
+    from loragen.generator.model import Condition
+
+    condition = Condition(_config(base_dim=3))
     condition.fit_base_scaling(torch.tensor([[0.0, 0.0, 5.0], [2.0, 2.0, 5.000001]]))
     unseen = torch.tensor([2.0, 2.0, 6.0])  # a later version that moves the quiet dimension a little more
     standardised = (unseen - condition.base_shift) / condition.base_scale
     assert torch.allclose(standardised[:2], torch.tensor([1.0, 1.0]), atol=1e-3)
     assert 1.0 < standardised[2] < 2.0  # not 1e6: divided by the typical spread, not its own
-    constant = Condition(GeneratorConfig(base_dim=2))
+    constant = Condition(_config(base_dim=2))
     constant.fit_base_scaling(torch.tensor([[1.0, 3.0], [1.0, 3.0]]))
     assert torch.equal(constant.base_scale, torch.ones(2))
+
+
+def test_network_config_comes_from_the_settings():
+    from dataclasses import MISSING, fields
+
+    from loragen.generator.model import GeneratorConfig
+
+    config = _config()
+    settings = GeneratorSettings(**TINY)
+    for name in ("token_size", "d_model", "n_layers", "d_state", "prototype_dim", "direct_readout", "memory_slots"):
+        assert getattr(config, name) == getattr(settings, name), name
+    assert config.denoiser_channels == tuple(settings.denoiser_channels)
+    assert config.num_tokens == 2 and config.num_permutation_states == 0  # memory on (16 slots), states off
+    # No defaults of its own: a field the settings do not fill cannot silently take a stale value.
+    assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(GeneratorConfig))
+
+
+def test_a_checkpoint_of_the_earlier_format_still_loads(tiny_base, tmp_path):
+    """Earlier checkpoints' configs carry `max_layers`, which nothing read; they load without it."""
+    import json
+
+    from loragen.errors import LoragenError
+    from loragen.generator.training import META_FILE, GeneratorCheckpoint, train_generator
+
+    checkpoint = train_generator(_training_set(tiny_base, tmp_path), GeneratorSettings(**dict(TINY, steps=1)),
+                                 tmp_path / "run")
+    folder = checkpoint.save(tmp_path / "ckpt")
+    meta = json.loads((folder / META_FILE).read_text())
+    meta["config"]["max_layers"] = 256
+    (folder / META_FILE).write_text(json.dumps(meta))
+    assert GeneratorCheckpoint.load(folder).config == checkpoint.config
+    meta["config"]["no_such_field"] = 1
+    (folder / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(LoragenError, match="damaged generator checkpoint"):
+        GeneratorCheckpoint.load(folder)

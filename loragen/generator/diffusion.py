@@ -3,7 +3,7 @@
 The schedule only does arithmetic on tensors (diffusers' split): the denoiser
 predicts the noise `eps` of x_t, the schedule turns it into x_{t-1}.
 
-    schedule = DDPMSchedule()                      # beta linear 1e-4 .. 0.02, T = 1000
+    schedule = DDPMSchedule()                      # beta linear 1e-4 .. 0.02, T = DDPM_TRAIN_TIMESTEPS
     x_t = schedule.add_noise(x0, noise, t)         # training: t is (N,) long
     x0 = schedule.sample(lambda x, t: model(x, proto, t), shape, method="ddim", steps=60)
 
@@ -19,13 +19,11 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from loragen.config import DDPM_TRAIN_TIMESTEPS, PREDICTION_TYPES, SAMPLING_METHODS
 from loragen.errors import LoragenError
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ProgressFn = Callable[[int, int], None]
-
-SAMPLING_METHODS = ("ddpm", "ddim")
-PREDICTION_TYPES = ("epsilon", "sample")
 
 
 @dataclass
@@ -39,7 +37,7 @@ class DDPMSchedule:
     a "sample" prediction is converted first.
     """
 
-    num_train_timesteps: int = 1000
+    num_train_timesteps: int = DDPM_TRAIN_TIMESTEPS
     beta_start: float = 1e-4
     beta_end: float = 0.02
     beta_schedule: str = "linear"

@@ -13,51 +13,79 @@ Read top to bottom:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from loragen.config import GeneratorSettings
 from loragen.generator.diffusion import DDPMSchedule
 from loragen.generator.modules.denoiser import DenoiserConfig, TokenDenoiser
 from loragen.generator.modules.mamba import MambaConfig, MambaStack
+from loragen.generator.tokenizer import LoraLayout
 
 
 @dataclass
 class GeneratorConfig:
-    token_size: int = field(default=1024, metadata={"help": "LoRA values per token (RPG: 1024-16384)"})
-    d_model: int = field(default=256, metadata={"help": "Mamba width (RPG: 4096)"})
-    n_layers: int = field(default=2, metadata={"help": "Mamba blocks"})
-    d_state: int = field(default=16, metadata={"help": "SSM state size (RPG: 64)"})
-    prototype_dim: int = field(default=256, metadata={"help": "prototype per token (RPG: 1024)"})
-    denoiser_channels: tuple[int, ...] = field(default=(16, 24, 32, 24, 16),
-                                               metadata={"help": "conv U-Net widths (RPG: 32,48,64,48,32); smaller for CPU"})
-    text_dim: int = field(default=384, metadata={"help": "task-text embedding size (all-MiniLM-L6-v2)"})
-    base_dim: int = field(default=128, metadata={"help": "base-model embedding size"})
-    num_permutation_states: int = field(default=0, metadata={"help": "learned states, one per training adapter (0: off)"})
-    memory_slots: int = field(default=0, metadata={"help": "learned per-token prototype tables mixed by the condition (0: off)"})
-    num_tokens: int = field(default=0, metadata={"help": "tokens per adapter (sizes the memory tables)"})
-    direct_readout: bool = field(default=False, metadata={"help": "denoiser adds a time-gated linear readout of the prototype"})
-    max_layers: int = field(default=256, metadata={"help": "largest layer index the position code supports"})
-    num_module_types: int = field(default=64, metadata={"help": "distinct module+matrix kinds supported"})
+    """The network's shape, saved with every checkpoint.
+
+    No defaults: the user's defaults live in GeneratorSettings (loragen/config.py), and
+    `generator_config_from_settings` is the one place that turns settings into this.
+    """
+
+    token_size: int                   # LoRA values per token
+    d_model: int                      # Mamba width
+    n_layers: int                     # Mamba blocks
+    d_state: int                      # SSM state size
+    prototype_dim: int                # prototype per token
+    denoiser_channels: tuple[int, ...]
+    direct_readout: bool              # denoiser adds a time-gated linear readout of the prototype
+    memory_slots: int                 # learned per-token prototype tables mixed by the condition (0: off)
+    num_tokens: int                   # tokens per adapter (sizes the memory tables; 0 without them)
+    text_dim: int                     # task-text embedding size
+    base_dim: int                     # base-model embedding size
+    num_permutation_states: int       # learned states, one per training adapter (0: off)
+    num_module_types: int             # rows of the module-kind embedding
 
     def __post_init__(self) -> None:
         self.denoiser_channels = tuple(self.denoiser_channels)
         for name in ("token_size", "d_model", "n_layers", "d_state", "prototype_dim", "text_dim", "base_dim",
-                     "max_layers", "num_module_types"):
+                     "num_module_types"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"generator.{name} must be positive (got {getattr(self, name)})")
+                raise ValueError(f"GeneratorConfig.{name} must be positive (got {getattr(self, name)})")
         if self.num_permutation_states < 0 or self.memory_slots < 0:
-            raise ValueError("generator.num_permutation_states and generator.memory_slots must be >= 0")
+            raise ValueError("GeneratorConfig.num_permutation_states and memory_slots must be >= 0")
         if self.memory_slots and self.num_tokens <= 0:
-            raise ValueError("generator.num_tokens must be set when memory_slots is on")
+            raise ValueError("GeneratorConfig.num_tokens must be set when memory_slots is on")
         if self.d_model % 2:
-            raise ValueError("generator.d_model must be even (sinusoidal position code)")
+            raise ValueError("GeneratorConfig.d_model must be even (sinusoidal position code)")
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["denoiser_channels"] = list(self.denoiser_channels)
         return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GeneratorConfig:
+        """As `to_dict` wrote it; older checkpoints also carry `max_layers`, which nothing ever read."""
+        return cls(**{key: value for key, value in data.items() if key != "max_layers"})
+
+
+def generator_config_from_settings(settings: GeneratorSettings, layout: LoraLayout, *, text_dim: int, base_dim: int,
+                                   num_adapters: int) -> GeneratorConfig:
+    """The network `settings` describe, sized for adapters of `layout`, conditions of `text_dim`/`base_dim`
+    values, and `num_adapters` training adapters (one permutation state each, when those are on)."""
+    return GeneratorConfig(
+        token_size=settings.token_size, d_model=settings.d_model, n_layers=settings.n_layers,
+        d_state=settings.d_state, prototype_dim=settings.prototype_dim,
+        denoiser_channels=tuple(settings.denoiser_channels), direct_readout=settings.direct_readout,
+        memory_slots=settings.memory_slots, num_tokens=layout.num_tokens if settings.memory_slots else 0,
+        text_dim=text_dim, base_dim=base_dim,
+        num_permutation_states=num_adapters if settings.permutation_states else 0,
+        # At least 64 rows, as every checkpoint so far; rows a layout does not use are never read.
+        num_module_types=max(64, len(layout.module_names)))
 
 
 def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:

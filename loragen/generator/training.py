@@ -21,7 +21,7 @@ from loragen.atomic import staged_folder, torch_save_atomic
 from loragen.config import GeneratorSettings
 from loragen.errors import LoragenError
 from loragen.generator.diffusion import DDPMSchedule
-from loragen.generator.model import GeneratorConfig, ORALGenerator
+from loragen.generator.model import GeneratorConfig, ORALGenerator, generator_config_from_settings
 from loragen.generator.tokenizer import LoraLayout, NormStats, tokenize
 
 WEIGHTS_FILE = "generator.safetensors"
@@ -108,13 +108,16 @@ class GeneratorCheckpoint:
             raise LoragenError(f"{folder}: damaged generator checkpoint ({err})") from None
         if meta.get("format") != "loragen-generator/1":
             raise LoragenError(f"{folder}: unknown generator checkpoint format {meta.get('format')!r}")
-        return cls(config=GeneratorConfig(**meta["config"]), layout=LoraLayout.from_dict(meta["layout"]),
-                   stats=NormStats.from_dict(meta["stats"]), schedule=DDPMSchedule.from_dict(meta["schedule"]),
-                   lora=meta["lora"], text_model=meta["text_model"], trained_on=meta["trained_on"],
-                   task_descriptions=meta["task_descriptions"], base_embeddings=meta["base_embeddings"],
-                   training=meta["training"],
-                   weights={k: v for k, v in tensors.items() if not k.startswith(ANCHOR_PREFIX)},
-                   anchor={k[len(ANCHOR_PREFIX):]: v for k, v in tensors.items() if k.startswith(ANCHOR_PREFIX)})
+        try:
+            return cls(config=GeneratorConfig.from_dict(meta["config"]), layout=LoraLayout.from_dict(meta["layout"]),
+                       stats=NormStats.from_dict(meta["stats"]), schedule=DDPMSchedule.from_dict(meta["schedule"]),
+                       lora=meta["lora"], text_model=meta["text_model"], trained_on=meta["trained_on"],
+                       task_descriptions=meta["task_descriptions"], base_embeddings=meta["base_embeddings"],
+                       training=meta["training"],
+                       weights={k: v for k, v in tensors.items() if not k.startswith(ANCHOR_PREFIX)},
+                       anchor={k[len(ANCHOR_PREFIX):]: v for k, v in tensors.items() if k.startswith(ANCHOR_PREFIX)})
+        except (KeyError, TypeError, ValueError) as err:  # a field missing, unknown or out of range
+            raise LoragenError(f"{folder}: damaged generator checkpoint ({META_FILE}: {err!r})") from None
 
 
 def common_layout(adapters: Sequence[TrainingAdapter], token_size: int) -> LoraLayout:
@@ -157,14 +160,8 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
     masks = torch.stack([m for _, m in tokenized]).float()
     text_dim = next(iter(data.text_embeddings.values())).shape[1]
     base_dim = next(iter(data.base_embeddings.values())).shape[0]
-    config = GeneratorConfig(
-        token_size=settings.token_size, d_model=settings.d_model, n_layers=settings.n_layers, d_state=settings.d_state,
-        prototype_dim=settings.prototype_dim, denoiser_channels=tuple(settings.denoiser_channels),
-        text_dim=text_dim, base_dim=base_dim,
-        num_permutation_states=len(data.adapters) if settings.permutation_states else 0,
-        memory_slots=settings.memory_slots, num_tokens=layout.num_tokens if settings.memory_slots else 0,
-        direct_readout=settings.direct_readout,
-        max_layers=max(256, layout.num_layers), num_module_types=max(64, len(layout.module_names)))
+    config = generator_config_from_settings(settings, layout, text_dim=text_dim, base_dim=base_dim,
+                                            num_adapters=len(data.adapters))
     schedule = DDPMSchedule(prediction_type=settings.prediction_type)
     positions = _positions(layout)
     base_table = {label: emb.float() for label, emb in data.base_embeddings.items()}

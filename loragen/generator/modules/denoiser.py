@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from loragen.config import DENOISER_NORM_GROUPS, denoiser_channels_problem
 from loragen.errors import LoragenError
 
 
@@ -36,16 +37,18 @@ class DenoiserConfig:
 
     channels: widths of the conv stack between the 1-channel input and output;
     an odd-length palindrome (encoder, bottleneck, mirrored decoder) so each
-    decoder block has an encoder block of its width to skip from.
+    decoder block has an encoder block of its width to skip from. The widths and
+    the readout come from the user's settings (no defaults here); kernel size,
+    time embedding and GroupNorm groups are fixed parts of the design.
     """
 
     token_size: int
     prototype_dim: int
-    channels: tuple[int, ...] = (32, 48, 64, 48, 32)
+    channels: tuple[int, ...]
+    direct_readout: bool
     kernel_size: int = 5
     time_embed_dim: int = 128
-    num_groups: int = 8
-    direct_readout: bool = False
+    num_groups: int = DENOISER_NORM_GROUPS
 
     def __post_init__(self) -> None:
         self.channels = tuple(self.channels)
@@ -57,17 +60,9 @@ class DenoiserConfig:
             raise LoragenError(f"denoiser kernel_size must be odd (same-length conv), got {self.kernel_size}")
         if self.time_embed_dim % 2 != 0:
             raise LoragenError(f"denoiser time_embed_dim must be even (sin + cos halves), got {self.time_embed_dim}")
-        if not self.channels or len(self.channels) % 2 != 1:
-            raise LoragenError(f"denoiser channels must have an odd length, got {self.channels}")
-        if self.channels != self.channels[::-1]:
-            raise LoragenError(f"denoiser channels must be a palindrome (skip connections), got {self.channels}")
-        for c in self.channels:
-            if not isinstance(c, int) or isinstance(c, bool) or c <= 0:
-                raise LoragenError(f"denoiser channels must be positive integers, got {self.channels}")
-            if c % self.num_groups != 0:
-                raise LoragenError(
-                    f"denoiser channel width {c} is not divisible by num_groups={self.num_groups} (GroupNorm)"
-                )
+        problem = denoiser_channels_problem(self.channels, self.num_groups)
+        if problem:
+            raise LoragenError(f"denoiser channels {problem}")
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
