@@ -245,7 +245,8 @@ def generate(registry: Registry, settings: GeneratorSettings, *, task: str, base
             provenance={"generator": generator.uid, "generator_step": generator.checkpoint.training["steps"],
                         "condition": condition, "base": version.label, "seed": chosen.seed,
                         "method": settings.sample_method,
-                        "steps": settings.sample_steps if settings.sample_method == "ddim" else 1000,
+                        "steps": settings.sample_steps if settings.sample_method == "ddim"
+                        else generator.checkpoint.schedule.num_train_timesteps,
                         "eta": settings.eta, "candidates": [c.__dict__ for c in candidates],
                         "generation_seconds": round(generation_seconds, 3)})
     return GenerateResult(id=registered.id, created=registered.created, task=task_name, base=version.label,

@@ -117,6 +117,8 @@ def test_cli_train_generate_registers_provenance_and_loads_in_peft(capsys, tiny_
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from loragen.generator.diffusion import DDPMSchedule
+
     registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home, ["upper", "lower", "upper"], steps=8)
     trained = run_cli(capsys, "train", "--json")
     assert trained.code == 0, trained.err
@@ -142,6 +144,10 @@ def test_cli_train_generate_registers_provenance_and_loads_in_peft(capsys, tiny_
     assert model(torch.tensor([[1, 5, 9]])).logits.shape[-1] > 0
     known = run_cli(capsys, "generate", "--task", "upper", "--base", "tiny", "--json").json()
     assert known["task"] == "upper" and known["condition"] == "make words uppercase"
+    ddpm = run_cli(capsys, "generate", "--task", "upper", "--base", "tiny", "--method", "ddpm", "--seed", "1", "--json")
+    assert ddpm.code == 0, ddpm.err
+    ddpm_provenance = run_cli(capsys, "show", ddpm.json()["id"], "--json").json()["provenance"]
+    assert ddpm_provenance["method"] == "ddpm" and ddpm_provenance["steps"] == DDPMSchedule().num_train_timesteps
 
 
 def test_generate_without_a_generator_is_a_clear_error(capsys, tiny_base):

@@ -77,13 +77,13 @@ def generate(task: str = typer.Option(..., "--task", help="A task name in the re
     overrides = {k: v for k, v in {"sample_method": method, "sample_steps": sample_steps}.items() if v is not None}
     settings = replace(state.settings.generator, **overrides)
     settings.__post_init__()
-    total = samples * (1000 if settings.sample_method == "ddpm" else settings.sample_steps)
+    total = samples * settings.steps_per_sample
     with StepProgress("generating", total) as bar:
         done = [0]
 
         def tick(step: int, steps: int) -> None:
             done[0] += 1
-            bar.update(done[0], total)
+            bar.update(done[0], samples * steps)  # the sampler knows the checkpoint's schedule
 
         result = workflows.generate(state.registry, settings, task=task, base_ref=base, seed=seed, samples=samples,
                                     name=name, generator_ref=generator, select_limit=select_limit, progress=tick)
