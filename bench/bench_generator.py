@@ -51,7 +51,7 @@ def main() -> None:
     from loragen.evaluation import attached, evaluate
     from loragen.generator.training import train_generator
     from loragen.tasks.suite import get_task, list_tasks
-    from loragen.workflows import (LoadedGenerator, base_embedding, collect_training_set, sample_state_dict,
+    from loragen.workflows import (LoadedGenerator, base_condition, collect_training_set, sample_state_dict,
                                    text_encoder)
 
     torch.set_num_threads(args.threads)
@@ -80,7 +80,7 @@ def main() -> None:
           flush=True)
 
     encoder = text_encoder(registry)
-    base = base_embedding(registry, v1)
+    base = base_condition(registry, v1)
     by_task = {t: [a for a in everything.adapters if a.task == t] for t in tasks}
     training_vectors = {a.uid: flat(a.state_dict, keys) for a in data.adapters}
     task_of = {a.uid: a.task for a in data.adapters}

@@ -36,7 +36,7 @@ def main() -> None:
     from loragen.config import FinetuneConfig, LoraConfig
     from loragen.finetune import finetune
     from loragen.tasks.suite import get_task
-    from loragen.workflows import base_embedding, load_generator, sample_state_dict, text_encoder
+    from loragen.workflows import base_condition, load_generator, sample_state_dict, text_encoder
 
     torch.set_num_threads(args.threads)
     registry = open_registry(args.home)
@@ -44,7 +44,7 @@ def main() -> None:
     label = f"{BASE}@v1"
     generator = load_generator(registry)
     text = text_encoder(registry).encode([task.descriptions[0]])[0]
-    base = base_embedding(registry, label)
+    base = base_condition(registry, label)
 
     def flat(state_dict):
         return torch.cat([state_dict[k].flatten() for k in sorted(state_dict)])

@@ -26,18 +26,19 @@ def text_encoder(registry: Registry):
     return TextEncoder(cache_path=registry.home / "cache" / "text-embeddings.safetensors")
 
 
-def base_embedding(registry: Registry, label: str):
-    """The base-model condition of a version, computed from its weights once and kept in the registry."""
+def base_condition(registry: Registry, label: str):
+    """The base-model condition of a version: computed from its weights once, kept in the registry with
+    its embedding format, and computed again when the format has changed since."""
     import torch
 
-    from loragen.generator.conditioning import BASE_EMBED_DIM, base_embedding_from_model
+    from loragen.generator.conditioning import BASE_EMBED_DIM, BASE_EMBED_FORMAT_VERSION, base_embedding_from_model
 
-    cached = registry.base_embedding(label)
+    cached = registry.cached_base_embedding(label, BASE_EMBED_FORMAT_VERSION)
     if cached is not None and len(cached) == BASE_EMBED_DIM:
         return torch.tensor(cached, dtype=torch.float32)
     model, _, version = registry.load_base(label)
     embedding = base_embedding_from_model(model).float()
-    registry.set_base_embedding(version.label, embedding.tolist())
+    registry.store_base_embedding(version.label, embedding.tolist(), BASE_EMBED_FORMAT_VERSION)
     return embedding
 
 
@@ -61,7 +62,7 @@ def collect_training_set(registry: Registry, tasks: Sequence[str] | None = None,
     return TrainingSet(
         adapters=adapters, task_descriptions=descriptions,
         text_embeddings={task: encoder.encode(texts) for task, texts in descriptions.items()},
-        base_embeddings={label: base_embedding(registry, label) for label in sorted({v["base"] for v in views})},
+        base_embeddings={label: base_condition(registry, label) for label in sorted({v["base"] for v in views})},
         lora={"r": lora["r"], "lora_alpha": lora.get("lora_alpha", lora["r"]),
               "target_modules": sorted(views[0]["target_modules"])},
         text_model=encoder.model_id)
@@ -223,7 +224,7 @@ def generate(registry: Registry, settings: GeneratorSettings, *, task: str, base
     with registry.session() as s:
         version = registry.resolve_version(s, base_ref)
     text = text_encoder(registry).encode([condition])[0]
-    base = base_embedding(registry, version.label)
+    base = base_condition(registry, version.label)
     lora = generator.checkpoint.lora
 
     began = time.perf_counter()

@@ -13,8 +13,8 @@ from loragen.generator.conditioning import (
     BASE_EMBED_DIM,
     STRUCT_DIM,
     TextEncoder,
-    base_embedding,
     base_embedding_from_model,
+    base_embedding_from_weights,
     depth_bins,
 )
 from tests.tiny import tiny_config
@@ -49,19 +49,19 @@ def test_identical_weights_give_bit_identical_embeddings():
     assert torch.equal(first, base_embedding_from_model(b))
     # a copy of the state dict (new storage, tied head no longer shared) embeds alike
     copied = {key: tensor.clone() for key, tensor in a.state_dict().items()}
-    assert torch.equal(first, base_embedding(copied, a.config.to_dict()))
+    assert torch.equal(first, base_embedding_from_weights(copied, a.config.to_dict()))
 
 
 def test_weight_noise_moves_the_embedding_monotonically():
     model = _tiny_llama(seed=0)
     state_dict, config = model.state_dict(), model.config.to_dict()
-    reference = base_embedding(state_dict, config)
-    distances = [torch.dist(reference, base_embedding(_with_noise(state_dict, rel), config)).item()
+    reference = base_embedding_from_weights(state_dict, config)
+    distances = [torch.dist(reference, base_embedding_from_weights(_with_noise(state_dict, rel), config)).item()
                  for rel in (1e-3, 1e-2, 1e-1)]
     assert distances[0] > 0
     assert distances[0] < distances[1] < distances[2]
     # the structural part does not see weights
-    noisy = base_embedding(_with_noise(state_dict, 1e-1), config)
+    noisy = base_embedding_from_weights(_with_noise(state_dict, 1e-1), config)
     assert torch.equal(noisy[:STRUCT_DIM], reference[:STRUCT_DIM])
 
 
@@ -86,19 +86,19 @@ def test_saved_file_and_loaded_model_embed_alike(tmp_path):
     model.save_pretrained(tmp_path)
     from_file = load_file(str(tmp_path / "model.safetensors"))
     assert "lm_head.weight" not in from_file
-    assert torch.equal(base_embedding(from_file, model.config.to_dict()), base_embedding_from_model(model))
+    assert torch.equal(base_embedding_from_weights(from_file, model.config.to_dict()), base_embedding_from_model(model))
 
 
 def test_model_type_and_missing_config_keys():
     model = _tiny_llama(seed=0)
     state_dict, config = model.state_dict(), model.config.to_dict()
-    as_mistral = base_embedding(state_dict, {**config, "model_type": "mistral"})
-    llama = base_embedding(state_dict, config)
+    as_mistral = base_embedding_from_weights(state_dict, {**config, "model_type": "mistral"})
+    llama = base_embedding_from_weights(state_dict, config)
     assert not torch.equal(as_mistral[:STRUCT_DIM], llama[:STRUCT_DIM])
     assert torch.equal(as_mistral[STRUCT_DIM:], llama[STRUCT_DIM:])
     # a bare config still embeds; a multimodal one reads its text_config
-    assert base_embedding(state_dict, {}).shape == (BASE_EMBED_DIM,)
-    nested = base_embedding(state_dict, {"model_type": "llama", "text_config": config})
+    assert base_embedding_from_weights(state_dict, {}).shape == (BASE_EMBED_DIM,)
+    nested = base_embedding_from_weights(state_dict, {"model_type": "llama", "text_config": config})
     assert torch.equal(nested, llama)
 
 
@@ -107,7 +107,36 @@ def test_non_finite_weights_are_refused():
     state_dict = {key: tensor.clone() for key, tensor in model.state_dict().items()}
     state_dict["model.layers.1.self_attn.q_proj.weight"][0, 0] = float("nan")
     with pytest.raises(LoragenError, match="NaN"):
-        base_embedding(state_dict, model.config.to_dict())
+        base_embedding_from_weights(state_dict, model.config.to_dict())
+
+
+def test_cached_base_embedding_is_recomputed_when_its_format_changes(capsys, tiny_base, monkeypatch):
+    from loragen.config import load_settings
+    from loragen.registry.store import Registry
+    from loragen.workflows import base_condition
+    from tests.helpers import run_cli
+
+    assert run_cli(capsys, "base", "add", "tiny", "--from", tiny_base).code == 0
+    registry = Registry(load_settings().registry)
+    version = conditioning.BASE_EMBED_FORMAT_VERSION
+    real = base_condition(registry, "tiny")
+    assert registry.cached_base_embedding("tiny", version) == real.tolist()
+    planted = [0.5] * BASE_EMBED_DIM
+    registry.store_base_embedding("tiny", planted, version)
+    assert base_condition(registry, "tiny").tolist() == planted           # same format: the cache is used
+
+    registry.store_base_embedding("tiny", planted, version - 1)
+    assert torch.equal(base_condition(registry, "tiny"), real)             # another format: recomputed
+    with registry.session() as s:                                          # the first release stored bare lists
+        registry.resolve_version(s, "tiny").embedding = planted
+    assert torch.equal(base_condition(registry, "tiny"), real)
+
+    registry.store_base_embedding("tiny", planted, version)
+    monkeypatch.setattr(conditioning, "BASE_EMBED_FORMAT_VERSION", version + 1)   # the format changes
+    assert torch.equal(base_condition(registry, "tiny"), real)
+    assert registry.cached_base_embedding("tiny", version + 1) == real.tolist()
+    assert registry.cached_base_embedding("tiny", version) is None
+    registry.engine.dispose()
 
 
 @pytest.mark.parametrize("layers", [1, 2, 3, 4, 7, 30])

@@ -8,7 +8,7 @@ depends on what it was batched with. An optional on-disk cache (one safetensors
 file, keyed by the sha256 of the whitespace-normalised text, written atomically)
 means repeated descriptions never load the model.
 
-Base model: `base_embedding(state_dict, config)` -> BASE_EMBED_DIM (160) float32
+Base model: `base_embedding_from_weights(state_dict, config)` -> BASE_EMBED_DIM (160) float32
 values that tell architectures apart *and* weight versions of one architecture.
 All features are O(1) and computed in float64 with numpy (pairwise sums, no
 BLAS, no threads), then rounded to float32, so identical weights give
@@ -213,7 +213,9 @@ LAYER_MATRIX_DIM = len(SLOTS) * DEPTH_BINS * MATRIX_STATS
 LAYER_VECTOR_DIM = DEPTH_BINS * VECTOR_STATS
 GLOBAL_DIM = 2 * MATRIX_STATS + VECTOR_STATS
 BASE_EMBED_DIM = STRUCT_DIM + LAYER_MATRIX_DIM + LAYER_VECTOR_DIM + GLOBAL_DIM  # 160
-BASE_EMBED_FORMAT_VERSION = 1  # bump when the layout or a statistic changes
+# Stored with every cached embedding (Registry.store_base_embedding); bumping it makes the
+# registry recompute them. Bump it when the layout or a statistic changes.
+BASE_EMBED_FORMAT_VERSION = 1
 
 _LAYER_RE = re.compile(r"^(.*?)(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.(.+)$")
 _EMBED_LEAVES = ("embed_tokens", "wte", "word_embeddings", "tok_embeddings")
@@ -382,7 +384,7 @@ def _find_outside(outside: list[tuple[str, torch.Tensor]], leaves: tuple[str, ..
     return None
 
 
-def base_embedding(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> torch.Tensor:
+def base_embedding_from_weights(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> torch.Tensor:
     """(BASE_EMBED_DIM,) float32 embedding of a base model version: architecture and weights."""
     structure = structure_features(config)
     layers_hint = config.get("num_hidden_layers") or (config.get("text_config") or {}).get("num_hidden_layers")
@@ -395,5 +397,5 @@ def base_embedding(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, 
 
 
 def base_embedding_from_model(model: torch.nn.Module) -> torch.Tensor:
-    """`base_embedding` of a loaded transformers model."""
-    return base_embedding(model.state_dict(), model.config.to_dict())
+    """`base_embedding_from_weights` of a loaded transformers model."""
+    return base_embedding_from_weights(model.state_dict(), model.config.to_dict())

@@ -76,8 +76,9 @@ class BaseVersion(Base):
     linear_shapes: Mapped[dict[str, Any]] = mapped_column(JSON)   # module path -> [out, in]
     weights_digest: Mapped[str] = mapped_column(String(64))       # sha256 over the weight files
     num_parameters: Mapped[int] = mapped_column(BigInteger)
-    # The generator's base-model condition, computed from the weights once (loading a base is slow).
-    embedding: Mapped[Optional[list[float]]] = mapped_column(JSON, nullable=True)
+    # The generator's base-model condition, computed from the weights once (loading a base is slow):
+    # {"format": BASE_EMBED_FORMAT_VERSION, "values": [...]}; see Registry.cached_base_embedding.
+    embedding: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     base: Mapped[BaseModel] = relationship(back_populates="versions", lazy="raise")

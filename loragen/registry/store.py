@@ -421,13 +421,18 @@ class Registry:
 
     # ---------------------------------------------------------------- generator support
 
-    def base_embedding(self, label: str) -> list[float] | None:
+    def cached_base_embedding(self, label: str, format_version: int) -> list[float] | None:
+        """The base-model condition kept for `label`, if it was computed in embedding format `format_version`."""
         with self.session() as s:
-            return self.resolve_version(s, label).embedding
+            stored = self.resolve_version(s, label).embedding
+        # None: never computed. A bare list (the first release wrote those) or another format: stale.
+        if isinstance(stored, dict) and stored.get("format") == format_version:
+            return stored["values"]
+        return None
 
-    def set_base_embedding(self, label: str, embedding: list[float]) -> None:
+    def store_base_embedding(self, label: str, values: list[float], format_version: int) -> None:
         with self.session() as s:
-            self.resolve_version(s, label).embedding = list(embedding)
+            self.resolve_version(s, label).embedding = {"format": format_version, "values": list(values)}
 
     def adapters_for_training(self, tasks: Iterable[str] | None = None, bases: Iterable[str] | None = None,
                               origins: Iterable[str] = ("trained", "ingested")) -> list[dict[str, Any]]:
