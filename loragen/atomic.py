@@ -7,7 +7,9 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
+
+from loragen.errors import LoragenError
 
 
 def torch_save_atomic(obj: Any, path: Path) -> None:
@@ -22,6 +24,35 @@ def torch_save_atomic(obj: Any, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def torch_load_state(path: Path, required: Iterable[str]) -> dict[str, Any]:
+    """Read back what `torch_save_atomic` wrote for a resumable run: tensors and plain containers only.
+
+    weights_only=True because unpickling anything else runs code: on a shared home, whoever
+    can write a run folder would run it as the next user who resumes. A file that is not
+    such a state (planted, damaged, cut short) is refused in one line that names it.
+    """
+    import pickle
+
+    import torch
+
+    start_over = f"delete it to start the run over (rm {path})"
+    try:
+        state = torch.load(path, weights_only=True)
+    except OSError:
+        raise
+    except pickle.UnpicklingError as err:
+        if "weights only load failed" in str(err).lower():
+            raise LoragenError(f"{path}: refused: this resume state holds Python objects besides tensors and plain "
+                               f"data, and loading them could run code; {start_over}") from None
+        raise LoragenError(f"{path}: damaged resume state (not a torch file); {start_over}") from None
+    except Exception as err:  # noqa: BLE001 - torch reports a damaged file as RuntimeError, EOFError, KeyError, ...
+        raise LoragenError(f"{path}: damaged resume state ({type(err).__name__}); {start_over}") from None
+    missing = sorted(set(required) - set(state)) if isinstance(state, dict) else sorted(required)
+    if missing:
+        raise LoragenError(f"{path}: not a loragen resume state (no {', '.join(missing)}); {start_over}")
+    return state
 
 
 @contextmanager

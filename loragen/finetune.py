@@ -16,11 +16,12 @@ from typing import Callable, Sequence
 
 import torch
 
-from loragen.atomic import staged_folder, torch_save_atomic
+from loragen.atomic import staged_folder, torch_load_state, torch_save_atomic
 from loragen.config import FinetuneConfig, LoraConfig
 from loragen.errors import LoragenError
 
 STATE_FILE = "state.pt"
+STATE_KEYS = ("settings", "step", "lora", "optimizer", "order", "torch_rng", "losses")
 IGNORE_INDEX = -100
 
 
@@ -143,7 +144,7 @@ def finetune(model, tokenizer, examples: Sequence[tuple[str, str]], lora: LoraCo
 
     state_path = run_dir / STATE_FILE
     if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
+        state = torch_load_state(state_path, STATE_KEYS)
         if state["settings"] != settings:
             raise LoragenError(f"{run_dir} holds a run with other settings; remove it or change --seed")
         with torch.no_grad():

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from loragen import __version__
-from loragen.atomic import staged_folder, torch_save_atomic
+from loragen.atomic import staged_folder, torch_load_state, torch_save_atomic
 from loragen.config import GeneratorSettings
 from loragen.errors import LoragenError
 from loragen.generator.diffusion import DDPMSchedule
@@ -27,6 +27,7 @@ from loragen.generator.tokenizer import LoraLayout, NormStats, tokenize
 WEIGHTS_FILE = "generator.safetensors"
 META_FILE = "generator.json"
 STATE_FILE = "state.pt"
+STATE_KEYS = ("fingerprint", "step", "model", "optimizer", "sampler", "torch_rng", "losses")
 ANCHOR_PREFIX = "anchor::"
 
 
@@ -181,7 +182,7 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
     start, losses = 0, []
     state_path = run_dir / STATE_FILE
     if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
+        state = torch_load_state(state_path, STATE_KEYS)
         if state["fingerprint"] != fingerprint:
             raise LoragenError(f"{run_dir} holds a generator run with other settings or adapters; "
                                "remove it or change the seed")
