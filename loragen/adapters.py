@@ -20,7 +20,6 @@ from loragen.errors import InvalidAdapter
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-KEY_PREFIX = "base_model.model."
 KEY_PATTERN = re.compile(r"^base_model\.model\.(?P<module>.+)\.(?P<kind>lora_A|lora_B)\.weight$")
 DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit

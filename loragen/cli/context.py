@@ -13,7 +13,6 @@ if TYPE_CHECKING:
 @dataclass
 class AppState:
     home: str | None = None
-    verbose: int = 0
     _settings: "Settings | None" = field(default=None, repr=False)
     _registry: "Registry | None" = field(default=None, repr=False)
 

@@ -212,12 +212,6 @@ class Registry:
         s.flush()
         return task
 
-    def add_task(self, name: str, descriptions: Iterable[str]) -> Registered:
-        with self.session() as s:
-            existed = s.scalar(select(Task).where(Task.name == name)) is not None
-            self.ensure_task(s, name, descriptions)
-        return Registered(id=name, created=not existed)
-
     def list_tasks(self) -> list[dict[str, Any]]:
         with self.session() as s:
             tasks = s.scalars(select(Task).options(selectinload(Task.descriptions)).order_by(Task.name)).all()

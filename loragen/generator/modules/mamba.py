@@ -89,9 +89,6 @@ class MambaMixer(nn.Module):
         A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
         self.A_log = nn.Parameter(torch.log(A))
         self.D = nn.Parameter(torch.ones(d_inner))
-        # mamba-ssm's marker for optimisers: decaying A_log or D towards 0 has no meaning.
-        self.A_log._no_weight_decay = True
-        self.D._no_weight_decay = True
         self._init_dt(config)
 
     @torch.no_grad()
