@@ -199,7 +199,7 @@ def _walk_gguf(data) -> None:
         if kind in scalar_sizes:
             take(scalar_sizes[kind])
         elif kind == GGUFValueType.STRING:
-            string()
+            take(number("Q"))
         else:  # an array: item type, count, items (every item takes at least one byte, so this ends)
             item_kind, count = value_type(), number("Q")
             if item_kind in scalar_sizes:
@@ -228,10 +228,10 @@ def _walk_gguf(data) -> None:
         try:
             block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(code)]
         except (ValueError, KeyError):
-            raise _Unreadable(f"tensor {name!r} has unknown type {code}") from None
+            raise _Unreadable(f"tensor {quoted(name)} has unknown type {code}") from None
         elements = math.prod(dims)
         if elements % block:
-            raise _Unreadable(f"tensor {name!r} has {elements} values, not a multiple of its block size {block}")
+            raise _Unreadable(f"tensor {quoted(name)} has {elements} values, not a multiple of its block size {block}")
         data_end = max(data_end, offset + elements // block * block_bytes)
     data_start = -(-position // alignment) * alignment
     if data_start + data_end > len(data):
