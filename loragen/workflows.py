@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from loragen.config import GeneratorSettings
-from loragen.errors import LoragenError
+from loragen.errors import LoragenError, quoted
 from loragen.registry.models import Origin
-from loragen.registry.store import Registered, Registry
+from loragen.registry.store import Registered, Registry, check_name
 
 Progress = Callable[[int, int, float], None]
 
@@ -175,9 +175,32 @@ def sample_state_dict(generator: LoadedGenerator, text, base, *, seed: int, meth
     return {k: v + checkpoint.anchor[k] if checkpoint.anchor else v for k, v in residual.items()}
 
 
+# Latin letters that Unicode decomposition leaves whole; spelled the way German, Danish, Polish, … write them in ASCII.
+_LATIN_LETTERS_TO_ASCII = str.maketrans({
+    "ß": "ss", "ẞ": "SS", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o", "Ø": "O", "ł": "l", "Ł": "L",
+    "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "þ": "th", "Þ": "TH", "ı": "i"})
+SLUG_LENGTH = 60
+
+
 def slug(text: str) -> str:
-    words = re.findall(r"[a-z0-9]+", text.lower())
-    return "-".join(words)[:60].strip("-") or "task"
+    """The registry name `generate` gives a free description: its words in ASCII, joined by '-'.
+
+    Accented Latin letters keep their base letter ("Übersetze" -> "ubersetze"). Registry names stay ASCII
+    (see store.NAME_PATTERN), so letters with no ASCII spelling (Greek, Cyrillic, CJK, …) cannot be kept;
+    then a hash of the whole description is appended ("task-3f2a9c1b"), so two descriptions that differ
+    only in those letters still get different names.
+    """
+    import hashlib
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFKD", text.translate(_LATIN_LETTERS_TO_ASCII))
+    folded = "".join(c for c in decomposed if not unicodedata.combining(c))
+    name = "-".join(re.findall(r"[a-z0-9]+", folded.lower()))[:SLUG_LENGTH].strip("-")
+    letters_lost = any(c.isalnum() and not c.isascii() for c in folded)
+    if name and not letters_lost:
+        return name
+    canonical = " ".join(unicodedata.normalize("NFC", text).lower().split())
+    return f"{name or 'task'}-{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
 
 
 @dataclass
@@ -198,70 +221,145 @@ class GenerateResult:
     generator: str
     seconds: float
     candidates: list[Candidate] = field(default_factory=list)
+    validated_on: str | None = None   # the task whose validation split picked among the candidates
+
+
+MAX_SEED = 2**63 - 1  # torch.Generator's seeds
 
 
 def generate(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref: str, seed: int = 0,
              samples: int = 1, name: str | None = None, generator_ref: str | None = None,
-             select_limit: int = 50, replaces: str | None = None, loaded: LoadedGenerator | None = None,
+             select_limit: int = 50, validate_on: str | None = None, replaces: str | None = None,
+             loaded: LoadedGenerator | None = None,
              progress: Callable[[int, int], None] | None = None) -> GenerateResult:
     """Generate an adapter for `task` (a registered task name or a free description) on a base version.
 
-    With samples > 1 and a task that has a validation split, each candidate is
-    scored with lm-eval on it and the best is registered (RPG/ORAL-style selection).
+    With samples > 1 each candidate is scored with lm-eval on a validation split and the best is
+    registered (RPG/ORAL-style selection): `validate_on`'s (a bundled task or a task folder), else that of
+    the bundled task the adapter is registered under. Every input is checked before the generator is
+    loaded or anything is sampled.
     """
     import time
 
     from loragen.adapters import lora_config_dict, write_adapter_folder
 
-    generator = loaded or load_generator(registry, generator_ref)
-    known = generator.checkpoint.task_descriptions
+    spec = " ".join(task.split())
+    if not spec:
+        raise LoragenError("the task is empty: give a registered task name or a plain-language description")
+    if samples < 1:
+        raise LoragenError(f"samples must be at least 1 (got {samples})")
+    if not 0 <= seed <= MAX_SEED - (samples - 1):
+        raise LoragenError(f"seed must be between 0 and {MAX_SEED - (samples - 1)} (got {seed})")
     registered_tasks = {t["name"]: t["descriptions"] for t in registry.list_tasks()}
-    if task in known or task in registered_tasks:
-        task_name = name or task
-        condition = (known.get(task) or registered_tasks[task] or [task])[0]
+    known = spec in registered_tasks
+    bundled = _bundled_task(spec)
+    if name is not None:
+        task_name = name
+    elif known:
+        task_name = spec
     else:
-        task_name, condition = name or slug(task), task
+        task_name = bundled.name if bundled else slug(spec)
+    check_name("task", task_name)
+    validation = _validation_task(bundled or _bundled_task(task_name), task_name, samples, validate_on, select_limit)
     with registry.session() as s:
         version = registry.resolve_version(s, base_ref)
+
+    generator = loaded or load_generator(registry, generator_ref)
+    condition, descriptions = spec, [spec]
+    if known:  # the description the generator learnt the task by
+        condition = (generator.checkpoint.task_descriptions.get(spec) or registered_tasks[spec] or [spec])[0]
+    elif bundled:  # a bundled task no adapter was made for yet: described as the suite describes it
+        condition, descriptions = bundled.descriptions[0], bundled.descriptions
     text = text_encoder(registry).encode([condition])[0]
     base = base_condition(registry, version.label)
     lora = generator.checkpoint.lora
 
     began = time.perf_counter()
-    seeds = [seed + i for i in range(max(1, samples))]
+    seeds = [seed + i for i in range(samples)]
     candidates = [Candidate(seed=s) for s in seeds]
     state_dicts = [sample_state_dict(generator, text, base, seed=s, method=settings.sample_method,
                                      steps=settings.sample_steps, eta=settings.eta, progress=progress) for s in seeds]
     generation_seconds = time.perf_counter() - began
     best = 0
-    if len(seeds) > 1:
-        best = _select_on_validation(registry, version.label, task_name, state_dicts, lora, candidates, select_limit)
+    provenance = {"generator": generator.uid, "generator_step": generator.checkpoint.training["steps"],
+                  "condition": condition, "base": version.label, "method": settings.sample_method,
+                  "steps": settings.sample_steps if settings.sample_method == "ddim"
+                  else generator.checkpoint.schedule.num_train_timesteps, "eta": settings.eta}
+    if validation is not None:
+        best = _select_on_validation(registry, version.label, validation, state_dicts, lora, candidates, select_limit)
+        provenance["validation"] = {"task": validation.name, "folder": str(validation.dir), "split": "validation",
+                                    "limit": select_limit}
     chosen = candidates[best]
+    provenance.update(seed=chosen.seed, candidates=[c.__dict__ for c in candidates],
+                      generation_seconds=round(generation_seconds, 3))
     with tempfile.TemporaryDirectory(prefix="loragen-generated-", dir=registry.home) as tmp:
         folder = write_adapter_folder(Path(tmp) / "adapter", state_dicts[best],
                                       lora_config_dict(lora["r"], lora["lora_alpha"], lora["target_modules"]))
         registered = registry.ingest(
-            folder, version.label, task_name, [condition] if task_name not in registered_tasks else [],
-            origin=Origin.generated, replaces=replaces,
-            provenance={"generator": generator.uid, "generator_step": generator.checkpoint.training["steps"],
-                        "condition": condition, "base": version.label, "seed": chosen.seed,
-                        "method": settings.sample_method,
-                        "steps": settings.sample_steps if settings.sample_method == "ddim"
-                        else generator.checkpoint.schedule.num_train_timesteps,
-                        "eta": settings.eta, "candidates": [c.__dict__ for c in candidates],
-                        "generation_seconds": round(generation_seconds, 3)})
+            folder, version.label, task_name, descriptions if task_name not in registered_tasks else [],
+            origin=Origin.generated, replaces=replaces, provenance=provenance)
     return GenerateResult(id=registered.id, created=registered.created, task=task_name, base=version.label,
                           condition=condition, seed=chosen.seed, generator=generator.uid[:12],
-                          seconds=generation_seconds, candidates=candidates)
+                          seconds=generation_seconds, candidates=candidates,
+                          validated_on=validation.name if validation is not None else None)
 
 
-def _select_on_validation(registry: Registry, base_label: str, task_name: str, state_dicts, lora,
+def _bundled_task(name: str):
+    """The bundled task called `name` (or by its lm-eval name), or None."""
+    from loragen.errors import NotFound
+    from loragen.tasks.suite import get_task
+
+    try:
+        return get_task(name)
+    except NotFound:
+        return None
+
+
+def _validation_task(bundled, task_name: str, samples: int, validate_on: str | None, limit: int):
+    """The task whose validation split picks the best of `samples` candidates, or None for one sample.
+
+    `validate_on` names a bundled task or a task folder; without it the bundled task the generation is for
+    (`bundled`) is used. Decided before any sampling, so a free description with --samples 4 fails at once.
+    """
+    from loragen.tasks.suite import get_task, load_task_dir
+
+    if samples == 1:
+        if validate_on is not None:
+            raise LoragenError("--validate-on picks the best of several candidates: use it with --samples 2 or more")
+        return None
+    if limit < 1:
+        raise LoragenError(f"the selection limit must be at least 1 validation example per candidate (got {limit})")
+    if validate_on is None:
+        if bundled is None:
+            raise LoragenError(
+                f"--samples {samples} keeps the best candidate on a validation split, and there is no bundled task "
+                f"named {quoted(task_name)}: pass --validate-on TASK|FOLDER (a bundled task, or a task folder with "
+                "validation.jsonl), or use --samples 1")
+        task = bundled
+    elif "/" in validate_on or _is_folder(validate_on):  # the rule of `finetune --task`
+        task = load_task_dir(validate_on)
+    else:
+        task = get_task(validate_on)
+    if not task.declares_split("validation"):
+        raise LoragenError(f"task {task.name!r} ({task.yaml_path()}) declares no validation split in its "
+                           "dataset_kwargs.data_files, so its candidates cannot be compared")
+    if not task.records("validation"):
+        raise LoragenError(f"task {task.name!r} has an empty validation split ({task.dir / 'validation.jsonl'})")
+    return task
+
+
+def _is_folder(spec: str) -> bool:
+    try:
+        return Path(spec).expanduser().is_dir()
+    except OSError:  # e.g. a name too long for the file system: then it is no folder
+        return False
+
+
+def _select_on_validation(registry: Registry, base_label: str, task, state_dicts, lora,
                           candidates: list[Candidate], limit: int) -> int:
     from loragen.adapters import lora_config_dict, write_adapter_folder
     from loragen.evaluation import attached, evaluate
-    from loragen.tasks.suite import get_task
 
-    task = get_task(task_name)  # selection needs the task's validation data
     model, tokenizer, _ = registry.load_base(base_label)
     with tempfile.TemporaryDirectory(prefix="loragen-candidates-", dir=registry.home) as tmp:
         for index, (candidate, state_dict) in enumerate(zip(candidates, state_dicts)):

@@ -65,7 +65,7 @@ app.command("refresh")(_refresh.refresh)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from loragen.errors import LoragenError
+    from loragen.errors import LoragenError, quoted
 
     # OpenMP threads that spin while waiting make torch many times slower when the
     # cores are shared (measured on this project's 2-core machines); sleep instead.
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as err:
         if debug:
             raise
-        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        where = f" ({quoted(err.filename)})" if getattr(err, "filename", None) else ""  # a path can be a pasted essay
         sys.stderr.write(f"loragen: error: {err.strerror or err}{where}\n")
         code = 1
     except Exception as err:  # noqa: BLE001 - the last line of defence: one line, not a traceback

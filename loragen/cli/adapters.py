@@ -92,7 +92,7 @@ def show(ref: str = typer.Argument(..., help="Adapter id (a prefix is enough), b
          as_json: bool = JSON) -> None:
     """Show one adapter, base version or task in detail."""
     from loragen.cli.base import show_base
-    from loragen.errors import NotFound
+    from loragen.errors import NotFound, quoted
 
     try:
         render_fields(state.registry.get_adapter(ref), as_json=as_json)
@@ -104,12 +104,13 @@ def show(ref: str = typer.Argument(..., help="Adapter id (a prefix is enough), b
         if tasks:
             render_fields(tasks[0], as_json=as_json)
             return
-        raise NotFound(f"no adapter, base or task matches '{ref}' ({adapter_error})") from None
+        raise NotFound(f"no adapter, base or task matches {quoted(ref)} ({adapter_error})") from None
 
 
 def rm(refs: list[str] = typer.Argument(..., help="Adapter ids."), as_json: bool = JSON) -> None:
     """Unregister adapters (files are freed by `loragen gc`)."""
-    removed = [state.registry.remove(ref) for ref in refs]
+    uids = [state.registry.get_adapter(ref)["uid"] for ref in refs]  # every id resolves before any is removed
+    removed = [state.registry.remove(uid) for uid in dict.fromkeys(uids)]
     if as_json:
         render({"removed": removed}, as_json=True)
     else:

@@ -35,8 +35,7 @@ def add(name: str = typer.Argument(..., help="Name for the base, e.g. smollm2-13
         note: str = typer.Option("", "--note", help="Free text kept with the version."),
         as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
     """Register a new base model (its version 1)."""
-    say(f"reading {source} …")
-    result = state.registry.add_base(name, source, note)
+    result = state.registry.add_base(name, source, note, reading=_say_reading)
     _report(result.id, "registered", as_json)
 
 
@@ -46,8 +45,7 @@ def update(name: str = typer.Argument(..., help="An existing base."),
            note: str = typer.Option("", "--note", help='How it evolved, e.g. "continued pretraining on GCIDE".'),
            as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
     """Register an evolved version of a base: same architecture, new weights."""
-    say(f"reading {source} …")
-    result = state.registry.update_base(name, source, note)
+    result = state.registry.update_base(name, source, note, reading=_say_reading)
     _report(result.id, "registered", as_json)
 
 
@@ -58,6 +56,10 @@ def list_bases(as_json: bool = typer.Option(False, "--json", help="JSON output."
     rows = state.registry.list_bases()
     render(rows, as_json=as_json, quiet=quiet, columns=BASE_COLUMNS, key="name",
            summary=f"{len(rows)} base version(s)")
+
+
+def _say_reading(source: str) -> None:
+    say(f"reading {source} …")
 
 
 def _report(label: str, verb: str, as_json: bool) -> None:

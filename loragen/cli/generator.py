@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -60,44 +61,56 @@ def train(tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these 
 
 def generate(task: str = typer.Option(..., "--task", help="A task name in the registry, or a plain-language description."),
              base: str = typer.Option(..., "--base", help="NAME or NAME@vN (default newest)."),
-             seed: int = typer.Option(0, help="Sampling seed: the same seed gives the same adapter."),
-             samples: int = typer.Option(1, help="Candidates to draw; >1 keeps the best on the task's validation split."),
+             seed: int = typer.Option(0, min=0, help="Sampling seed: the same seed gives the same adapter."),
+             samples: int = typer.Option(1, min=1, help="Candidates to draw; >1 keeps the best on a validation split "
+                                                        "(the task's own if it is bundled, else --validate-on)."),
+             validate_on: Optional[str] = typer.Option(
+                 None, "--validate-on", metavar="TASK|FOLDER",
+                 help="With --samples > 1: pick the best candidate on this bundled task's (or task folder's) "
+                      "validation split."),
              name: Optional[str] = typer.Option(None, help="Task name to register under (default: the task or a slug)."),
              generator: Optional[str] = typer.Option(None, "--generator", help="Generator id (default: newest)."),
              method: Optional[str] = typer.Option(None, help="ddim or ddpm (settings: generator.sample_method)."),
              sample_steps: Optional[int] = typer.Option(None, help="DDIM steps (settings: generator.sample_steps)."),
-             select_limit: int = typer.Option(50, help="Validation examples per candidate when --samples > 1."),
-             out: Optional[str] = typer.Option(None, "--out", help="Also export the adapter to this folder."),
+             select_limit: int = typer.Option(50, min=1, help="Validation examples per candidate when --samples > 1."),
+             out: Optional[Path] = typer.Option(None, "--out", help="Also export the adapter to this folder."),
              as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
     """Generate a LoRA adapter from a task description and register it (origin=generated)."""
-    from loragen import workflows
+    from contextlib import ExitStack
 
-    if samples < 1:
-        raise typer.BadParameter("--samples must be at least 1")
+    from loragen import workflows
+    from loragen.registry.store import check_export_target
+
     overrides = {k: v for k, v in {"sample_method": method, "sample_steps": sample_steps}.items() if v is not None}
     settings = replace(state.settings.generator, **overrides)
     settings.__post_init__()
+    if out is not None:
+        check_export_target(out)  # before sampling, not after registering
     total = samples * settings.steps_per_sample
-    with StepProgress("generating", total) as bar:
+    with ExitStack() as stack:
+        bar: list[StepProgress] = []
         done = [0]
 
         def tick(step: int, steps: int) -> None:
+            if not bar:  # shown once sampling starts, so an early error is the only line
+                bar.append(stack.enter_context(StepProgress("generating", total)))
             done[0] += 1
-            bar.update(done[0], samples * steps)  # the sampler knows the checkpoint's schedule
+            bar[0].update(done[0], samples * steps)  # the sampler knows the checkpoint's schedule
 
         result = workflows.generate(state.registry, settings, task=task, base_ref=base, seed=seed, samples=samples,
-                                    name=name, generator_ref=generator, select_limit=select_limit, progress=tick)
-    if out:
+                                    name=name, generator_ref=generator, select_limit=select_limit,
+                                    validate_on=validate_on, progress=tick)
+    if out is not None:
         state.registry.export(result.id, out)
     if as_json:
-        render({**result.__dict__, "candidates": [c.__dict__ for c in result.candidates], "exported_to": out},
-               as_json=True)
+        render({**result.__dict__, "candidates": [c.__dict__ for c in result.candidates],
+                "exported_to": str(out) if out is not None else None}, as_json=True)
         return
     if samples > 1:
         render([c.__dict__ for c in result.candidates], as_json=False, columns=[
             Column("SEED", lambda r: r["seed"], "right"), Column("METRIC", lambda r: r["metric"]),
             Column("VALIDATION", lambda r: r["score"], "right")])
-        say(f"kept seed {result.seed} (best on the validation split)")
+        say(f"kept seed {result.seed} (best on {result.validated_on}'s validation split)")
     typer.echo(f"{'generated' if result.created else 'already registered'} {result.id}: {result.task} on {result.base} "
                f"in {result.seconds:.2f} s (generator {result.generator}, seed {result.seed})")
 

@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -24,14 +24,17 @@ from sqlalchemy.orm import Session, selectinload
 from loragen import adapters as adapter_io
 from loragen.bases import Architecture, BaseSource, read_architecture, resolve_source, weights_digest
 from loragen.config import RegistryConfig
-from loragen.errors import LoragenError, NotFound
+from loragen.errors import LoragenError, NotFound, quoted
 from loragen.registry import db
 from loragen.registry.blobs import BlobStore
 from loragen.registry.models import (
     Adapter, BaseModel, BaseVersion, BaseVersionFile, Blob, EvalResult, GeneratorCheckpointRow, Origin, Task,
     TaskDescription)
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+MAX_NAME_LENGTH = 200
+# ASCII on purpose: names are typed in shells and compared byte for byte; a description in any script
+# is kept whole as the task's description (see workflows.slug for the names generate derives).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MIN_ID_PREFIX = 4
 
 
@@ -47,9 +50,13 @@ class Registered:
 STALE_WORK_FOLDER_S = 3600
 
 
-def _check_name(kind: str, name: str) -> None:
-    if not NAME_PATTERN.match(name):
-        raise LoragenError(f"invalid {kind} name '{name}': use letters, digits, '.', '_' and '-' (no '@' or spaces)")
+def check_name(kind: str, name: str) -> None:
+    """Refuse a base or task name the registry cannot keep; called before any file is read."""
+    if len(name) > MAX_NAME_LENGTH:
+        raise LoragenError(f"{kind} name {quoted(name)} is too long: at most {MAX_NAME_LENGTH} characters")
+    if not NAME_PATTERN.fullmatch(name):
+        raise LoragenError(f"invalid {kind} name {quoted(name)}: start with a letter or digit, then use letters, "
+                           "digits, '.', '_' and '-' (no '@' or spaces)")
 
 
 def parse_base_ref(ref: str) -> tuple[str, int | None]:
@@ -57,9 +64,9 @@ def parse_base_ref(ref: str) -> tuple[str, int | None]:
     name, sep, version = ref.partition("@")
     if not sep:
         return name, None
-    match = re.fullmatch(r"v?(\d+)", version)
+    match = re.fullmatch(r"v?(\d{1,9})", version)  # bounded: int() of thousands of digits is itself an error
     if not match:
-        raise LoragenError(f"invalid base reference '{ref}': expected NAME or NAME@vN")
+        raise LoragenError(f"invalid base reference {quoted(ref)}: expected NAME or NAME@vN")
     return name, int(match.group(1))
 
 
@@ -105,23 +112,29 @@ class Registry:
         if base is None:
             known = session.scalars(select(BaseModel.name).order_by(BaseModel.name)).all()
             hint = f" (known: {', '.join(known)})" if known else " (none registered: loragen base add NAME --from PATH)"
-            raise NotFound(f"no base model named '{name}'{hint}")
+            raise NotFound(f"no base model named {quoted(name)}{hint}")
         query = select(BaseVersion).where(BaseVersion.base_id == base.id).options(selectinload(BaseVersion.base))
         if version is None:
             found = session.scalar(query.order_by(BaseVersion.version.desc()).limit(1))
         else:
             found = session.scalar(query.where(BaseVersion.version == version))
         if found is None:
-            raise NotFound(f"base '{name}' has no version v{version}")
+            raise NotFound(f"base {quoted(name)} has no version v{version}")
         return found
 
-    def add_base(self, name: str, source_spec: str, note: str = "") -> Registered:
-        """Register a new base model: its version 1."""
-        _check_name("base", name)
+    def add_base(self, name: str, source_spec: str, note: str = "",
+                 reading: Callable[[str], None] | None = None) -> Registered:
+        """Register a new base model: its version 1.
+
+        The name is checked before the source is touched; `reading` is told the source before its weights are read.
+        """
+        check_name("base", name)
         with self.session() as s:
             if s.scalar(select(BaseModel).where(BaseModel.name == name)) is not None:
                 raise LoragenError(f"base '{name}' already exists: use `loragen base update {name} --from PATH` for a new version")
         source = resolve_source(source_spec)
+        if reading:
+            reading(source.description)
         architecture = read_architecture(source)
         digest = weights_digest(source)
         with self.session() as s:
@@ -134,11 +147,20 @@ class Registry:
             version = self._add_version(s, base, 1, None, source, architecture, digest, note or "initial version")
             return Registered(id=f"{name}@v{version.version}", created=True)
 
-    def update_base(self, name: str, source_spec: str, note: str = "") -> Registered:
-        """Register an evolved version: same architecture, new weights."""
+    def update_base(self, name: str, source_spec: str, note: str = "",
+                    reading: Callable[[str], None] | None = None) -> Registered:
+        """Register an evolved version: same architecture, new weights.
+
+        The base is found before the source is touched; `reading` is told the source before its weights are read.
+        """
+        if "@" in name:  # a new version always follows the newest, so a version here would only mislead
+            raise LoragenError(f"base update takes a base name ({quoted(name.split('@')[0])}), not a version "
+                               f"({quoted(name)}): the new version always follows the newest")
         with self.session() as s:
             latest = self.resolve_version(s, name)
         source = resolve_source(source_spec)
+        if reading:
+            reading(source.description)
         architecture = read_architecture(source)
         _check_same_architecture(latest, architecture)
         digest = weights_digest(source)
@@ -194,7 +216,7 @@ class Registry:
     # ---------------------------------------------------------------- tasks
 
     def ensure_task(self, s: Session, name: str, descriptions: Iterable[str] = ()) -> Task:
-        _check_name("task", name)
+        check_name("task", name)
         task = s.scalar(select(Task).where(Task.name == name))
         if task is None:
             try:
@@ -223,7 +245,7 @@ class Registry:
         with self.session() as s:
             task = s.scalar(select(Task).where(Task.name == name).options(selectinload(Task.descriptions)))
             if task is None:
-                raise NotFound(f"no task named '{name}'")
+                raise NotFound(f"no task named {quoted(name)}")
             return [d.text for d in task.descriptions]
 
     # ---------------------------------------------------------------- adapters
@@ -233,7 +255,7 @@ class Registry:
                replaces: str | None = None) -> Registered:
         """Validate a PEFT folder against a base version, then register it."""
         path = Path(path)
-        _check_name("task", task)
+        check_name("task", task)
         with self.session() as s:
             version = self.resolve_version(s, base_ref)
         folder = adapter_io.read_adapter_folder(path)
@@ -265,13 +287,13 @@ class Registry:
     def _find_adapter(self, s: Session, ref: str) -> Adapter:
         ref = ref.strip().lower()
         if not re.fullmatch(r"[0-9a-f]+", ref) or len(ref) < MIN_ID_PREFIX:
-            raise NotFound(f"'{ref}' is not an adapter id (at least {MIN_ID_PREFIX} hex characters, see `loragen list`)")
+            raise NotFound(f"{quoted(ref)} is not an adapter id (at least {MIN_ID_PREFIX} hex characters, see `loragen list`)")
         matches = s.scalars(select(Adapter).where(Adapter.uid.startswith(ref)).options(
             selectinload(Adapter.task), selectinload(Adapter.base_version).selectinload(BaseVersion.base)).limit(2)).all()
         if not matches:
-            raise NotFound(f"no adapter with id {ref}")
+            raise NotFound(f"no adapter with id {quoted(ref)}")
         if len(matches) > 1:
-            raise NotFound(f"adapter id {ref} is ambiguous: give more characters")
+            raise NotFound(f"adapter id {quoted(ref)} is ambiguous: give more characters")
         return matches[0]
 
     def get_adapter(self, ref: str) -> dict[str, Any]:
@@ -313,8 +335,7 @@ class Registry:
 
         weights, config, view = self.adapter_files(ref)
         out_dir = Path(out_dir)
-        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-            raise LoragenError(f"{out_dir}: already exists and is not empty")
+        check_export_target(out_dir)
         with staged_folder(out_dir) as staging:
             shutil.copyfile(weights, staging / adapter_io.WEIGHTS_NAME)
             shutil.copyfile(config, staging / adapter_io.CONFIG_NAME)
@@ -468,10 +489,10 @@ class Registry:
                 query = query.where(GeneratorCheckpointRow.uid.startswith(ref.strip().lower()))
             rows = s.scalars(query.order_by(GeneratorCheckpointRow.id.desc()).limit(2)).all()
             if not rows:
-                raise NotFound(f"no generator checkpoint {ref}" if ref else
+                raise NotFound(f"no generator checkpoint {quoted(ref)}" if ref else
                                "no generator has been trained yet: run `loragen train`")
             if ref and len(rows) > 1:
-                raise NotFound(f"generator id {ref} is ambiguous: give more characters")
+                raise NotFound(f"generator id {quoted(ref)} is ambiguous: give more characters")
             row = rows[0]
             weights, meta = self.blob_path(row.weights_sha256), self.blob_path(row.meta_sha256)
         folder = self.home / "snapshots" / "generators" / row.uid
@@ -496,6 +517,13 @@ class Registry:
             tmp_link.unlink(missing_ok=True)
             tmp_link.symlink_to(target)
             os.replace(tmp_link, link)
+
+
+def check_export_target(out_dir: Path) -> None:
+    """Refuse a folder `export` could not write, before any work that would end in writing it."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise LoragenError(f"{out_dir}: already exists and is not empty")
 
 
 def _check_same_architecture(latest: BaseVersion, architecture: Architecture) -> None:

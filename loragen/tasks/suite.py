@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loragen.errors import LoragenError, NotFound
+from loragen.errors import LoragenError, NotFound, quoted
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SPLITS = ("train", "validation", "test")
@@ -57,6 +57,11 @@ class Task:
     def yaml_path(self) -> Path:
         """The task's own task.yaml (relative data_files; see materialize_yaml)."""
         return self.dir / "task.yaml"
+
+    def declares_split(self, split: str) -> bool:
+        """Whether task.yaml gives lm-eval a data file for `split` (as it must, to score on it)."""
+        data_files = (_read_yaml(self.yaml_path()).get("dataset_kwargs") or {}).get("data_files")
+        return isinstance(data_files, dict) and split in data_files
 
 
 def prompt_and_answer(record: dict[str, Any]) -> tuple[str, str]:
@@ -134,7 +139,7 @@ def get_task(name: str) -> Task:
         if name in (task.name, task.eval_name):
             return task
     known = ", ".join(t.name for t in tasks) or "none"
-    raise NotFound(f"unknown task {name!r}; known tasks: {known}")
+    raise NotFound(f"unknown task {quoted(name)}; known tasks: {known}")
 
 
 def _absolute_data_files(data_files: Any, base: Path, yaml_path: Path) -> Any:
