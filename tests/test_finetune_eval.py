@@ -78,6 +78,8 @@ def test_interrupted_finetune_resumes_to_the_same_weights(tmp_path, tiny_base):
         wa, wb = load_file(str(a.path / "adapter_model.safetensors")), load_file(str(b.path / "adapter_model.safetensors"))
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert straight.losses[-1] < straight.losses[0]
+    # The run's training time counts both calls, not only the one that finished it.
+    assert resumed.total_train_s > resumed.wall_time_s > 0 and straight.total_train_s == straight.wall_time_s
 
 
 def test_finetune_errors_are_one_line(capsys, tiny_registered):
