@@ -65,7 +65,7 @@ def list_cmd(what: str = typer.Argument("adapters", help="adapters, bases, tasks
 
         list_bases(as_json=as_json, quiet=quiet)
     elif what in ("tasks", "task"):
-        rows = state.registry.list_tasks()
+        rows = state.registry.list_registered_tasks()
         render(rows, as_json=as_json, quiet=quiet, columns=TASK_COLUMNS, key="name", summary=f"{len(rows)} task(s)")
     elif what in ("adapters", "adapter"):
         if origin and origin not in ("trained", "ingested", "generated"):
@@ -100,7 +100,7 @@ def show(ref: str = typer.Argument(..., help="Adapter id (a prefix is enough), b
     except NotFound as adapter_error:
         if show_base(ref, as_json):
             return
-        tasks = [t for t in state.registry.list_tasks() if t["name"] == ref]
+        tasks = [t for t in state.registry.list_registered_tasks() if t["name"] == ref]
         if tasks:
             render_fields(tasks[0], as_json=as_json)
             return
