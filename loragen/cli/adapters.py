@@ -120,7 +120,7 @@ def rm(refs: list[str] = typer.Argument(..., help="Adapter ids."), as_json: bool
 def export(ref: str = typer.Argument(..., help="Adapter id."),
            out_dir: Path = typer.Argument(..., help="Folder to write (must not exist or be empty)."),
            as_json: bool = JSON) -> None:
-    """Write an adapter as a PEFT folder that peft.PeftModel.from_pretrained loads."""
+    """Write an adapter as a PEFT folder; peft.AutoPeftModelForCausalLM.from_pretrained(DIR) loads it with its base."""
     path = state.registry.export(ref, out_dir)
     if as_json:
         render({"id": ref, "path": str(path)}, as_json=True)

@@ -9,6 +9,7 @@ which `gc` removes; it never leaves a half-registered adapter.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -31,6 +32,8 @@ from loragen.registry.models import (
     Adapter, BaseModel, BaseVersion, BaseVersionFile, Blob, EvalResult, GeneratorCheckpointRow, Origin, TaskDescription,
     TaskRow)
 
+# Written beside an exported adapter: which registered adapter and base version it is.
+EXPORT_RECORD = "loragen.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 MIN_ID_PREFIX = 4
 
@@ -336,18 +339,30 @@ class Registry:
             return self.blob_path(adapter.weights_sha256), self.blob_path(adapter.config_sha256), _adapter_view(adapter)
 
     def export(self, ref: str, out_dir: Path) -> Path:
-        """Write a folder that peft.PeftModel.from_pretrained loads, byte-identical to what was stored."""
-        import shutil
+        """Write a PEFT folder that loads base and adapter in one offline call:
+        `peft.AutoPeftModelForCausalLM.from_pretrained(out_dir)` (plus `gguf_file=` for a GGUF base).
 
+        The weights are byte-identical to the stored ones. adapter_config.json is the stored one with
+        `base_model_name_or_path` pointing at this registry's snapshot folder of the adapter's base version
+        (a path valid on this machine, so it is written at export, never stored). EXPORT_RECORD beside it names
+        the base as NAME@vN: peft warns about keys its config does not know, so the label stays out of the config.
+        """
         from loragen.atomic import staged_folder
 
         weights, config, view = self.adapter_files(ref)
         out_dir = Path(out_dir)
         if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
             raise LoragenError(f"{out_dir}: already exists and is not empty")
+        version = self.version(view["base"])
+        base_folder = self.base_folder(version)
+        record = {"id": view["id"], "uid": view["uid"], "task": view["task"], "origin": view["origin"],
+                  "base": version.label, "base_folder": str(base_folder), "base_gguf_file": version.gguf_file,
+                  "weights_sha256": view["weights_sha256"]}
         with staged_folder(out_dir) as staging:
             shutil.copyfile(weights, staging / adapter_io.WEIGHTS_NAME)
-            shutil.copyfile(config, staging / adapter_io.CONFIG_NAME)
+            (staging / adapter_io.CONFIG_NAME).write_text(
+                adapter_io.config_with_base(config.read_text(), str(base_folder)))
+            (staging / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         return out_dir
 
     def remove(self, ref: str) -> str:
