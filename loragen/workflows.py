@@ -140,8 +140,9 @@ def train(registry: Registry, settings: GeneratorSettings, *, tasks: Sequence[st
     digests = ranks_weight_digests(checkpoint.weights)
     if len(set(digests)) != 1:
         raise LoragenError(f"data-parallel ranks ended with different weights: {digests}")
-    if rank() != 0:  # rank 0 registers; the others only trained
-        return Registered(id=digests[0][:12], created=False), {"rank": rank(), "weights_sha256": digests[0]}
+    if distributed_rank() != 0:  # process 0 registers; the others only trained
+        return Registered(id=digests[0][:12], created=False), {"process_rank": distributed_rank(),
+                                                               "weights_sha256": digests[0]}
     with tempfile.TemporaryDirectory(prefix="loragen-generator-", dir=registry.home) as tmp:
         folder = checkpoint.save(Path(tmp) / "checkpoint")
         registered = registry.register_generator(
@@ -170,14 +171,15 @@ def join_process_group() -> int:
     return world
 
 
-def rank() -> int:
+def distributed_rank() -> int:
+    """This process's rank in the data-parallel group (0 without one); not a LoRA's rank."""
     import torch.distributed as dist
 
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def ranks_weight_digests(weights) -> list[str]:
-    """sha256 of the weights on every rank (one entry without distribution)."""
+    """sha256 of the weights on every process (one entry without distribution)."""
     import hashlib
 
     import torch.distributed as dist
