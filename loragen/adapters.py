@@ -216,7 +216,11 @@ def load_weights(path: Path, check_finite: bool = True):
 
 
 def lora_config_dict(rank: int, alpha: float, target_modules: list[str], base_name: str = "") -> dict[str, Any]:
-    """A minimal adapter_config.json that peft 0.21 loads."""
+    """A minimal adapter_config.json that peft 0.21 loads.
+
+    Generated adapters leave `base_name` empty: a base's folder is a path on one machine, so whatever a stored
+    config says, `Registry.export` sets it (config_with_base) to this machine's copy when an adapter leaves.
+    """
     return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -230,6 +234,13 @@ def lora_config_dict(rank: int, alpha: float, target_modules: list[str], base_na
         "inference_mode": True,
         "init_lora_weights": True,
     }
+
+
+def config_with_base(config_text: str, base_name_or_path: str) -> str:
+    """An adapter_config.json's text with `base_model_name_or_path` set, every other key kept as it was."""
+    config = json.loads(config_text)
+    config["base_model_name_or_path"] = base_name_or_path
+    return json.dumps(config, indent=2) + "\n"
 
 
 def write_adapter_folder(out_dir: Path, state_dict: dict, config: dict[str, Any]) -> Path:

@@ -1,4 +1,4 @@
-"""Evaluate a base or a base + LoRA on tasks with lm-evaluation-harness, offline.
+"""Evaluate a base or a base + LoRA on tasks with lm-evaluation-harness, offline, and compare stored results.
 
 The model object is handed to lm-eval's HFLM directly (a PeftModel works), so
 one loaded base serves every adapter: attach, evaluate, detach.
@@ -12,12 +12,15 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from loragen.errors import LoragenError
 from loragen.tasks.suite import Task, materialize_yaml
 
 PRIMARY_METRIC = {"exact_match": "exact_match", "multiple_choice": "acc"}
+EVAL_SPLITS = ("test", "validation")
+# The columns of a comparison: a base zero-shot, then adapters by how they were made.
+COMPARED = ("zero_shot", "trained", "ingested", "generated")
 
 
 @dataclass
@@ -51,9 +54,20 @@ def _task_yamls(tasks: Sequence[Task], split: str, out_dir: Path) -> Path:
     return include
 
 
+def check_eval_options(split: str, limit: int | None, batch_size: int) -> None:
+    """Refuse what lm-eval would only fail on after the model is loaded."""
+    if split not in EVAL_SPLITS:
+        raise LoragenError(f"split must be {' or '.join(EVAL_SPLITS)} (got {split!r})")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise LoragenError(f"limit must be 0 (every example) or a positive number of examples (got {limit!r})")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise LoragenError(f"batch size must be a positive number (got {batch_size!r})")
+
+
 def evaluate(model, tokenizer, tasks: Sequence[Task], *, split: str = "test", limit: int | None = None,
              batch_size: int = 16) -> list[Score]:
-    """Run lm-eval on `tasks` and return each task's primary metric."""
+    """Run lm-eval on `tasks` and return each task's primary metric (limit None or 0: every example)."""
+    check_eval_options(split, limit, batch_size)
     if not tasks:
         raise LoragenError("no tasks to evaluate")
     _offline()
@@ -104,3 +118,26 @@ def attached(base_model, adapter_folder: Path) -> Iterator[object]:
         yield peft_model
     finally:
         peft_model.unload()
+
+
+def comparison(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per task and base version: the zero-shot score and each origin's adapters (mean, best and count).
+
+    `results` are stored scores oldest first (Registry.eval_results); for each (task, base, metric, adapter)
+    only the latest counts, so re-evaluating an adapter replaces its score instead of adding one.
+    """
+    latest: dict[tuple, float] = {}
+    for result in results:
+        kind = result["origin"] or "zero_shot"
+        latest[(result["task"], result["base"], result["metric"], result["adapter"] or "", kind)] = result["value"]
+    table: dict[tuple, dict[str, Any]] = {}
+    for (task, base, metric, _, kind), value in latest.items():
+        row = table.setdefault((task, base, metric), {"task": task, "base": base, "metric": metric})
+        row.setdefault(kind, []).append(value)
+    summary = []
+    for row in table.values():
+        for kind in COMPARED:
+            values = row.pop(kind, [])
+            row[kind] = {"mean": sum(values) / len(values), "best": max(values), "n": len(values)} if values else None
+        summary.append(row)
+    return sorted(summary, key=lambda r: (r["task"], r["base"]))

@@ -39,6 +39,7 @@ class FinetuneResult:
     wall_time_s: float          # time spent training in this call (0 when already finished)
     resumed_from_step: int
     losses: list[float] = field(default_factory=list)
+    total_train_s: float = 0.0  # time spent training the run over every call that trained it
 
 
 def checkpoint_steps(config: FinetuneConfig) -> list[int]:
@@ -141,6 +142,7 @@ def finetune(model, tokenizer, examples: Sequence[tuple[str, str]], lora: LoraCo
     keep = set(checkpoint_steps(config))
     losses: dict[int, float] = {}
     start = 0
+    earlier_train_s = 0.0
 
     state_path = run_dir / STATE_FILE
     if state_path.is_file():
@@ -156,6 +158,7 @@ def finetune(model, tokenizer, examples: Sequence[tuple[str, str]], lora: LoraCo
         torch.set_rng_state(state["torch_rng"])
         losses = state["losses"]
         start = state["step"]
+        earlier_train_s = state.get("train_seconds", 0.0)  # absent in states saved before it was kept
 
     peft_model.train()
     began = time.perf_counter()
@@ -177,7 +180,8 @@ def finetune(model, tokenizer, examples: Sequence[tuple[str, str]], lora: LoraCo
         if step in keep or step % config.checkpoint_every == 0 or step == config.steps:
             torch_save_atomic({"settings": settings, "step": step, "lora": _lora_state(peft_model),
                                "optimizer": optimizer.state_dict(), "order": order.state(),
-                               "torch_rng": torch.get_rng_state(), "losses": losses}, state_path)
+                               "torch_rng": torch.get_rng_state(), "losses": losses,
+                               "train_seconds": earlier_train_s + time.perf_counter() - began}, state_path)
         if progress:
             progress(step, config.steps, losses[step])
     elapsed = time.perf_counter() - began if start < config.steps else 0.0
@@ -188,4 +192,5 @@ def finetune(model, tokenizer, examples: Sequence[tuple[str, str]], lora: LoraCo
     if missing:
         raise LoragenError(f"checkpoint {missing[0]} is missing from the finished run in {run_dir}")
     return FinetuneResult(run_dir=run_dir, checkpoints=checkpoints, wall_time_s=elapsed,
-                          resumed_from_step=start, losses=[losses[s] for s in sorted(losses)])
+                          resumed_from_step=start, losses=[losses[s] for s in sorted(losses)],
+                          total_train_s=earlier_train_s + elapsed)

@@ -1,7 +1,8 @@
-"""The product's workflows over the registry: train the generator, generate adapters.
+"""The product's workflows over the registry: load bases, fine-tune and evaluate adapters, train the generator,
+generate adapters. The CLI, the main job and the benchmarks all go through these functions.
 
 Each function takes a Registry and plain arguments, returns plain data, and
-reports progress only through the callback it is given.
+reports progress only through the callbacks it is given.
 """
 
 from __future__ import annotations
@@ -10,14 +11,68 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
-from loragen.config import GeneratorSettings
+from loragen.config import FinetuneConfig, GeneratorSettings, LoraConfig
 from loragen.errors import LoragenError, quoted
 from loragen.registry.models import Origin
-from loragen.registry.store import Registered, Registry, check_name
+from loragen.registry.store import BaseVersionInfo, Registered, Registry, check_name
+
+if TYPE_CHECKING:
+    from loragen.tasks.suite import Task
 
 Progress = Callable[[int, int, float], None]
+Notify = Callable[[str], None]  # one status line for people ("loading smollm2-135m@v1 …")
+
+
+# ---------------------------------------------------------------- bases and tasks
+
+class LoadedBase(NamedTuple):
+    model: Any            # a transformers causal LM, in eval mode
+    tokenizer: Any
+    version: BaseVersionInfo
+
+
+def load_base(registry: Registry, ref: str | BaseVersionInfo, dtype: str = "float32") -> LoadedBase:
+    """A registered base version loaded from the store (a GGUF file is dequantized to `dtype`)."""
+    from loragen.bases import load_model
+
+    version = ref if isinstance(ref, BaseVersionInfo) else registry.version(ref)
+    model, tokenizer = load_model(registry.base_folder(version), version.gguf_file, dtype=dtype)
+    return LoadedBase(model, tokenizer, version)
+
+
+class BaseLoader:
+    """Hands out loaded bases to a sequence of jobs, loading a version only when it differs from the last one.
+
+    Only the last base is kept (SmolLM2-135M is about 0.5 GB in float32), so callers group their work by base.
+    Pass one loader to several workflow calls to share a loaded base between them.
+    """
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self._loaded: LoadedBase | None = None
+
+    def get(self, ref: str, notify: Notify | None = None) -> LoadedBase:
+        version = self.registry.version(ref)
+        if self._loaded is None or self._loaded.version.id != version.id:
+            self._loaded = None  # let the previous base go before the next one is read
+            if notify:
+                notify(f"loading {version.label} …")
+            self._loaded = load_base(self.registry, version)
+        return self._loaded
+
+
+def find_task(spec: str | Task) -> Task:
+    """A bundled task by name, or a task folder laid out like the bundled ones (a Task is returned as it is)."""
+    from loragen.tasks.suite import Task, get_task, load_task_dir
+
+    if isinstance(spec, Task):
+        return spec
+    if "/" in spec or Path(spec).is_dir():
+        return load_task_dir(spec)
+    return get_task(spec)
+
 
 
 def text_encoder(registry: Registry):
@@ -36,7 +91,7 @@ def base_condition(registry: Registry, label: str):
     cached = registry.cached_base_embedding(label, BASE_EMBED_FORMAT_VERSION)
     if cached is not None and len(cached) == BASE_EMBED_DIM:
         return torch.tensor(cached, dtype=torch.float32)
-    model, _, version = registry.load_base(label)
+    model, _, version = load_base(registry, label)
     embedding = base_embedding_from_model(model).float()
     registry.store_base_embedding(version.label, embedding.tolist(), BASE_EMBED_FORMAT_VERSION)
     return embedding
@@ -76,7 +131,7 @@ def train(registry: Registry, settings: GeneratorSettings, *, tasks: Sequence[st
     import json
     from dataclasses import asdict
 
-    from loragen.generator.training import train_generator
+    from loragen.generator.training import META_FILE, WEIGHTS_FILE, train_generator
 
     data = collect_training_set(registry, tasks, bases, held_out)
     world = join_process_group()
@@ -86,12 +141,13 @@ def train(registry: Registry, settings: GeneratorSettings, *, tasks: Sequence[st
     digests = ranks_weight_digests(checkpoint.weights)
     if len(set(digests)) != 1:
         raise LoragenError(f"data-parallel ranks ended with different weights: {digests}")
-    if rank() != 0:  # rank 0 registers; the others only trained
-        return Registered(id=digests[0][:12], created=False), {"rank": rank(), "weights_sha256": digests[0]}
+    if distributed_rank() != 0:  # process 0 registers; the others only trained
+        return Registered(id=digests[0][:12], created=False), {"process_rank": distributed_rank(),
+                                                               "weights_sha256": digests[0]}
     with tempfile.TemporaryDirectory(prefix="loragen-generator-", dir=registry.home) as tmp:
         folder = checkpoint.save(Path(tmp) / "checkpoint")
         registered = registry.register_generator(
-            folder, step=settings.steps, seed=settings.seed, tasks=sorted(data.task_descriptions),
+            folder / WEIGHTS_FILE, folder / META_FILE, step=settings.steps, seed=settings.seed, tasks=sorted(data.task_descriptions),
             bases=sorted(data.base_embeddings), held_out=sorted(held_out), num_adapters=len(data.adapters),
             final_loss=checkpoint.training["final_loss"])
     summary = {"id": registered.id, "created": registered.created, "adapters": len(data.adapters),
@@ -116,14 +172,15 @@ def join_process_group() -> int:
     return world
 
 
-def rank() -> int:
+def distributed_rank() -> int:
+    """This process's rank in the data-parallel group (0 without one); not a LoRA's rank."""
     import torch.distributed as dist
 
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def ranks_weight_digests(weights) -> list[str]:
-    """sha256 of the weights on every rank (one entry without distribution)."""
+    """sha256 of the weights on every process (one entry without distribution)."""
     import hashlib
 
     import torch.distributed as dist
@@ -147,9 +204,9 @@ class LoadedGenerator:
 
 
 def load_generator(registry: Registry, ref: str | None = None) -> LoadedGenerator:
-    from loragen.generator.training import GeneratorCheckpoint
+    from loragen.generator.training import META_FILE, WEIGHTS_FILE, GeneratorCheckpoint
 
-    folder, uid = registry.generator_folder(ref)
+    folder, uid = registry.generator_folder(ref, weights_name=WEIGHTS_FILE, meta_name=META_FILE)
     checkpoint = GeneratorCheckpoint.load(folder)
     return LoadedGenerator(uid=uid, checkpoint=checkpoint, model=checkpoint.build_model())
 
@@ -250,7 +307,7 @@ def generate(registry: Registry, settings: GeneratorSettings, *, task: str, base
         raise LoragenError(f"samples must be at least 1 (got {samples})")
     if not 0 <= seed <= MAX_SEED - (samples - 1):
         raise LoragenError(f"seed must be between 0 and {MAX_SEED - (samples - 1)} (got {seed})")
-    registered_tasks = {t["name"]: t["descriptions"] for t in registry.list_tasks()}
+    registered_tasks = {t["name"]: t["descriptions"] for t in registry.list_registered_tasks()}
     known = spec in registered_tasks
     bundled = _bundled_task(spec)
     if name is not None:
@@ -261,8 +318,7 @@ def generate(registry: Registry, settings: GeneratorSettings, *, task: str, base
         task_name = bundled.name if bundled else slug(spec)
     check_name("task", task_name)
     validation = _validation_task(bundled or _bundled_task(task_name), task_name, samples, validate_on, select_limit)
-    with registry.session() as s:
-        version = registry.resolve_version(s, base_ref)
+    version = registry.version(base_ref)
 
     generator = loaded or load_generator(registry, generator_ref)
     condition, descriptions = spec, [spec]
@@ -360,7 +416,7 @@ def _select_on_validation(registry: Registry, base_label: str, task, state_dicts
     from loragen.adapters import lora_config_dict, write_adapter_folder
     from loragen.evaluation import attached, evaluate
 
-    model, tokenizer, _ = registry.load_base(base_label)
+    model, tokenizer, _ = load_base(registry, base_label)
     with tempfile.TemporaryDirectory(prefix="loragen-candidates-", dir=registry.home) as tmp:
         for index, (candidate, state_dict) in enumerate(zip(candidates, state_dicts)):
             folder = write_adapter_folder(Path(tmp) / f"c{index}", state_dict,
@@ -407,8 +463,7 @@ def plan_refresh(registry: Registry, *, base: str | None = None, tasks: Sequence
 def _newest_versions(registry: Registry, base: str | None) -> list[str]:
     rows = registry.list_bases()
     if base:
-        with registry.session() as s:
-            return [registry.resolve_version(s, base.split("@")[0]).label]
+        return [registry.version(base.split("@")[0]).label]
     newest: dict[str, dict] = {}
     for row in rows:
         if row["base"] not in newest or row["version"] > newest[row["base"]]["version"]:
@@ -444,7 +499,7 @@ def _evaluate_refresh(registry: Registry, items: Sequence[RefreshItem], limit: i
     for item in items:
         by_base.setdefault(item.base, []).append(item)
     for label, group in by_base.items():
-        model, tokenizer, _ = registry.load_base(label)
+        model, tokenizer, _ = load_base(registry, label)
         for item in group:
             try:
                 task = get_task(item.task)
@@ -459,3 +514,174 @@ def _evaluate_refresh(registry: Registry, items: Sequence[RefreshItem], limit: i
                 item.scores[key] = score.value
             # Stored under the regenerated adapter only: the old one belongs to another version.
             registry.record_scores(label, item.id, [score], {"refresh": True, "limit": limit})
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+@dataclass
+class RegisteredCheckpoint:
+    id: str
+    step: int
+    loss: float
+    created: bool        # False when an earlier call had registered it already
+
+
+@dataclass
+class FinetuneOutcome:
+    task: str
+    base: str                                  # NAME@vN
+    run_dir: Path
+    checkpoints: list[RegisteredCheckpoint]    # by step; the last is the run's final adapter
+    train_examples: int
+    wall_time_s: float                         # trained in this call (0 when the run had finished before)
+    train_s: float                             # the whole run's training time, over every call that trained it
+    resumed_from_step: int
+    losses: list[float]                        # one per step
+
+
+def finetune_run_dir(registry: Registry, task_name: str, version: BaseVersionInfo, lora: LoraConfig,
+                     config: FinetuneConfig, num_examples: int) -> Path:
+    """`<home>/runs/<task>__<NAME_vN>__seed<seed>__<fingerprint>`: one folder per task, base weights, settings and
+    training-set size, so the same fine-tuning asked twice (from the CLI or a benchmark) resumes or reuses one run."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    fingerprint = hashlib.sha256(json.dumps(
+        [asdict(config), asdict(lora), num_examples, version.weights_digest], sort_keys=True).encode()).hexdigest()[:10]
+    return registry.home / "runs" / f"{task_name}__{version.label.replace('@', '_')}__seed{config.seed}__{fingerprint}"
+
+
+def finetune_task(registry: Registry, task: str | Task, base_ref: str, lora_config: LoraConfig,
+                  finetune_config: FinetuneConfig, *, train_limit: int | None = None, progress: Progress | None = None,
+                  loader: BaseLoader | None = None, notify: Notify | None = None) -> FinetuneOutcome:
+    """Fine-tune a LoRA on a task's training split and register its kept checkpoints (origin=trained).
+
+    `train_limit` keeps only the first N training examples. Resumable: an interrupted run continues from its
+    last saved state, and a finished one is not trained again (registering its checkpoints again changes nothing).
+    """
+    from loragen.finetune import finetune
+
+    if train_limit is not None and (isinstance(train_limit, bool) or train_limit < 1):
+        raise LoragenError(f"train limit must be a positive number of examples (got {train_limit!r})")
+    task = find_task(task)
+    examples = task.examples("train")[:train_limit]
+    version = registry.version(base_ref)
+    run_dir = finetune_run_dir(registry, task.name, version, lora_config, finetune_config, len(examples))
+    base = (loader or BaseLoader(registry)).get(version.label, notify)
+    result = finetune(base.model, base.tokenizer, examples, lora_config, finetune_config, run_dir, progress=progress)
+    checkpoints = []
+    for checkpoint in result.checkpoints:
+        registered = registry.ingest(
+            checkpoint.path, version.label, task.name, task.descriptions, origin=Origin.trained,
+            provenance={"run": run_dir.name, "step": checkpoint.step, "steps": finetune_config.steps,
+                        "seed": finetune_config.seed, "learning_rate": finetune_config.learning_rate,
+                        "batch_size": finetune_config.batch_size, "train_examples": len(examples),
+                        "loss": checkpoint.loss, "wall_time_s": round(result.total_train_s, 2)})
+        checkpoints.append(RegisteredCheckpoint(id=registered.id, step=checkpoint.step, loss=checkpoint.loss,
+                                                created=registered.created))
+    train_s = result.total_train_s
+    if not train_s and checkpoints and not checkpoints[-1].created:
+        # A run finished by a loragen that kept no time in its state: the time its registration recorded.
+        train_s = registry.get_adapter(checkpoints[-1].id)["provenance"].get("wall_time_s") or 0.0
+    return FinetuneOutcome(task=task.name, base=version.label, run_dir=run_dir, checkpoints=checkpoints,
+                           train_examples=len(examples), wall_time_s=result.wall_time_s, train_s=train_s,
+                           resumed_from_step=result.resumed_from_step, losses=result.losses)
+
+
+# ---------------------------------------------------------------- evaluation
+
+@dataclass
+class EvalTarget:
+    """What to score: an adapter on its own base version, or (no adapter) a base version zero-shot.
+
+    `tasks` (names, task folders or Tasks) default to the adapter's own task, or for a base the whole bundled suite.
+    """
+
+    adapter: str | None = None
+    base: str | None = None
+    tasks: Sequence[str | Task] | None = None
+
+
+@dataclass
+class TargetScore:
+    adapter: str | None      # the adapter's id; None for the base zero-shot
+    base: str                # NAME@vN it ran on
+    task: str
+    metric: str
+    value: float
+    stderr: float | None
+    num_examples: int
+    split: str
+
+    @property
+    def target(self) -> str:
+        return self.adapter or "zero-shot"
+
+
+def evaluate_targets(registry: Registry, targets: Sequence[EvalTarget], *, split: str = "test",
+                     limit: int | None = None, batch_size: int = 16, record: bool = True,
+                     details: dict[str, Any] | None = None, loader: BaseLoader | None = None,
+                     notify: Notify | None = None) -> list[TargetScore]:
+    """Score each target with lm-eval and keep the scores in the registry (unless record=False).
+
+    Options, adapters, bases and tasks are all checked before the first model is loaded; the work is grouped by
+    base version so each base is loaded once. `limit` None or 0 scores every example; `details` are stored with
+    each score beside the lm-eval and loragen versions.
+    """
+    from importlib.metadata import version as package_version
+
+    from loragen import __version__
+    from loragen.evaluation import attached, check_eval_options, evaluate
+    from loragen.tasks.suite import list_tasks
+
+    check_eval_options(split, limit, batch_size)
+    if not targets:
+        raise LoragenError("nothing to evaluate: give adapter ids or a base version")
+    jobs: dict[str, list[tuple[str | None, list[Task]]]] = {}
+    for target in targets:
+        if target.adapter and target.base:
+            raise LoragenError("an evaluation target is an adapter (on its own base) or a base, not both")
+        if target.adapter:
+            view = registry.get_adapter(target.adapter)
+            label, adapter, default_tasks = view["base"], view["id"], [view["task"]]
+        elif target.base:
+            label, adapter, default_tasks = registry.version(target.base).label, None, list_tasks()
+        else:
+            raise LoragenError("an evaluation target needs an adapter id or a base version")
+        tasks = [find_task(t) for t in (target.tasks or default_tasks)]
+        if not tasks:
+            raise LoragenError("no tasks to evaluate")
+        jobs.setdefault(label, []).append((adapter, tasks))
+
+    stored = {"lm_eval": package_version("lm_eval"), "loragen": __version__, "limit": limit, **(details or {})}
+    loader = loader or BaseLoader(registry)
+    results = []
+    for label, work in jobs.items():
+        model, tokenizer, _ = loader.get(label, notify)
+        for adapter, tasks in work:
+            if notify:
+                notify(f"evaluating {adapter or 'zero-shot'} on {', '.join(t.name for t in tasks)} …")
+            if adapter:
+                with attached(model, registry.adapter_folder(adapter)) as peft_model:
+                    scores = evaluate(peft_model, tokenizer, tasks, split=split, limit=limit, batch_size=batch_size)
+            else:
+                scores = evaluate(model, tokenizer, tasks, split=split, limit=limit, batch_size=batch_size)
+            if record:
+                registry.record_scores(label, adapter, scores, stored)
+            results += [TargetScore(adapter=adapter, base=label, task=score.task, metric=score.metric,
+                                    value=score.value, stderr=score.stderr, num_examples=score.num_examples,
+                                    split=score.split) for score in scores]
+    return results
+
+
+def evaluate_adapters(registry: Registry, adapters: Sequence[str], *, tasks: Sequence[str | Task] | None = None,
+                      **options: Any) -> list[TargetScore]:
+    """Score adapters on their own base version (on their own task unless `tasks`); options as evaluate_targets."""
+    return evaluate_targets(registry, [EvalTarget(adapter=ref, tasks=tasks) for ref in adapters], **options)
+
+
+def evaluate_base(registry: Registry, base_ref: str, *, tasks: Sequence[str | Task] | None = None,
+                  **options: Any) -> list[TargetScore]:
+    """Score a base version zero-shot (on the whole bundled suite unless `tasks`); options as evaluate_targets."""
+    return evaluate_targets(registry, [EvalTarget(base=base_ref, tasks=tasks)], **options)

@@ -78,6 +78,8 @@ def test_interrupted_finetune_resumes_to_the_same_weights(tmp_path, tiny_base):
         wa, wb = load_file(str(a.path / "adapter_model.safetensors")), load_file(str(b.path / "adapter_model.safetensors"))
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert straight.losses[-1] < straight.losses[0]
+    # The run's training time counts both calls, not only the one that finished it.
+    assert resumed.total_train_s > resumed.wall_time_s > 0 and straight.total_train_s == straight.wall_time_s
 
 
 def test_finetune_errors_are_one_line(capsys, tiny_registered):
@@ -99,6 +101,117 @@ def test_eval_task_with_missing_data_file_is_a_clear_error(capsys, tiny_register
     assert "Traceback" not in result.err and len(result.err.strip().splitlines()) <= 3
 
 
-def test_eval_usage_errors(capsys, tiny_registered):
-    assert run_cli(capsys, "eval").code == 2
-    assert run_cli(capsys, "eval", "--base", "tiny", "--split", "train").code == 2
+def _no_model_loads(monkeypatch):
+    """Make loading any base model fail the test: the refusals below must come before it."""
+    import loragen.bases
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a base model was loaded")
+
+    monkeypatch.setattr(loragen.bases, "load_model", refuse)
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), "give adapter ids"),
+    (("--base", "tiny", "--split", "train"), "--split must be test or validation"),
+    (("--compare", "--split", "other"), "--split must be test or validation"),
+    (("--base", "tiny", "--limit", "-5"), "--limit"),
+    (("--base", "tiny", "--batch-size", "0"), "--batch-size"),
+    (("--base", "tiny", "--batch-size", "-2"), "--batch-size"),
+])
+def test_eval_usage_errors_come_before_any_work(capsys, tiny_registered, monkeypatch, args, message):
+    _no_model_loads(monkeypatch)
+    result = run_cli(capsys, "eval", *args)
+    assert result.code == 2 and message in result.err, result.err
+    assert run_cli(capsys, "eval", "--compare", "--json").json() == []  # nothing was evaluated or recorded
+
+
+def test_finetune_train_limit_must_not_be_negative(capsys, tiny_registered, monkeypatch):
+    _no_model_loads(monkeypatch)
+    result = run_cli(capsys, "finetune", "--task", "element_symbol", "--base", "tiny", "--train-limit", "-1")
+    assert result.code == 2 and "--train-limit" in result.err
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"limit": -5}, "limit must be 0"),
+    ({"batch_size": 0}, "batch size must be a positive number"),
+    ({"split": "train"}, "split must be test or validation"),
+])
+def test_evaluate_targets_refuses_bad_options_before_loading(tiny_registered, monkeypatch, options, message):
+    from loragen.cli.context import state
+    from loragen.errors import LoragenError
+    from loragen.workflows import EvalTarget, evaluate_targets
+
+    _no_model_loads(monkeypatch)
+    with pytest.raises(LoragenError, match=message):
+        evaluate_targets(state.registry, [EvalTarget(base="tiny", tasks=["element_symbol"])], **options)
+
+
+def test_unknown_adapter_or_task_is_refused_before_loading(capsys, tiny_registered, monkeypatch):
+    _no_model_loads(monkeypatch)
+    unknown_task = run_cli(capsys, "eval", "--base", "tiny", "--tasks", "no_such_task")
+    assert unknown_task.code == 1 and "no_such_task" in unknown_task.err
+    unknown_adapter = run_cli(capsys, "eval", "abcdef12")
+    assert unknown_adapter.code == 1 and "no adapter with id 'abcdef12'" in unknown_adapter.err
+
+
+def test_cli_and_library_share_one_run_and_each_base_loads_once(capsys, tiny_registered, monkeypatch):
+    """A fine-tuning started from the library (as the benchmarks do) is the CLI's run: nothing trains twice.
+    An evaluation of a base and two of its adapters loads that base once."""
+    from loragen import workflows
+    from loragen.cli.context import state
+    from loragen.config import FinetuneConfig, LoraConfig
+
+    # FAST's settings, with the defaults of the settings the CLI reads (tests run from an empty folder).
+    config = FinetuneConfig(steps=6, checkpoints=2, checkpoint_every=2, batch_size=4)
+    outcome = workflows.finetune_task(state.registry, "element_symbol", "tiny", LoraConfig(), config, train_limit=16)
+    assert [c.step for c in outcome.checkpoints] == [4, 6] and all(c.created for c in outcome.checkpoints)
+    assert outcome.run_dir.parent == state.registry.home / "runs" and outcome.run_dir.name.startswith(
+        "element_symbol__tiny_v1__seed0__")
+    assert outcome.train_s > 0 and len(outcome.losses) == 6
+
+    again = run_cli(capsys, "finetune", "--task", "element_symbol", "--base", "tiny", *FAST, "--json").json()
+    assert again["run_dir"] == str(outcome.run_dir) and again["wall_time_s"] == 0
+    assert [c["id"] for c in again["checkpoints"]] == [c.id for c in outcome.checkpoints]
+    assert [c["new"] for c in again["checkpoints"]] == [False, False]
+
+    loads = []
+    real_load_base = workflows.load_base
+    monkeypatch.setattr(workflows, "load_base", lambda *a, **k: loads.append(a[1]) or real_load_base(*a, **k))
+    scores = workflows.evaluate_targets(state.registry, [
+        workflows.EvalTarget(adapter=outcome.checkpoints[0].id), workflows.EvalTarget(base="tiny@v1", tasks=["antonyms"]),
+        workflows.EvalTarget(adapter=outcome.checkpoints[1].id)], limit=2, batch_size=4)
+    assert len(loads) == 1
+    assert [(s.target, s.task) for s in scores] == [(outcome.checkpoints[0].id, "element_symbol"),
+                                                   ("zero-shot", "antonyms"),
+                                                   (outcome.checkpoints[1].id, "element_symbol")]
+    compare = run_cli(capsys, "eval", "--compare", "--json").json()
+    assert {(r["task"], bool(r["zero_shot"]), (r["trained"] or {}).get("n")) for r in compare} == {
+        ("antonyms", True, None), ("element_symbol", False, 2)}
+
+
+def test_bench_runs_of_the_old_layout_are_adopted(capsys, tiny_registered, tmp_path):
+    """A fine-tuning run that an earlier benchmark kept under runs/bench-<task>-<base>-s<seed>-n<steps> is renamed
+    to the workflow's folder for the same settings, and finetune_task then reuses it instead of training again."""
+    from bench.common import adopt_legacy_runs
+    from loragen import workflows
+    from loragen.cli.context import state
+    from loragen.config import FinetuneConfig, LoraConfig
+    from loragen.finetune import finetune
+    from loragen.tasks.suite import get_task
+
+    registry = state.registry
+    config, lora = FinetuneConfig(steps=4, checkpoints=1, checkpoint_every=2, batch_size=4), LoraConfig(r=2, alpha=4)
+    model, tokenizer, _ = workflows.load_base(registry, "tiny")
+    examples = get_task("element_symbol").examples("train")
+    legacy = registry.home / "runs" / "bench-element_symbol-tiny_v1-s0-n4"
+    finetune(model, tokenizer, examples, lora, config, legacy)
+    other_settings = registry.home / "runs" / "bench-element_symbol-tiny_v1-s0-n2"
+    finetune(model, tokenizer, examples, lora, FinetuneConfig(steps=2, checkpoints=1, checkpoint_every=2), other_settings)
+
+    moved = adopt_legacy_runs(registry)
+    target = workflows.finetune_run_dir(registry, "element_symbol", registry.version("tiny"), lora, config, len(examples))
+    assert (legacy.name, target.name) in moved and len(moved) == 2 and not legacy.exists()
+    outcome = workflows.finetune_task(registry, "element_symbol", "tiny", lora, config)
+    assert outcome.run_dir == target and outcome.resumed_from_step == 4 and outcome.wall_time_s == 0
+    assert adopt_legacy_runs(registry) == []  # idempotent

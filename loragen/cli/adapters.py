@@ -65,7 +65,7 @@ def list_cmd(what: str = typer.Argument("adapters", help="adapters, bases, tasks
 
         list_bases(as_json=as_json, quiet=quiet)
     elif what in ("tasks", "task"):
-        rows = state.registry.list_tasks()
+        rows = state.registry.list_registered_tasks()
         render(rows, as_json=as_json, quiet=quiet, columns=TASK_COLUMNS, key="name", summary=f"{len(rows)} task(s)")
     elif what in ("adapters", "adapter"):
         if origin and origin not in ("trained", "ingested", "generated"):
@@ -100,7 +100,7 @@ def show(ref: str = typer.Argument(..., help="Adapter id (a prefix is enough), b
     except NotFound as adapter_error:
         if show_base(ref, as_json):
             return
-        tasks = [t for t in state.registry.list_tasks() if t["name"] == ref]
+        tasks = [t for t in state.registry.list_registered_tasks() if t["name"] == ref]
         if tasks:
             render_fields(tasks[0], as_json=as_json)
             return
@@ -121,7 +121,7 @@ def rm(refs: list[str] = typer.Argument(..., help="Adapter ids."), as_json: bool
 def export(ref: str = typer.Argument(..., help="Adapter id."),
            out_dir: Path = typer.Argument(..., help="Folder to write (must not exist or be empty)."),
            as_json: bool = JSON) -> None:
-    """Write an adapter as a PEFT folder that peft.PeftModel.from_pretrained loads."""
+    """Write an adapter as a PEFT folder; peft.AutoPeftModelForCausalLM.from_pretrained(DIR) loads it with its base."""
     path = state.registry.export(ref, out_dir)
     if as_json:
         render({"id": ref, "path": str(path)}, as_json=True)

@@ -48,7 +48,7 @@ def train(tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these 
     with StepProgress("training generator", settings.steps) as bar:
         registered, summary = workflows.train(state.registry, settings, tasks=_split(tasks), bases=_split(bases),
                                               held_out=_split(held_out) or (), progress=bar.update)
-    if summary.get("rank"):  # a data-parallel worker: rank 0 reports
+    if summary.get("process_rank"):  # a data-parallel worker: process 0 reports
         return
     if as_json:
         render(summary, as_json=True)

@@ -146,7 +146,7 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
     import torch.distributed as dist
 
     distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    process_rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -176,7 +176,7 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
         # Same initial weights on every rank (seeded above), gradients averaged by DDP.
         trainable = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.AdamW(_parameter_groups(model), lr=settings.learning_rate, weight_decay=0.0)
-    sampler = torch.Generator().manual_seed(settings.seed * 1000 + rank)
+    sampler = torch.Generator().manual_seed(settings.seed * 1000 + process_rank)
     train_settings = asdict(settings)
     fingerprint = {"settings": train_settings, "adapters": [a.uid for a in data.adapters], "world": world}
     start, losses = 0, []
@@ -191,7 +191,7 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
         if world == 1:
             sampler.set_state(state["sampler"])  # bit-identical to an uninterrupted run
         else:
-            sampler.manual_seed(settings.seed * 1000 + rank + 7919 * state["step"])
+            sampler.manual_seed(settings.seed * 1000 + process_rank + 7919 * state["step"])
         torch.set_rng_state(state["torch_rng"])
         start, losses = state["step"], state["losses"]
 
@@ -211,7 +211,7 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         losses.append(loss.item())
-        if rank == 0 and (step % settings.checkpoint_every == 0 or step == settings.steps):
+        if process_rank == 0 and (step % settings.checkpoint_every == 0 or step == settings.steps):
             torch_save_atomic({"fingerprint": fingerprint, "step": step, "model": model.state_dict(),
                                "optimizer": optimizer.state_dict(), "sampler": sampler.get_state(),
                                "torch_rng": torch.get_rng_state(), "losses": losses}, state_path)

@@ -100,7 +100,9 @@ class BaseVersionFile(Base):
     blob_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
 
 
-class Task(Base):
+class TaskRow(Base):
+    """A registered task name (the suite's `loragen.tasks.Task` is the task's data, not this row)."""
+
     __tablename__ = "tasks"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
@@ -119,7 +121,7 @@ class TaskDescription(Base):
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
     text: Mapped[str] = mapped_column(Text)
 
-    task: Mapped[Task] = relationship(back_populates="descriptions", lazy="raise")
+    task: Mapped[TaskRow] = relationship(back_populates="descriptions", lazy="raise")
 
 
 class Adapter(Base):
@@ -143,7 +145,7 @@ class Adapter(Base):
     replaces_id: Mapped[Optional[int]] = mapped_column(ForeignKey("adapters.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
-    task: Mapped[Task] = relationship(lazy="raise")
+    task: Mapped[TaskRow] = relationship(lazy="raise")
     base_version: Mapped[BaseVersion] = relationship(lazy="raise")
 
 

@@ -9,6 +9,7 @@ which `gc` removes; it never leaves a half-registered adapter.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -28,13 +29,15 @@ from loragen.errors import LoragenError, NotFound, quoted
 from loragen.registry import db
 from loragen.registry.blobs import BlobStore
 from loragen.registry.models import (
-    Adapter, BaseModel, BaseVersion, BaseVersionFile, Blob, EvalResult, GeneratorCheckpointRow, Origin, Task,
-    TaskDescription)
+    Adapter, BaseModel, BaseVersion, BaseVersionFile, Blob, EvalResult, GeneratorCheckpointRow, Origin, TaskDescription,
+    TaskRow)
 
 MAX_NAME_LENGTH = 200
 # ASCII on purpose: names are typed in shells and compared byte for byte; a description in any script
 # is kept whole as the task's description (see workflows.slug for the names generate derives).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# Written beside an exported adapter: which registered adapter and base version it is.
+EXPORT_RECORD = "loragen.json"
 MIN_ID_PREFIX = 4
 
 
@@ -44,6 +47,25 @@ class Registered:
 
     id: str
     created: bool
+
+
+@dataclass(frozen=True)
+class BaseVersionInfo:
+    """A registered base version as plain data, for code outside the registry (no ORM object leaves it)."""
+
+    id: int
+    name: str                              # the base's name, e.g. smollm2-135m
+    version: int
+    architecture: str                      # transformers model_type
+    gguf_file: str | None                  # the file to load when the version is a GGUF file
+    weights_digest: str
+    linear_shapes: dict[str, list[int]]    # module path -> [out_features, in_features]
+    config: dict[str, Any]                 # the transformers config
+    num_parameters: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@v{self.version}"
 
 
 # A work folder untouched this long belongs to no running command.
@@ -106,7 +128,17 @@ class Registry:
 
     # ---------------------------------------------------------------- bases
 
+    def version(self, ref: str) -> BaseVersionInfo:
+        """The base version a reference names (NAME is its newest version), as plain data."""
+        with self.session() as s:
+            row = self.resolve_version(s, ref)
+            return BaseVersionInfo(
+                id=row.id, name=row.base.name, version=row.version, architecture=row.base.architecture,
+                gguf_file=row.gguf_file, weights_digest=row.weights_digest, linear_shapes=dict(row.linear_shapes),
+                config=dict(row.config), num_parameters=row.num_parameters)
+
     def resolve_version(self, session: Session, ref: str) -> BaseVersion:
+        """The ORM row of a base reference, inside this store's own session (outside the registry: `version`)."""
         name, version = parse_base_ref(ref)
         base = session.scalar(select(BaseModel).where(BaseModel.name == name))
         if base is None:
@@ -188,22 +220,16 @@ class Registry:
         s.flush()
         return version
 
-    def base_folder(self, version: BaseVersion) -> Path:
-        """A folder of links to the version's blobs that transformers can load (like the HF cache's snapshots)."""
+    def base_folder(self, version: BaseVersionInfo) -> Path:
+        """A folder of links to the version's blobs that transformers can load (like the HF cache's snapshots).
+
+        For a GGUF version, transformers needs `gguf_file=version.gguf_file` as well.
+        """
         folder = self.home / "snapshots" / version.weights_digest[:16]
         with self.session() as s:
             files = s.scalars(select(BaseVersionFile).where(BaseVersionFile.version_id == version.id)).all()
         self._link_files(folder, {entry.path: self.blob_path(entry.blob_sha256) for entry in files})
         return folder
-
-    def load_base(self, ref: str, dtype: str = "float32"):
-        """(model, tokenizer, version) for a base reference, loaded from the store."""
-        from loragen.bases import load_model
-
-        with self.session() as s:
-            version = self.resolve_version(s, ref)
-        model, tokenizer = load_model(self.base_folder(version), version.gguf_file, dtype=dtype)
-        return model, tokenizer, version
 
     def list_bases(self) -> list[dict[str, Any]]:
         with self.session() as s:
@@ -215,16 +241,16 @@ class Registry:
 
     # ---------------------------------------------------------------- tasks
 
-    def ensure_task(self, s: Session, name: str, descriptions: Iterable[str] = ()) -> Task:
+    def ensure_task(self, s: Session, name: str, descriptions: Iterable[str] = ()) -> TaskRow:
         check_name("task", name)
-        task = s.scalar(select(Task).where(Task.name == name))
+        task = s.scalar(select(TaskRow).where(TaskRow.name == name))
         if task is None:
             try:
                 with s.begin_nested():
-                    task = Task(name=name)
+                    task = TaskRow(name=name)
                     s.add(task)
             except IntegrityError:  # another process created it meanwhile (PostgreSQL)
-                task = s.scalar(select(Task).where(Task.name == name))
+                task = s.scalar(select(TaskRow).where(TaskRow.name == name))
         known = set(s.scalars(select(TaskDescription.text).where(TaskDescription.task_id == task.id)))
         for text in descriptions:
             text = " ".join(text.split())
@@ -234,16 +260,17 @@ class Registry:
         s.flush()
         return task
 
-    def list_tasks(self) -> list[dict[str, Any]]:
+    def list_registered_tasks(self) -> list[dict[str, Any]]:
+        """The registry's task names with their descriptions and adapter counts (the bundled suite: tasks.list_tasks)."""
         with self.session() as s:
-            tasks = s.scalars(select(Task).options(selectinload(Task.descriptions)).order_by(Task.name)).all()
+            tasks = s.scalars(select(TaskRow).options(selectinload(TaskRow.descriptions)).order_by(TaskRow.name)).all()
             counts = dict(s.execute(select(Adapter.task_id, func.count()).group_by(Adapter.task_id)).all())
             return [{"name": t.name, "descriptions": [d.text for d in t.descriptions],
                      "adapters": counts.get(t.id, 0)} for t in tasks]
 
     def task_descriptions(self, name: str) -> list[str]:
         with self.session() as s:
-            task = s.scalar(select(Task).where(Task.name == name).options(selectinload(Task.descriptions)))
+            task = s.scalar(select(TaskRow).where(TaskRow.name == name).options(selectinload(TaskRow.descriptions)))
             if task is None:
                 raise NotFound(f"no task named {quoted(name)}")
             return [d.text for d in task.descriptions]
@@ -314,7 +341,7 @@ class Registry:
             query = select(Adapter).options(
                 selectinload(Adapter.task), selectinload(Adapter.base_version).selectinload(BaseVersion.base))
             if task:
-                query = query.join(Task).where(Task.name == task)
+                query = query.join(TaskRow).where(TaskRow.name == task)
             if base_ref:
                 query = query.where(Adapter.base_version_id == self.resolve_version(s, base_ref).id)
             if origin:
@@ -328,17 +355,29 @@ class Registry:
             return self.blob_path(adapter.weights_sha256), self.blob_path(adapter.config_sha256), _adapter_view(adapter)
 
     def export(self, ref: str, out_dir: Path) -> Path:
-        """Write a folder that peft.PeftModel.from_pretrained loads, byte-identical to what was stored."""
-        import shutil
+        """Write a PEFT folder that loads base and adapter in one offline call:
+        `peft.AutoPeftModelForCausalLM.from_pretrained(out_dir)` (plus `gguf_file=` for a GGUF base).
 
+        The weights are byte-identical to the stored ones. adapter_config.json is the stored one with
+        `base_model_name_or_path` pointing at this registry's snapshot folder of the adapter's base version
+        (a path valid on this machine, so it is written at export, never stored). EXPORT_RECORD beside it names
+        the base as NAME@vN: peft warns about keys its config does not know, so the label stays out of the config.
+        """
         from loragen.atomic import staged_folder
 
         weights, config, view = self.adapter_files(ref)
         out_dir = Path(out_dir)
         check_export_target(out_dir)
+        version = self.version(view["base"])
+        base_folder = self.base_folder(version)
+        record = {"id": view["id"], "uid": view["uid"], "task": view["task"], "origin": view["origin"],
+                  "base": version.label, "base_folder": str(base_folder), "base_gguf_file": version.gguf_file,
+                  "weights_sha256": view["weights_sha256"]}
         with staged_folder(out_dir) as staging:
             shutil.copyfile(weights, staging / adapter_io.WEIGHTS_NAME)
-            shutil.copyfile(config, staging / adapter_io.CONFIG_NAME)
+            (staging / adapter_io.CONFIG_NAME).write_text(
+                adapter_io.config_with_base(config.read_text(), str(base_folder)))
+            (staging / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         return out_dir
 
     def remove(self, ref: str) -> str:
@@ -402,32 +441,20 @@ class Registry:
                                  metric=score.metric, value=score.value, num_examples=score.num_examples,
                                  split=score.split, details=dict(details, stderr=score.stderr)))
 
-    def comparison(self, split: str = "test") -> list[dict[str, Any]]:
-        """Per task and base version: zero-shot and each origin's adapters, from the latest stored results."""
+    def eval_results(self, split: str = "test") -> list[dict[str, Any]]:
+        """Every stored score on a split, oldest first, with what was scored: an adapter (and its origin) or,
+        with adapter None, the base version zero-shot. Reports over them: loragen.evaluation.comparison."""
         with self.session() as s:
             rows = s.execute(
-                select(EvalResult, Adapter.origin, Adapter.uid, Adapter.task_id)
+                select(EvalResult, Adapter.origin, Adapter.uid)
                 .outerjoin(Adapter, EvalResult.adapter_id == Adapter.id)
                 .where(EvalResult.split == split)
                 .order_by(EvalResult.created_at, EvalResult.id)).all()
             labels = {v.id: v.label for v in s.scalars(select(BaseVersion).options(selectinload(BaseVersion.base)))}
-        latest: dict[tuple, tuple[EvalResult, str]] = {}
-        for result, origin, uid, _ in rows:
-            kind = origin.value if origin is not None else "zero_shot"
-            latest[(result.task_name, result.base_version_id, result.metric, uid or "", kind)] = (result, kind)
-        table: dict[tuple, dict[str, Any]] = {}
-        for (task, version_id, metric, _, kind), (result, _) in latest.items():
-            row = table.setdefault((task, version_id, metric), {
-                "task": task, "base": labels.get(version_id, str(version_id)), "metric": metric})
-            row.setdefault(kind, []).append(result.value)
-        summary = []
-        for row in table.values():
-            for kind in ("zero_shot", "trained", "ingested", "generated"):
-                values = row.pop(kind, [])
-                row[kind] = ({"mean": sum(values) / len(values), "best": max(values), "n": len(values)}
-                             if values else None)
-            summary.append(row)
-        return sorted(summary, key=lambda r: (r["task"], r["base"]))
+            return [{"task": result.task_name, "base": labels.get(result.base_version_id, str(result.base_version_id)),
+                     "metric": result.metric, "value": result.value, "examples": result.num_examples,
+                     "split": result.split, "adapter": uid, "origin": origin.value if origin is not None else None}
+                    for result, origin, uid in rows]
 
     def _extra_blob_references(self, s: Session) -> set[str]:
         """Blobs referenced by generator checkpoints."""
@@ -460,17 +487,16 @@ class Registry:
                 ids = [self.resolve_version(s, ref).id for ref in bases]
                 query = query.where(Adapter.base_version_id.in_(ids))
             if tasks:
-                query = query.join(Task).where(Task.name.in_(list(tasks)))
+                query = query.join(TaskRow).where(TaskRow.name.in_(list(tasks)))
             rows = s.scalars(query.order_by(Adapter.id)).all()
             return [dict(_adapter_view(a), weights_path=self.blob_path(a.weights_sha256)) for a in rows]
 
-    def register_generator(self, folder: Path, *, step: int, seed: int, tasks: list[str], bases: list[str],
-                           held_out: list[str], num_adapters: int, final_loss: float) -> Registered:
-        from loragen.generator.training import META_FILE, WEIGHTS_FILE
-
+    def register_generator(self, weights: Path, meta: Path, *, step: int, seed: int, tasks: list[str],
+                           bases: list[str], held_out: list[str], num_adapters: int, final_loss: float) -> Registered:
+        """Store a generator checkpoint's two files (safetensors weights, JSON metadata) and register it."""
         with self.session() as s:
-            weights_sha = self._store_file(s, folder / WEIGHTS_FILE, "application/vnd.safetensors")
-            meta_sha = self._store_file(s, folder / META_FILE, "application/json")
+            weights_sha = self._store_file(s, Path(weights), "application/vnd.safetensors")
+            meta_sha = self._store_file(s, Path(meta), "application/json")
             existing = s.scalar(select(GeneratorCheckpointRow).where(GeneratorCheckpointRow.uid == weights_sha))
             if existing is not None:
                 return Registered(id=weights_sha[:12], created=False)
@@ -479,10 +505,11 @@ class Registry:
                                          num_adapters=num_adapters, final_loss=final_loss))
             return Registered(id=weights_sha[:12], created=True)
 
-    def generator_folder(self, ref: str | None = None) -> tuple[Path, str]:
-        """(folder of links to a generator's files, its full uid); the newest when ref is None."""
-        from loragen.generator.training import META_FILE, WEIGHTS_FILE
+    def generator_folder(self, ref: str | None = None, *, weights_name: str, meta_name: str) -> tuple[Path, str]:
+        """(folder of links to a generator's files, its full uid); the newest when ref is None.
 
+        The caller names the two files as its checkpoint format expects them (the store does not know it).
+        """
         with self.session() as s:
             query = select(GeneratorCheckpointRow)
             if ref:
@@ -496,7 +523,7 @@ class Registry:
             row = rows[0]
             weights, meta = self.blob_path(row.weights_sha256), self.blob_path(row.meta_sha256)
         folder = self.home / "snapshots" / "generators" / row.uid
-        self._link_files(folder, {WEIGHTS_FILE: weights, META_FILE: meta})
+        self._link_files(folder, {weights_name: weights, meta_name: meta})
         return folder, row.uid
 
     def list_generators(self) -> list[dict[str, Any]]:

@@ -1,0 +1,42 @@
+"""The layering rules, checked on the source: only loragen/registry/ touches sessions and ORM rows."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REGISTRY = ROOT / "loragen" / "registry"
+# Plain values that may leave the registry package; every other name in models.py is an ORM class.
+PLAIN_MODEL_NAMES = {"Origin"}
+
+
+def _sources_outside_registry():
+    for folder in ("loragen", "bench", "scripts"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if REGISTRY not in path.parents:
+                yield path, ast.parse(path.read_text(), filename=str(path))
+
+
+def test_no_session_or_orm_row_outside_the_registry():
+    offences = []
+    for path, tree in _sources_outside_registry():
+        where = path.relative_to(ROOT)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
+                    "session", "resolve_version"):
+                offences.append(f"{where}:{node.lineno} calls .{node.func.attr}()")
+            if isinstance(node, ast.ImportFrom) and node.module == "loragen.registry.models":
+                orm = sorted({alias.name for alias in node.names} - PLAIN_MODEL_NAMES)
+                if orm:
+                    offences.append(f"{where}:{node.lineno} imports ORM classes {orm}")
+    assert offences == []
+
+
+def test_the_store_is_persistence_only():
+    """No model loading, no reports, no generator file names in the store."""
+    tree = ast.parse((REGISTRY / "store.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not any(module.startswith(("loragen.generator", "loragen.evaluation", "loragen.workflows"))
+                   for module in imported if module)
+    names = {node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    assert not names & {"load_base", "comparison", "list_tasks"}
+    assert "load_model" not in (REGISTRY / "store.py").read_text()
