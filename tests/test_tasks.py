@@ -297,3 +297,39 @@ def test_build_script_reproduces_the_bundled_data(tmp_path):
     assert built == bundled
     _match, mismatch, errors = filecmp.cmpfiles(out, DATA_DIR, [str(p) for p in built], shallow=False)
     assert not mismatch and not errors
+
+
+@pytest.mark.slow
+def test_corpus_scoring_records_rows_and_resumes(tiny_base, tmp_path):
+    """bench/bench_corpus.py on the tiny model: one row per task, written at once, skipped when rerun."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench.bench_corpus import score_tasks
+    from loragen.config import FinetuneConfig, LoraConfig
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    tasks = [get_task("element_symbol"), get_task("country_subregion")]
+    out = tmp_path / "scores.json"
+    kwargs = dict(out=out, runs=tmp_path / "runs", lora=LoraConfig(r=2, alpha=4), limit=3, batch_size=4,
+                  held_out=frozenset({"element_symbol"}))
+    config = FinetuneConfig(steps=2, batch_size=4, checkpoints=1, checkpoint_every=2)
+    rows = score_tasks(model, tokenizer, tasks, config=config, log=lambda line: None, **kwargs)
+    assert [r["task"] for r in rows] == ["country_subregion", "element_symbol"]
+    for row in rows:
+        assert row["examples"] == 3 and 0.0 <= row["zero_shot"] <= 1.0 and 0.0 <= row["fine_tuned"] <= 1.0
+        assert row["gain"] == round(row["fine_tuned"] - row["zero_shot"], 4)
+        assert row["learnable"] == (row["fine_tuned"] - row["zero_shot"] >= 0.05)
+        assert row["family"] == get_task(row["task"]).family
+    assert {r["task"]: r["held_out"] for r in rows} == {"country_subregion": False, "element_symbol": True}
+    assert json.loads(out.read_text())["rows"] == rows
+
+    lines = []
+    assert score_tasks(model, tokenizer, tasks, config=config, log=lines.append, **kwargs) == rows
+    assert lines == ["element_symbol: already scored", "country_subregion: already scored"]
+    lines.clear()  # other settings: scored again, not mixed with the old rows
+    longer = FinetuneConfig(steps=3, batch_size=4, checkpoints=1, checkpoint_every=3)
+    again = score_tasks(model, tokenizer, tasks[:1], config=longer, log=lines.append, **kwargs)
+    assert [r["task"] for r in again] == ["element_symbol"] and again[0]["settings"]["finetune"]["steps"] == 3
+    assert not any("already scored" in line for line in lines)
+    assert len(json.loads(out.read_text())["rows"]) == 3  # the first settings' rows are still there
