@@ -1473,7 +1473,7 @@ def build_iso_codes() -> list[BuiltTask]:
              "Give the three-letter ISO 3166 code of a country (Germany -> DEU).",
              "Country name to alpha-3 code, like {q} -> {a}.",
              "Which three-letter abbreviation does ISO assign to this nation?",
-             "Three-letter country codes as used on passports and at the Olympics-style scoreboards.",
+             "Three-letter country codes, the kind printed in passports.",
              "ISO country code lookup, three-letter form.",
          ]),
         ("currency_code", pycountry.currencies, "alpha_3", "ISO 4217",

@@ -311,8 +311,8 @@ def test_corpus_scoring_records_rows_and_resumes(tiny_base, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     tasks = [get_task("element_symbol"), get_task("country_subregion")]
     out = tmp_path / "scores.json"
-    kwargs = dict(out=out, runs=tmp_path / "runs", lora=LoraConfig(r=2, alpha=4), limit=3, batch_size=4,
-                  held_out=frozenset({"element_symbol"}))
+    kwargs = {"out": out, "runs": tmp_path / "runs", "lora": LoraConfig(r=2, alpha=4), "limit": 3, "batch_size": 4,
+              "held_out": frozenset({"element_symbol"})}
     config = FinetuneConfig(steps=2, batch_size=4, checkpoints=1, checkpoint_every=2)
     rows = score_tasks(model, tokenizer, tasks, config=config, log=lambda line: None, **kwargs)
     assert [r["task"] for r in rows] == ["country_subregion", "element_symbol"]
