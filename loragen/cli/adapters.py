@@ -46,6 +46,7 @@ def ingest(path: Path = typer.Argument(..., help="A PEFT adapter folder (adapter
 
 SUITE_COLUMNS = [
     Column("TASK", lambda r: r["name"]),
+    Column("FAMILY", lambda r: r["family"]),
     Column("KIND", lambda r: r["kind"]),
     Column("TRAIN", lambda r: r["counts"].get("train"), "right"),
     Column("VAL", lambda r: r["counts"].get("validation"), "right"),
@@ -76,7 +77,7 @@ def list_cmd(what: str = typer.Argument("adapters", help="adapters, bases, tasks
     elif what == "suite":
         from loragen.tasks.suite import list_tasks
 
-        rows = [{"name": t.name, "kind": t.kind, "counts": t.counts, "source": t.source,
+        rows = [{"name": t.name, "family": t.family, "kind": t.kind, "counts": t.counts, "source": t.source,
                  "descriptions": t.descriptions, "folder": str(t.dir)} for t in list_tasks()]
         render(rows, as_json=as_json, quiet=quiet, columns=SUITE_COLUMNS, key="name",
                summary=f"{len(rows)} bundled task(s); use them with --task NAME")

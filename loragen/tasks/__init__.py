@@ -3,7 +3,8 @@
 Each task is a folder under ``loragen/tasks/data/<name>/`` (a user task folder
 has the same layout)::
 
-    meta.json         name, kind, source, license, descriptions (>= 5), counts
+    meta.json         name, kind, family, source, license, descriptions (>= 5),
+                      counts, data_limited
     task.yaml         lm-eval task over the JSONL files (relative data_files)
     train.jsonl       one record per line
     validation.jsonl

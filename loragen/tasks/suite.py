@@ -31,6 +31,8 @@ class Task:
     license: str = ""
     counts: dict[str, int] = field(default_factory=dict, compare=False)
     eval_name: str = ""  # the `task:` name lm-eval knows it by, e.g. loragen_antonyms
+    family: str = ""  # tasks of one family differ in one parameter (a language, an inflection, a table)
+    data_limited: bool = False  # the source gave fewer than 200 test records
 
     def records(self, split: str = "train") -> list[dict[str, Any]]:
         """All records of one split, in file order."""
@@ -122,6 +124,8 @@ def load_task_dir(path: str | Path) -> Task:
         license=str(meta.get("license", "")),
         counts=dict(meta.get("counts") or {}),
         eval_name=config["task"],
+        family=str(meta.get("family", "")),
+        data_limited=bool(meta.get("data_limited", False)),
     )
 
 

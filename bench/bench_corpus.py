@@ -1,0 +1,116 @@
+"""Issue 11's per-task scores: zero-shot and fine-tuned validation score of every bundled task, resumably.
+
+    python -m bench.bench_corpus --home bench/out/home --steps 120 --threads 1
+
+For each task (default: all bundled tasks, in name order) it scores the base
+model zero-shot on the validation split, fine-tunes a LoRA on the train split,
+scores that, and writes the row to --out (bench/out/corpus_scores.json) at once,
+so an interrupted run continues where it stopped: tasks already in the file with
+the same settings are skipped, and a fine-tune cut short resumes from its run
+folder. A task whose gain is below --min-gain (0.05) is marked
+`"learnable": false`. The adapters stay in the run folders and are not
+registered: held-out tasks are scored too, and nothing of them may reach the
+generator's training set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+MIN_GAIN = 0.05
+
+
+def score_tasks(model, tokenizer, tasks, *, out: Path, runs: Path, lora, config, limit: int | None,
+                batch_size: int = 16, min_gain: float = MIN_GAIN, held_out: frozenset[str] = frozenset(),
+                extra: dict | None = None, log: Callable[[str], None] = print) -> list[dict]:
+    """Score each task zero-shot and fine-tuned on its validation split; return all rows in `out`.
+
+    Rows already in `out` whose settings match this call's are kept and not
+    recomputed; rows of other settings stay in the file but are not returned.
+    Every new row is written before the next task starts.
+    """
+    from loragen.evaluation import attached, evaluate
+    from loragen.finetune import finetune
+
+    settings = {"lora": asdict(lora), "finetune": asdict(config), "limit": limit, "split": "validation",
+                "min_gain": min_gain, **(extra or {})}
+    earlier = _read_rows(out)
+    rows = {r["task"]: r for r in earlier if r.get("settings") == settings}
+    other_settings = [r for r in earlier if r.get("settings") != settings]  # kept in the file, not returned
+    for task in tasks:
+        if task.name in rows:
+            log(f"{task.name}: already scored")
+            continue
+        began = time.perf_counter()
+        [zero] = evaluate(model, tokenizer, [task], split="validation", limit=limit, batch_size=batch_size)
+        run_dir = runs / f"{task.name}-s{config.seed}-n{config.steps}"
+        result = finetune(model, tokenizer, task.examples("train"), lora, config, run_dir)
+        with attached(model, result.checkpoints[-1].path) as peft_model:
+            [trained] = evaluate(peft_model, tokenizer, [task], split="validation", limit=limit, batch_size=batch_size)
+        gain = trained.value - zero.value
+        rows[task.name] = {
+            "task": task.name, "family": task.family, "kind": task.kind, "held_out": task.name in held_out,
+            "metric": zero.metric, "zero_shot": zero.value, "fine_tuned": trained.value, "gain": round(gain, 4),
+            "learnable": gain >= min_gain, "examples": zero.num_examples,
+            "finetune_s": round(result.wall_time_s, 1), "final_loss": round(result.checkpoints[-1].loss, 4),
+            "run_dir": str(run_dir), "total_s": round(time.perf_counter() - began, 1), "settings": settings,
+        }
+        _write_rows(out, other_settings + [rows[name] for name in sorted(rows)])
+        log(f"{task.name:24s} {zero.metric:12s} zero-shot {zero.value:.3f}  fine-tuned {trained.value:.3f}  "
+            f"gain {gain:+.3f}{'' if gain >= min_gain else '  (not learnable)'}")
+    return [rows[name] for name in sorted(rows)]
+
+
+def _read_rows(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["rows"] if path.is_file() else []
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    """Write all rows through a temporary file, so a kill mid-write leaves the previous file whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    partial.replace(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--home", type=Path, default=Path("bench/out/home"))
+    parser.add_argument("--tasks", default="", help="comma-separated; default all bundled tasks")
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--limit", type=int, default=100, help="validation examples per task (0: all)")
+    parser.add_argument("--min-gain", type=float, default=MIN_GAIN)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when the machine is shared)")
+    parser.add_argument("--out", type=Path, default=Path("bench/out/corpus_scores.json"))
+    args = parser.parse_args()
+
+    import torch
+
+    from bench.common import BASE, machine, open_registry
+    from loragen.config import FinetuneConfig, LoraConfig
+    from loragen.tasks.split import load_split
+    from loragen.tasks.suite import get_task, list_tasks
+
+    torch.set_num_threads(args.threads)
+    registry = open_registry(args.home)
+    tasks = [get_task(t) for t in args.tasks.split(",") if t] or list_tasks()
+    model, tokenizer, version = registry.load_base(BASE)
+    config = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+                            checkpoints=1, checkpoint_every=args.steps, seed=args.seed)
+    rows = score_tasks(model, tokenizer, tasks, out=args.out, runs=args.home / "corpus-runs", lora=LoraConfig(),
+                       config=config, limit=args.limit or None, min_gain=args.min_gain,
+                       held_out=frozenset(load_split().held_out_tasks), extra={"base": version.label})
+    weak = [r["task"] for r in rows if not r["learnable"]]
+    print(f"{len(rows)} tasks scored on {machine()['cpu']}; gain < {args.min_gain} on {len(weak)}: {', '.join(weak)}")
+
+
+if __name__ == "__main__":
+    main()
