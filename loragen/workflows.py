@@ -619,6 +619,20 @@ class TargetScore:
         return self.adapter or "zero-shot"
 
 
+def _tasks_with_adapters(registry: Registry, label: str) -> list[str]:
+    """The bundled tasks that have an adapter on this base version: what a zero-shot run is compared with."""
+    from loragen.errors import NotFound
+    from loragen.tasks.suite import get_task
+
+    names = []
+    for task in sorted({view["task"] for view in registry.list_adapters(base_ref=label)}):
+        try:
+            names.append(get_task(task).name)
+        except NotFound:
+            continue  # a task of the user's own, without a bundled test split
+    return names
+
+
 def evaluate_targets(registry: Registry, targets: Sequence[EvalTarget], *, split: str = "test",
                      limit: int | None = None, batch_size: int = 16, record: bool = True,
                      details: dict[str, Any] | None = None, loader: BaseLoader | None = None,
@@ -633,7 +647,6 @@ def evaluate_targets(registry: Registry, targets: Sequence[EvalTarget], *, split
 
     from loragen import __version__
     from loragen.evaluation import attached, check_eval_options, evaluate
-    from loragen.tasks.suite import list_tasks
 
     check_eval_options(split, limit, batch_size)
     if not targets:
@@ -646,7 +659,11 @@ def evaluate_targets(registry: Registry, targets: Sequence[EvalTarget], *, split
             view = registry.get_adapter(target.adapter)
             label, adapter, default_tasks = view["base"], view["id"], [view["task"]]
         elif target.base:
-            label, adapter, default_tasks = registry.version(target.base).label, None, list_tasks()
+            label, adapter = registry.version(target.base).label, None
+            default_tasks = _tasks_with_adapters(registry, label)
+            if not target.tasks and not default_tasks:
+                raise LoragenError(f"no adapter on {label} names a bundled task to score zero-shot: give --tasks "
+                                   "(`loragen list suite` lists them)")
         else:
             raise LoragenError("an evaluation target needs an adapter id or a base version")
         tasks = [find_task(t) for t in (target.tasks or default_tasks)]

@@ -155,6 +155,21 @@ def test_unknown_adapter_or_task_is_refused_before_loading(capsys, tiny_register
     assert unknown_adapter.code == 1 and "no adapter with id 'abcdef12'" in unknown_adapter.err
 
 
+def test_zero_shot_without_tasks_scores_the_tasks_adapters_were_made_for(capsys, tiny_registered, tiny_adapter,
+                                                                        monkeypatch):
+    """With ~120 bundled tasks, `eval --base` alone must not mean all of them: it means the tasks that have
+    adapters on that base, and with none it asks for --tasks before loading anything."""
+    from loragen import workflows
+    from loragen.cli.context import state
+
+    _no_model_loads(monkeypatch)
+    nothing = run_cli(capsys, "eval", "--base", "tiny")
+    assert nothing.code == 1 and "give --tasks" in nothing.err and nothing.err.count("\n") == 1
+    for task in ("element_symbol", "my_own_task"):
+        assert run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", task).code == 0
+    assert workflows._tasks_with_adapters(state.registry, "tiny@v1") == ["element_symbol"]
+
+
 def test_cli_and_library_share_one_run_and_each_base_loads_once(capsys, tiny_registered, monkeypatch):
     """A fine-tuning started from the library (as the benchmarks do) is the CLI's run: nothing trains twice.
     An evaluation of a base and two of its adapters loads that base once."""

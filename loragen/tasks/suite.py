@@ -138,6 +138,13 @@ def list_tasks() -> list[Task]:
 
 def get_task(name: str) -> Task:
     """A bundled task by name (`antonyms`) or lm-eval name (`loragen_antonyms`)."""
+    # The folder is named after the task: look there first rather than reading all ~120 folders.
+    for candidate in (name, name.removeprefix("loragen_")):
+        folder = DATA_DIR / candidate
+        if candidate and "/" not in candidate and (folder / "meta.json").is_file():
+            task = load_task_dir(folder)
+            if name in (task.name, task.eval_name):
+                return task
     tasks = list_tasks()
     for task in tasks:
         if name in (task.name, task.eval_name):
