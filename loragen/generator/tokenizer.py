@@ -373,15 +373,29 @@ def detokenize(
     *,
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, torch.Tensor]:
-    """(num_tokens, token_size) tokens -> state dict in layout order; padding is ignored."""
+    """(num_tokens, token_size) tokens -> state dict in layout order; padding is ignored.
+
+    Works on a detached float64 copy on the CPU (the exported adapter); `tokens_to_tensors`
+    is the same arithmetic kept on the tokens' device and autograd graph, for training.
+    """
+    flat_tokens = _checked_tokens(tokens, layout, stats).detach().to(device="cpu", dtype=torch.float64)
+    return {key: value.to(dtype).contiguous() for key, value in tokens_to_tensors(flat_tokens, layout, stats).items()}
+
+
+def tokens_to_tensors(tokens: torch.Tensor, layout: LoraLayout, stats: NormStats) -> dict[str, torch.Tensor]:
+    """Differentiable inverse of `tokenize`: (num_tokens, token_size) -> state dict, in the tokens' dtype and
+    device, with gradients flowing back into `tokens` (padding values get none)."""
+    tokens = _checked_tokens(tokens, layout, stats)
+    state_dict = {}
+    for entry, offset, count in zip(layout.entries, layout.token_offsets, layout.token_counts):
+        values = tokens[offset : offset + count].reshape(-1)[: entry.numel]
+        state_dict[entry.key] = (values * stats.std[entry.key] + stats.mean[entry.key]).reshape(entry.shape)
+    return state_dict
+
+
+def _checked_tokens(tokens: torch.Tensor, layout: LoraLayout, stats: NormStats) -> torch.Tensor:
     expected = (layout.num_tokens, layout.token_size)
     if tokens.dim() != 2 or tuple(tokens.shape) != expected:
         raise LoragenError(f"tokens have shape {tuple(tokens.shape)}, layout expects {expected}")
     stats.check_layout(layout)
-    flat_tokens = tokens.detach().to(device="cpu", dtype=torch.float64)
-    state_dict = {}
-    for entry, offset, count in zip(layout.entries, layout.token_offsets, layout.token_counts):
-        values = flat_tokens[offset : offset + count].reshape(-1)[: entry.numel]
-        values = values * stats.std[entry.key] + stats.mean[entry.key]
-        state_dict[entry.key] = values.to(dtype).reshape(entry.shape).contiguous()
-    return state_dict
+    return tokens
