@@ -20,6 +20,9 @@ from loragen.errors import LoragenError
 # way round), so that settings are checked here, when they are read, without importing torch.
 PREDICTION_TYPES = ("sample", "epsilon")   # what the denoiser predicts: x0 or the noise
 SAMPLING_METHODS = ("ddim", "ddpm")
+# Where the task loss reads the generator's x0: from pure noise at the last timestep (what sampling starts
+# from; needs no adapter), or from the task's own adapter noised at a random timestep (as the diffusion loss).
+TASK_LOSS_TIMESTEPS = ("noise", "sampled")
 DDPM_TRAIN_TIMESTEPS = 1000                # the noise schedule's length (DDPMSchedule's default)
 DENOISER_NORM_GROUPS = 8                   # GroupNorm groups in every denoiser conv block
 SEED_LIMIT = 2**32                         # seeds are 0 .. 2**32 - 1 (torch adds offsets to them)
@@ -164,6 +167,17 @@ class GeneratorSettings:
     sample_steps: int = field(default=10, metadata={"help": f"DDIM steps, at most {DDPM_TRAIN_TIMESTEPS} "
                                                             f"(DDPM always runs all {DDPM_TRAIN_TIMESTEPS})"})
     eta: float = field(default=0.0, metadata={"help": "DDIM eta (0: deterministic given the seed)"})
+    task_loss_weight: float = field(default=0.0, metadata={
+        "help": "weight of the task loss beside the diffusion loss: the generator's predicted adapter applied to the "
+                "base, next-token loss on the task's training answers (0: off; needs bundled tasks' data)"})
+    task_loss_every: int = field(default=1, metadata={"help": "steps between task-loss steps"})
+    task_examples_per_step: int = field(default=8, metadata={"help": "training examples per task in a task-loss step"})
+    task_descriptions_per_step: int = field(default=2, metadata={
+        "help": "descriptions sampled per task in a task-loss step, each generating its own adapter"})
+    task_loss_timestep: str = field(default="sampled", metadata={
+        "help": "where the task loss reads the predicted adapter: " + " or ".join(TASK_LOSS_TIMESTEPS)
+                + " (noise: from pure noise, the first sampling step; sampled: the task's adapter noised at a random "
+                  "timestep)"})
 
     def __post_init__(self) -> None:
         _check_positive_ints("generator", self, ("token_size", "d_model", "n_layers", "d_state", "prototype_dim",
@@ -191,6 +205,13 @@ class GeneratorSettings:
                                f"length (got {self.sample_steps})")
         if not _is_number(self.eta) or not 0.0 <= self.eta <= 1.0:
             raise LoragenError(f"generator.eta must be in [0, 1] (got {self.eta!r})")
+        if not _is_number(self.task_loss_weight) or not 0.0 <= self.task_loss_weight < float("inf"):
+            raise LoragenError(f"generator.task_loss_weight must be a number >= 0 (got {self.task_loss_weight!r})")
+        _check_positive_ints("generator", self, ("task_loss_every", "task_examples_per_step",
+                                                 "task_descriptions_per_step"))
+        if self.task_loss_timestep not in TASK_LOSS_TIMESTEPS:
+            raise LoragenError(f"generator.task_loss_timestep must be {' or '.join(TASK_LOSS_TIMESTEPS)} "
+                               f"(got {self.task_loss_timestep!r})")
 
     @property
     def steps_per_sample(self) -> int:

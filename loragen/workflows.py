@@ -19,6 +19,7 @@ from loragen.registry.models import Origin
 from loragen.registry.store import BaseVersionInfo, Registered, Registry, check_name
 
 if TYPE_CHECKING:
+    from loragen.tasks.split import TaskSplit
     from loragen.tasks.suite import Task
 
 Progress = Callable[[int, int, float], None]
@@ -98,18 +99,27 @@ def base_condition(registry: Registry, label: str):
 
 
 def collect_training_set(registry: Registry, tasks: Sequence[str] | None = None, bases: Sequence[str] | None = None,
-                         held_out: Sequence[str] = ()):
-    """Every trained/ingested adapter (minus held-out tasks) with its conditions, ready to tokenize."""
+                         held_out: Sequence[str] = (), split: TaskSplit | None = None):
+    """Every trained/ingested adapter (minus held-out tasks) with its conditions, ready to tokenize.
+
+    split: a seen/held-out split of the bundled tasks (loragen.tasks.split.load_split()). Its held-out
+    tasks are left out like `held_out` (adapters, descriptions and examples), and a seen task's held-out
+    description is never among its conditioning texts. Bundled tasks bring their training examples
+    (for the task loss); a task of the user's own has none and trains on the diffusion loss alone.
+    """
     import json
 
     from loragen.adapters import load_weights
     from loragen.generator.training import TrainingAdapter, TrainingSet
 
-    views = [v for v in registry.adapters_for_training(tasks=tasks, bases=bases) if v["task"] not in set(held_out)]
+    excluded = set(held_out) | (set(split.held_out_tasks) if split is not None else set())
+    views = [v for v in registry.adapters_for_training(tasks=tasks, bases=bases) if v["task"] not in excluded]
     if not views:
         raise LoragenError("no trained or ingested adapters match: fine-tune some first (loragen finetune --task …)")
     encoder = text_encoder(registry)
-    descriptions = {task: registry.task_descriptions(task) or [task] for task in sorted({v["task"] for v in views})}
+    names = sorted({v["task"] for v in views})
+    descriptions = {task: _training_descriptions(registry, task, split) for task in names}
+    bundled = {task: _bundled_task(task) for task in names}
     adapters = [TrainingAdapter(uid=v["uid"], task=v["task"], base=v["base"],
                                 state_dict=load_weights(v["weights_path"])) for v in views]
     config_path = registry.adapter_files(views[0]["id"])[1]
@@ -120,20 +130,35 @@ def collect_training_set(registry: Registry, tasks: Sequence[str] | None = None,
         base_embeddings={label: base_condition(registry, label) for label in sorted({v["base"] for v in views})},
         lora={"r": lora["r"], "lora_alpha": lora.get("lora_alpha", lora["r"]),
               "target_modules": sorted(views[0]["target_modules"])},
-        text_model=encoder.model_id)
+        text_model=encoder.model_id,
+        task_examples={task: task_of.examples("train") for task, task_of in bundled.items()
+                       if task_of is not None and (task_of.dir / "train.jsonl").is_file()},
+        load_base=lambda label: tuple(load_base(registry, label)[:2]))
+
+
+def _training_descriptions(registry: Registry, task: str, split: TaskSplit | None) -> list[str]:
+    """The registry's descriptions of a task, less the one the split holds out (the suite's others if none is left)."""
+    texts = registry.task_descriptions(task) or [task]
+    if split is None or task not in split.held_out_descriptions:
+        return texts
+    kept_out = split.held_out_descriptions[task]
+    kept = [text for text in texts if text != kept_out]
+    return kept or split.training_descriptions(_bundled_task(task))
 
 
 def train(registry: Registry, settings: GeneratorSettings, *, tasks: Sequence[str] | None = None,
-          bases: Sequence[str] | None = None, held_out: Sequence[str] = (),
+          bases: Sequence[str] | None = None, held_out: Sequence[str] = (), split: TaskSplit | None = None,
           progress: Progress | None = None) -> tuple[Registered, dict[str, Any]]:
-    """Train a generator on the registry's adapters and register its checkpoint."""
+    """Train a generator on the registry's adapters and register its checkpoint (`split`: see collect_training_set)."""
     import hashlib
     import json
     from dataclasses import asdict
 
     from loragen.generator.training import META_FILE, WEIGHTS_FILE, train_generator
 
-    data = collect_training_set(registry, tasks, bases, held_out)
+    data = collect_training_set(registry, tasks, bases, held_out, split)
+    if split is not None:
+        held_out = sorted(set(held_out) | set(split.held_out_tasks))
     world = join_process_group()
     key = hashlib.sha256(json.dumps([asdict(settings), sorted(a.uid for a in data.adapters), world]).encode()).hexdigest()[:12]
     run_dir = registry.home / "runs" / f"generator-{key}"

@@ -49,6 +49,10 @@ class TrainingSet:
     base_embeddings: dict[str, torch.Tensor]   # base label -> (base_dim,)
     lora: dict[str, Any]                       # rank, alpha, target_modules shared by all adapters
     text_model: str
+    # For the task loss: each task's (prompt, answer) training examples (bundled tasks only; a task
+    # without them trains on the diffusion loss alone), and how to load a base label's (model, tokenizer).
+    task_examples: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    load_base: Callable[[str], tuple[Any, Any]] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -179,7 +183,8 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
     sampler = torch.Generator().manual_seed(settings.seed * 1000 + process_rank)
     train_settings = asdict(settings)
     fingerprint = {"settings": train_settings, "adapters": [a.uid for a in data.adapters], "world": world}
-    start, losses = 0, []
+    start, losses, task_losses = 0, [], []
+    task_loss_step = TaskLossStep(data, settings, layout, stats, anchor, distributed) if settings.task_loss_weight else None
     state_path = run_dir / STATE_FILE
     if state_path.is_file():
         state = torch_load_state(state_path, STATE_KEYS)
@@ -194,6 +199,7 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
             sampler.manual_seed(settings.seed * 1000 + process_rank + 7919 * state["step"])
         torch.set_rng_state(state["torch_rng"])
         start, losses = state["step"], state["losses"]
+        task_losses = state.get("task_losses", [])
 
     model.train()
     began = time.perf_counter()
@@ -206,15 +212,21 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
         state_ids = picks if config.num_permutation_states else None
         loss = trainable(schedule, tokens[picks], masks[picks], positions, text, base_rows[picks], state_ids,
                          settings.tokens_per_step, sampler)
+        diffusion = loss.item()
+        if task_loss_step is not None and step % settings.task_loss_every == 0:
+            on_task = task_loss_step(model, schedule, tokens, base_rows, positions, sampler)
+            task_losses.append([step, on_task.item()])
+            loss = loss + settings.task_loss_weight * on_task
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(diffusion)
         if process_rank == 0 and (step % settings.checkpoint_every == 0 or step == settings.steps):
             torch_save_atomic({"fingerprint": fingerprint, "step": step, "model": model.state_dict(),
                                "optimizer": optimizer.state_dict(), "sampler": sampler.get_state(),
-                               "torch_rng": torch.get_rng_state(), "losses": losses}, state_path)
+                               "torch_rng": torch.get_rng_state(), "losses": losses, "task_losses": task_losses},
+                              state_path)
         if progress:
             progress(step, settings.steps, sum(losses[-20:]) / len(losses[-20:]))
     model.eval()
@@ -225,8 +237,79 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
         base_embeddings={label: emb.tolist() for label, emb in data.base_embeddings.items()},
         training={"settings": train_settings, "seed": settings.seed, "steps": settings.steps, "world_size": world,
                   "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])), "loragen": __version__,
+                  "final_task_loss": (sum(v for _, v in task_losses[-10:]) / len(task_losses[-10:])
+                                      if task_losses else None),
                   "wall_time_s": round(time.perf_counter() - began, 2), "resumed_from_step": start},
         weights={k: v.detach().clone() for k, v in model.state_dict().items()}, anchor=anchor)
+
+
+class TaskLossStep:
+    """One task-loss term per call: `batch_size` adapters of tasks that have examples, each under
+    `task_descriptions_per_step` of its task's descriptions, each generated adapter scored by its
+    base on one batch of `task_examples_per_step` of the task's training examples.
+
+    Bases are loaded once, on first use, frozen, and kept for the run; every random draw
+    comes from the training sampler, so a resumed run takes the same draws.
+    """
+
+    def __init__(self, data: TrainingSet, settings: GeneratorSettings, layout: LoraLayout, stats: NormStats,
+                 anchor: dict[str, torch.Tensor], distributed: bool):
+        if distributed:
+            raise LoragenError("the task loss does not run data-parallel yet: train with --nproc 1, "
+                               "or set generator.task_loss_weight = 0")
+        self.examples = {task: list(pairs) for task, pairs in data.task_examples.items() if pairs}
+        self.with_examples = [i for i, a in enumerate(data.adapters) if a.task in self.examples]
+        if not self.with_examples:
+            raise LoragenError("generator.task_loss_weight is set, but none of the training tasks has training "
+                               "examples (only bundled tasks have them): set it to 0 or train on bundled tasks")
+        if data.load_base is None:
+            raise LoragenError("generator.task_loss_weight is set, but the training set cannot load its bases")
+        self.data, self.settings, self.layout, self.stats, self.anchor = data, settings, layout, stats, anchor
+        self.lora_scale = data.lora["lora_alpha"] / data.lora["r"]
+        self._bases: dict[str, tuple[Any, Any]] = {}
+        self._encoded: dict[tuple[str, str], list] = {}
+
+    def base(self, label: str) -> tuple[Any, Any]:
+        if label not in self._bases:
+            model, tokenizer = self.data.load_base(label)
+            model.eval()
+            model.requires_grad_(False)
+            self._bases[label] = (model, tokenizer)
+        return self._bases[label]
+
+    def example_batch(self, label: str, task: str, sampler: torch.Generator) -> dict[str, torch.Tensor]:
+        from loragen.finetune import collate, encode_examples
+
+        _, tokenizer = self.base(label)
+        if (label, task) not in self._encoded:
+            self._encoded[label, task] = encode_examples(tokenizer, self.examples[task])
+        encoded = self._encoded[label, task]
+        picks = torch.randint(len(encoded), (self.settings.task_examples_per_step,), generator=sampler).tolist()
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return collate([encoded[i] for i in picks], pad_id)
+
+    def __call__(self, model: ORALGenerator, schedule: DDPMSchedule, tokens: torch.Tensor, base_rows: torch.Tensor,
+                 positions: tuple[torch.Tensor, torch.Tensor, torch.Tensor], sampler: torch.Generator) -> torch.Tensor:
+        from loragen.generator.task_loss import task_loss
+
+        adapters = self.data.adapters
+        chosen = [self.with_examples[i] for i in
+                  torch.randint(len(self.with_examples), (self.settings.batch_size,), generator=sampler).tolist()]
+        rows, texts, bases, batches = [], [], [], []
+        for index in chosen:
+            adapter = adapters[index]
+            batch = self.example_batch(adapter.base, adapter.task, sampler)
+            for text in _pick_descriptions(self.data.text_embeddings[adapter.task],
+                                           self.settings.task_descriptions_per_step, sampler):
+                rows.append(index)
+                texts.append(text)
+                bases.append(self.base(adapter.base)[0])
+                batches.append(batch)
+        rows_t = torch.tensor(rows)
+        state_ids = rows_t if model.config.num_permutation_states else None
+        return task_loss(model, schedule, self.layout, self.stats, self.anchor, self.lora_scale, positions,
+                         torch.stack(texts), base_rows[rows_t], state_ids, bases, batches,
+                         timestep=self.settings.task_loss_timestep, clean=tokens[rows_t], generator=sampler)
 
 
 # The memory tables are per-token parameters that see a gradient only when their token is
@@ -255,6 +338,14 @@ def mean_adapter(adapters: Sequence[TrainingAdapter]) -> dict[str, torch.Tensor]
 
 def subtract(state_dict: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.float() - anchor[k] if anchor else v.float() for k, v in state_dict.items()}
+
+
+def _pick_descriptions(embeddings: torch.Tensor, count: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """`count` of a task's descriptions, all different while the task has that many."""
+    order = []
+    while len(order) < count:
+        order += torch.randperm(embeddings.shape[0], generator=generator).tolist()
+    return [embeddings[i].float() for i in order[:count]]
 
 
 def _pick_description(embeddings: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
