@@ -123,6 +123,34 @@ def test_task_loss_gradient_reaches_the_generator_and_not_the_base(tiny_base, tm
     assert all(torch.equal(v, frozen[k]) for k, v in base.state_dict().items())
 
 
+def test_checkpointed_chunks_give_the_same_loss_and_gradients(tiny_base, tmp_path):
+    from loragen.generator.diffusion import DDPMSchedule
+    from loragen.generator.model import ORALGenerator, generator_config_from_settings
+    from loragen.generator.task_loss import predicted_tokens
+    from loragen.generator.tokenizer import LoraLayout
+
+    data = tiny_task_set(tiny_base, tmp_path)
+    settings = GeneratorSettings(**dict(TINY_GENERATOR, memory_slots=2))
+    layout = LoraLayout.from_state_dict(data.adapters[0].state_dict, settings.token_size)
+    torch.manual_seed(0)
+    model = ORALGenerator(generator_config_from_settings(settings, layout, text_dim=384, base_dim=160, num_adapters=2))
+    torch.nn.init.normal_(model.denoiser.out_conv.weight, std=0.1)           # let gradients through the conv stack
+    text = torch.cat([data.text_embeddings["alpha"], data.text_embeddings["beta"]])
+    runs = []
+    for chunk in (10**6, 7):                                                 # whole vs. checkpointed 7-token chunks
+        model.zero_grad()
+        tokens = predicted_tokens(model, DDPMSchedule(prediction_type="sample"),
+                                  (layout.layer_index(), layout.module_index(), layout.slice_index()), text,
+                                  data.base_embeddings["tiny@v1"].expand(4, -1), None, timestep="noise",
+                                  generator=torch.Generator().manual_seed(0), chunk_tokens=chunk)
+        (tokens ** 2).mean().backward()
+        runs.append((tokens.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    assert layout.num_tokens * 4 > 7 and runs[0][1].keys() == runs[1][1].keys()
+    torch.testing.assert_close(runs[0][0], runs[1][0])
+    for name, grad in runs[0][1].items():
+        torch.testing.assert_close(grad, runs[1][1][name], atol=1e-6, rtol=1e-5, msg=name)
+
+
 @pytest.mark.slow
 def test_training_with_the_task_loss_lowers_the_base_loss_on_its_tasks(tiny_base, tmp_path):
     """The training adapters here are random LoRAs, no help on the tasks: only the task loss can lower the loss."""

@@ -13,8 +13,10 @@ generator through what an adapter is for, as Text-to-LoRA's SFT objective does:
      examples flows back into the generator.
 
 Unlike the diffusion loss, which sees `tokens_per_step` tokens, this needs every
-token of every adapter in the batch at once, with the denoiser's activations
-kept for the backward pass.
+token of every adapter in the batch at once. The denoiser runs over them in
+checkpointed chunks of `chunk_tokens`: only a chunk's activations are alive at a
+time (recomputed in the backward pass), so beyond the prototypes and the x0
+tokens themselves the memory does not grow with the adapter.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from loragen.generator.diffusion import DDPMSchedule
 from loragen.generator.functional_lora import applied_lora
@@ -32,7 +35,8 @@ from loragen.generator.tokenizer import LoraLayout, NormStats, tokens_to_tensors
 
 def predicted_tokens(model: ORALGenerator, schedule: DDPMSchedule, positions: tuple[torch.Tensor, ...],
                      text: torch.Tensor, base: torch.Tensor, state: torch.Tensor | None, *, timestep: str,
-                     clean: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                     clean: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                     chunk_tokens: int = 4096) -> torch.Tensor:
     """The generator's x0 for every token of B adapters: (B, L, token_size), differentiable.
 
     timestep "noise": x_t is pure noise at t = T-1. "sampled": x_t is `clean` (B, L, token_size),
@@ -55,7 +59,13 @@ def predicted_tokens(model: ORALGenerator, schedule: DDPMSchedule, positions: tu
         raise ValueError(f"unknown task-loss timestep {timestep!r}")
     t_tokens = t.repeat_interleave(length).to(prototypes.device)
     flat_x_t = x_t.reshape(batch * length, size)
-    output = model.denoise(flat_x_t, prototypes.reshape(batch * length, -1), t_tokens)
+    flat_protos = prototypes.reshape(batch * length, -1)
+    if batch * length <= chunk_tokens:
+        output = model.denoise(flat_x_t, flat_protos, t_tokens)
+    else:  # a chunk's activations at a time, recomputed for the backward pass
+        output = torch.cat([checkpoint(model.denoise, flat_x_t[i:i + chunk_tokens], flat_protos[i:i + chunk_tokens],
+                                       t_tokens[i:i + chunk_tokens], use_reentrant=False)
+                            for i in range(0, batch * length, chunk_tokens)])
     if schedule.prediction_type == "epsilon":
         output = schedule.predict_x0(output, t_tokens, flat_x_t)
     return output.reshape(batch, length, size)
@@ -74,14 +84,15 @@ def task_loss(model: ORALGenerator, schedule: DDPMSchedule, layout: LoraLayout, 
               anchor: Mapping[str, torch.Tensor], lora_scale: float, positions: tuple[torch.Tensor, ...],
               text: torch.Tensor, base: torch.Tensor, state: torch.Tensor | None,
               bases: Sequence[nn.Module], batches: Sequence[Mapping[str, torch.Tensor]], *, timestep: str = "noise",
-              clean: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+              clean: torch.Tensor | None = None, generator: torch.Generator | None = None,
+              chunk_tokens: int = 4096) -> torch.Tensor:
     """Mean next-token loss of B generated adapters, adapter i applied to `bases[i]` on `batches[i]`.
 
     text/base: (B, dim) conditions; batches[i]: input_ids, attention_mask and labels (answer tokens only,
     as loragen.finetune.collate builds them). The bases stay frozen: only the generator gets gradients.
     """
     tokens = predicted_tokens(model, schedule, positions, text, base, state, timestep=timestep, clean=clean,
-                              generator=generator)
+                              generator=generator, chunk_tokens=chunk_tokens)
     losses = []
     for row, (base_model, batch) in enumerate(zip(bases, batches, strict=True)):
         adapter = adapter_from_tokens(tokens[row], layout, stats, anchor)
