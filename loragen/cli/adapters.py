@@ -128,14 +128,21 @@ def export(ref: str = typer.Argument(..., help="Adapter id."),
         typer.echo(f"exported {ref} to {path}")
 
 
-def gc(as_json: bool = JSON) -> None:
+def gc(grace: Optional[float] = typer.Option(
+           None, "--grace", min=0, metavar="SECONDS",
+           help="Keep unreferenced blobs written less than this long ago (default: registry.gc_grace_seconds "
+                "in loragen.toml, 3600). 0 removes every unreferenced blob; safe beside running commands either way."),
+       as_json: bool = JSON) -> None:
     """Delete stored files that nothing in the registry references."""
-    result = state.registry.gc()
+    result = state.registry.gc(grace_seconds=grace)
     if as_json:
         render(result, as_json=True)
     else:
+        kept = result["blobs_kept_in_grace"]
         say(f"removed {result['blobs_removed']} blob(s), freed {human_size(result['bytes_freed'])}, "
-            f"cleaned {result['temp_files_removed']} temporary file(s)")
+            f"cleaned {result['temp_files_removed']} temporary file(s)"
+            + (f"; kept {kept} unreferenced blob(s) younger than the grace period (--grace 0 removes them)"
+               if kept else ""))
 
 
 def register(app: typer.Typer) -> None:
