@@ -112,6 +112,7 @@ def test_a_writer_whose_staged_files_gc_removed_stores_them_again(capsys, regist
         result = run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", "echo", "--json")
     assert result.code == 0, result.err
     assert collected[0]["blobs_removed"] == 2  # both staged files were really gone
+    assert run_cli(capsys, "doctor").code == 0
     assert run_cli(capsys, "export", result.json()["id"], isolated_home.parent / "out").code == 0
 
 

@@ -175,6 +175,7 @@ def test_gc_in_a_loop_beside_two_ingesting_processes_and_a_base_writer_loses_not
     assert (lost, failed) == ([], []), f"{line}\n{lost}\n{errors}"
     assert registered == {i for w in writers[:2] for i in w["kept"]} and len(registered) == 2 * per_process - 1, line
     assert versions == {"tiny@v1", "tiny@v2", "tiny@v3", "other@v1", "other@v2"}, line
+    assert run_cli(capsys, "doctor").code == 0
 
 
 @pytest.mark.slow
@@ -193,3 +194,4 @@ def test_gc_in_a_loop_beside_generate_loses_nothing(capsys, tiny_base, tmp_path,
     assert gc_summary["runs"] > 1 and not gc_summary["failed"], line
     assert (lost, failed) == ([], []), f"{line}\n{lost}\n{errors}"
     assert generated == set(writers[0]["kept"]) and len(generated) == len(seeds), line
+    assert run_cli(capsys, "doctor").code == 0

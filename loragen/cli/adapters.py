@@ -1,4 +1,4 @@
-"""Adapter commands: ingest, list, show, rm, export, gc."""
+"""Adapter commands: ingest, list, show, rm, export; the store's upkeep: gc, doctor."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from loragen.cli.context import state
-from loragen.cli.render import Column, human_count, human_size, render, render_fields, say
+from loragen.cli.render import Column, human_count, human_size, out, render, render_fields, say
 
 ADAPTER_COLUMNS = [
     Column("ID", lambda r: r["id"]),
@@ -145,6 +145,27 @@ def gc(grace: Optional[float] = typer.Option(
                if kept else ""))
 
 
+def doctor(as_json: bool = JSON) -> None:
+    """Re-hash every stored file the registry references; exit 1 if any is missing or damaged."""
+    from loragen.cli.render import StepProgress
+
+    with StepProgress("checking blobs", 1) as bar:
+        report = state.registry.verify_store(progress=bar.update)
+    if as_json:
+        render(report, as_json=True)
+    else:
+        for problem in report["problems"]:
+            users = ", ".join(f"{r['kind']} {r['id']} {r['file']}" for r in problem["referenced_by"])
+            out.print(f"{problem['problem']:8} {problem['sha256'][:12]}  {users}", highlight=False)
+        verdict = ("all present and whole" if report["ok"]
+                   else f"{len(report['problems'])} missing or damaged: the store is damaged")
+        say(f"checked {report['blobs_checked']} referenced blob(s), {human_size(report['bytes_checked'])}: {verdict}"
+            + (f"; {report['unreferenced_blobs']} unreferenced blob(s) (gc removes them)"
+               if report["unreferenced_blobs"] else ""))
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.command("ingest")(ingest)
     app.command("list")(list_cmd)
@@ -152,3 +173,4 @@ def register(app: typer.Typer) -> None:
     app.command("rm")(rm)
     app.command("export")(export)
     app.command("gc")(gc)
+    app.command("doctor")(doctor)

@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
@@ -398,6 +398,37 @@ class Registry:
                 s.execute(delete(Blob).where(Blob.sha256.in_(dead_rows[start:start + 500])))
         return {"blobs_removed": removed, "bytes_freed": freed, "blobs_kept_in_grace": kept,
                 "temp_files_removed": self.blobs.clean_tmp() + self._clean_work_folders()}
+
+    def verify_store(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Re-hash every blob a row references; report the missing and damaged ones (a store's fsck).
+
+        Runs beside writers and gc without holding a lock while it hashes; what looks
+        wrong is looked at again under the store's lock, so a blob unregistered and
+        collected meanwhile is not reported.
+        """
+        with self.session() as s:
+            referenced = self._blob_references(s)
+            sizes = dict(s.execute(select(Blob.sha256, Blob.size)).all())
+        shas = sorted(referenced)
+        suspects = []
+        for done, sha in enumerate(shas, 1):
+            if self.blobs.verify(sha) != "ok":
+                suspects.append(sha)
+            if progress:
+                progress(done, len(shas))
+        problems = []
+        if suspects:
+            with self.session() as s:
+                db.lock_store(s, exclusive=False)
+                still = self._blob_references(s)
+                for sha in suspects:
+                    state = self.blobs.verify(sha) if sha in still else "ok"
+                    if state != "ok":
+                        problems.append({"sha256": sha, "problem": state, "referenced_by": still[sha]})
+        unreferenced = [sha for sha in self.blobs.digests() if sha not in referenced]
+        return {"ok": not problems, "blobs_checked": len(shas), "bytes_checked": sum(sizes.get(sha, 0) for sha in shas),
+                "problems": problems, "unreferenced_blobs": len(unreferenced),
+                "temp_files": len(self.blobs.temp_files())}
 
     def _clean_work_folders(self, older_than_s: float = STALE_WORK_FOLDER_S) -> int:
         """Remove `loragen-*` work folders (generate, train, selection) that a killed process left behind.
