@@ -139,3 +139,27 @@ def test_a_source_that_changed_before_it_could_be_stored_again_is_refused(capsys
         result = run_cli(capsys, "ingest", folder, "--base", "tiny", "--task", "echo")
     assert result.code == 1 and "changed while it was being registered" in result.err
     assert run_cli(capsys, "list", "--json").json() == []
+
+
+def test_a_writer_whose_fresh_temp_file_a_cleaner_removed_takes_another(tmp_path, monkeypatch):
+    """A cleaner may find the temp file between mkstemp and the writer's flock; the write must still land."""
+    from loragen.registry import blobs
+
+    store = blobs.BlobStore(tmp_path / "blobs")
+    source = tmp_path / "file"
+    source.write_bytes(b"bytes to store")
+    real_flock = blobs.fcntl.flock
+    raced = []
+
+    def cleaner_first(fd, operation):
+        if not raced:  # the cleaner locks, unlinks and lets go before the writer's lock is taken
+            raced.append(None)
+            raced[0] = store.clean_tmp()
+        return real_flock(fd, operation)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(blobs.fcntl, "flock", cleaner_first)
+        sha, size = store.put_file(source)
+    assert raced == [1]
+    assert store.verify(sha) == "ok" and size == len(b"bytes to store")
+    assert store.temp_files() == []
