@@ -188,8 +188,8 @@ def test_crash_mid_ingest_leaves_nothing_registered(capsys, registered, tiny_ada
     assert result.code == 3 and "simulated crash" in result.err and "Traceback" not in result.err
     assert run_cli(capsys, "list", "--json").json() == []
     assert list((isolated_home / "blobs" / "tmp").iterdir()) == []  # no partial file visible
-    # The orphaned (complete) blobs are exactly what gc is for.
-    gc = run_cli(capsys, "gc", "--json").json()
+    # The orphaned (complete) blobs are exactly what gc is for (--grace 0: they were written just now).
+    gc = run_cli(capsys, "gc", "--grace", "0", "--json").json()
     assert gc["blobs_removed"] == 2
 
 
@@ -198,7 +198,7 @@ def test_rm_then_gc_frees_adapter_blobs_only(capsys, registered, tiny_adapter, i
     adapter_id = run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", "echo", "--json").json()["id"]
     assert run_cli(capsys, "rm", adapter_id).code == 0
     assert run_cli(capsys, "list", "--json").json() == []
-    gc = run_cli(capsys, "gc", "--json").json()
+    gc = run_cli(capsys, "gc", "--grace", "0", "--json").json()
     assert gc["blobs_removed"] == 2 and gc["bytes_freed"] > 0
     assert len(blob_files(isolated_home)) == base_blobs
     again = run_cli(capsys, "rm", adapter_id)

@@ -1,4 +1,4 @@
-"""Adapter commands: ingest, list, show, rm, export, gc."""
+"""Adapter commands: ingest, list, show, rm, export; the store's upkeep: gc, doctor."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from loragen.cli.context import state
-from loragen.cli.render import Column, human_count, human_size, render, render_fields, say
+from loragen.cli.render import Column, human_count, human_size, out, render, render_fields, say
 
 ADAPTER_COLUMNS = [
     Column("ID", lambda r: r["id"]),
@@ -130,14 +130,42 @@ def export(ref: str = typer.Argument(..., help="Adapter id."),
         typer.echo(f"exported {ref} to {path}")
 
 
-def gc(as_json: bool = JSON) -> None:
+def gc(grace: Optional[float] = typer.Option(
+           None, "--grace", min=0, metavar="SECONDS",
+           help="Keep unreferenced blobs written less than this long ago (default: registry.gc_grace_seconds "
+                "in loragen.toml, 3600). 0 removes every unreferenced blob; safe beside running commands either way."),
+       as_json: bool = JSON) -> None:
     """Delete stored files that nothing in the registry references."""
-    result = state.registry.gc()
+    result = state.registry.gc(grace_seconds=grace)
     if as_json:
         render(result, as_json=True)
     else:
+        kept = result["blobs_kept_in_grace"]
         say(f"removed {result['blobs_removed']} blob(s), freed {human_size(result['bytes_freed'])}, "
-            f"cleaned {result['temp_files_removed']} temporary file(s)")
+            f"cleaned {result['temp_files_removed']} temporary file(s)"
+            + (f"; kept {kept} unreferenced blob(s) younger than the grace period (--grace 0 removes them)"
+               if kept else ""))
+
+
+def doctor(as_json: bool = JSON) -> None:
+    """Re-hash every stored file the registry references; exit 1 if any is missing or damaged."""
+    from loragen.cli.render import StepProgress
+
+    with StepProgress("checking blobs", 1) as bar:
+        report = state.registry.verify_store(progress=bar.update)
+    if as_json:
+        render(report, as_json=True)
+    else:
+        for problem in report["problems"]:
+            users = ", ".join(f"{r['kind']} {r['id']} {r['file']}" for r in problem["referenced_by"])
+            out.print(f"{problem['problem']:8} {problem['sha256'][:12]}  {users}", highlight=False)
+        verdict = ("all present and whole" if report["ok"]
+                   else f"{len(report['problems'])} missing or damaged: the store is damaged")
+        say(f"checked {report['blobs_checked']} referenced blob(s), {human_size(report['bytes_checked'])}: {verdict}"
+            + (f"; {report['unreferenced_blobs']} unreferenced blob(s) (gc removes them)"
+               if report["unreferenced_blobs"] else ""))
+    if not report["ok"]:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
@@ -147,3 +175,4 @@ def register(app: typer.Typer) -> None:
     app.command("rm")(rm)
     app.command("export")(export)
     app.command("gc")(gc)
+    app.command("doctor")(doctor)

@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 from loragen.errors import LoragenError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# PostgreSQL advisory lock key of the blob store (advisory locks are per database, so per registry).
+STORE_LOCK_KEY = 0x6C6F726167656E  # "loragen"
 
 
 def migrations_dir() -> Path:
@@ -101,3 +103,30 @@ def transaction(engine: Engine) -> Iterator[Session]:
     """One unit of work: everything inside commits together or not at all."""
     with Session(engine, expire_on_commit=False) as session, session.begin():
         yield session
+
+
+def lock_store(session: Session, *, exclusive: bool) -> None:
+    """Hold the blob store's lock until this session's transaction ends.
+
+    gc takes it exclusive while it decides what is unreferenced and deletes it; every
+    transaction that records blob references takes it shared (writers do not wait for
+    each other), so gc never deletes a file that a committed row, or one about to
+    commit, points at. SQLite: every transaction here is BEGIN IMMEDIATE (see
+    _configure_sqlite), which already excludes every other writer, so beginning it is
+    the lock. PostgreSQL: a transaction-level advisory lock.
+    """
+    mode = "exclusive" if exclusive else "shared"
+    connection = session.connection()  # begins the transaction now (SQLAlchemy begins lazily)
+    transaction, held = session.info.get("store_lock", (None, set()))
+    if transaction is not session.get_transaction():  # held by an earlier transaction of this session: gone
+        transaction, held = session.get_transaction(), set()
+        session.info["store_lock"] = (transaction, held)
+    if mode in held or "exclusive" in held:
+        return
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        connection.exec_driver_sql(f"SELECT {function}({STORE_LOCK_KEY})")
+    elif dialect != "sqlite" and exclusive:
+        raise LoragenError(f"gc can lock the blob store on SQLite and PostgreSQL only, not {dialect}")
+    held.add(mode)
