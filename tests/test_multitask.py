@@ -172,6 +172,10 @@ def test_eval_of_a_multitask_adapter_defaults_to_its_members(capsys, tiny_regist
     assert sorted(s["task"] for s in scores.json()) == sorted(PAIR)
     chosen = run_cli(capsys, "eval", adapter, "--tasks", PAIR[1], "--limit", "2", "--batch-size", "4", "--json").json()
     assert [s["task"] for s in chosen] == [PAIR[1]]
+    # --compare keeps the group's scores out of each member's own TRAINED column.
+    compare = {r["task"]: r for r in run_cli(capsys, "eval", "--compare", "--json").json()}
+    assert set(compare) == set(PAIR)
+    assert all(r["trained"] is None and r["other_task"]["n"] == 1 for r in compare.values())
 
     # A group adapter is no one task's adapter: the generator does not learn from it.
     with pytest.raises(LoragenError, match="no trained or ingested adapters match"):

@@ -518,19 +518,21 @@ class Registry:
                                  split=score.split, details=dict(details, stderr=score.stderr)))
 
     def eval_results(self, split: str = "test") -> list[dict[str, Any]]:
-        """Every stored score on a split, oldest first, with what was scored: an adapter (and its origin) or,
+        """Every stored score on a split, oldest first, with what was scored: an adapter (its origin and task) or,
         with adapter None, the base version zero-shot. Reports over them: loragen.evaluation.comparison."""
         with self.session() as s:
             rows = s.execute(
-                select(EvalResult, Adapter.origin, Adapter.uid)
+                select(EvalResult, Adapter.origin, Adapter.uid, TaskRow.name)
                 .outerjoin(Adapter, EvalResult.adapter_id == Adapter.id)
+                .outerjoin(TaskRow, Adapter.task_id == TaskRow.id)
                 .where(EvalResult.split == split)
                 .order_by(EvalResult.created_at, EvalResult.id)).all()
             labels = {v.id: v.label for v in s.scalars(select(BaseVersion).options(selectinload(BaseVersion.base)))}
             return [{"task": result.task_name, "base": labels.get(result.base_version_id, str(result.base_version_id)),
                      "metric": result.metric, "value": result.value, "examples": result.num_examples,
-                     "split": result.split, "adapter": uid, "origin": origin.value if origin is not None else None}
-                    for result, origin, uid in rows]
+                     "split": result.split, "adapter": uid, "adapter_task": adapter_task,
+                     "origin": origin.value if origin is not None else None}
+                    for result, origin, uid, adapter_task in rows]
 
     def _blob_references(self, s: Session) -> dict[str, list[dict[str, str]]]:
         """Every blob a row points at, with who points at it: adapters, base version files, generator checkpoints."""
