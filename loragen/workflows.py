@@ -208,8 +208,13 @@ class LoadedGenerator:
 def load_generator(registry: Registry, ref: str | None = None) -> LoadedGenerator:
     from loragen.generator.training import META_FILE, WEIGHTS_FILE, GeneratorCheckpoint
 
+    from loragen.generator.conditioning import BASE_EMBED_FORMAT_VERSION
+
     folder, uid = registry.generator_folder(ref, weights_name=WEIGHTS_FILE, meta_name=META_FILE)
     checkpoint = GeneratorCheckpoint.load(folder)
+    if checkpoint.base_embed_format != BASE_EMBED_FORMAT_VERSION:
+        raise LoragenError(f"generator {uid[:12]} was trained on base embeddings of format {checkpoint.base_embed_format}, "
+                           f"and this loragen computes format {BASE_EMBED_FORMAT_VERSION}: train a new one (loragen train)")
     return LoadedGenerator(uid=uid, checkpoint=checkpoint, model=checkpoint.build_model())
 
 
