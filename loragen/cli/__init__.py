@@ -1,7 +1,7 @@
 """The `loragen` command line: thin commands that parse, call the library and print.
 
 Exit codes: 0 ok, 1 a known error (one line on stderr), 2 bad usage,
-3 an unexpected internal error, 130 interrupted. LORAGEN_DEBUG=1 shows tracebacks.
+3 an unexpected internal error, 130 interrupted, 141 stdout closed early (SIGPIPE's). LORAGEN_DEBUG=1 shows tracebacks.
 """
 
 from __future__ import annotations
@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> None:
             raise
         sys.stderr.write(f"loragen: error: {err}\n")
         code = 1
+    except BrokenPipeError:
+        # The reader went away (`loragen list --json | head`): stop quietly, as a killed-by-SIGPIPE tool
+        # would, and point stdout at /dev/null so the exit's flush does not complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     except OSError as err:
         if debug:
             raise
