@@ -63,7 +63,7 @@ def list_cmd(what: str = typer.Argument("adapters", help="adapters, bases, tasks
              base: Optional[str] = typer.Option(None, "--base", help="Only adapters of this base version."),
              origin: Optional[str] = typer.Option(None, "--origin", help="trained, ingested or generated."),
              show_all: bool = typer.Option(False, "--all", help="Every adapter in the table, not only the newest."),
-             limit: int = typer.Option(TABLE_ROWS, "--limit", min=1,
+             limit: int = typer.Option(TABLE_ROWS, "--limit",
                                        help="Adapters in the table (the newest); --json and -q list them all."),
              as_json: bool = JSON, quiet: bool = QUIET) -> None:
     """List adapters (default), bases, tasks in the registry, the bundled task suite, or generators."""
@@ -77,6 +77,8 @@ def list_cmd(what: str = typer.Argument("adapters", help="adapters, bases, tasks
     elif what in ("adapters", "adapter"):
         if origin and origin not in ("trained", "ingested", "generated"):
             raise typer.BadParameter("--origin must be trained, ingested or generated")
+        if limit < 1:  # checked here, not with min=1: a bounded int costs a pydantic import (see loragen/cli)
+            raise typer.BadParameter("--limit must be at least 1")
         _list_adapters(task, base, origin, None if show_all else limit, as_json, quiet)
     elif what == "suite":
         from loragen.tasks.suite import list_tasks
