@@ -14,57 +14,9 @@ import typer
 
 from loragen import __version__
 from loragen.cli.context import state
+from loragen.cli.options import coerce_plain_options_without_pydantic
 
-def _coerce_plain_options_without_pydantic() -> None:
-    """Give options typed plain `str`, `int` or `bool` a direct coercion instead of typer's pydantic one.
-
-    typer 0.29 runs every option, given or not, through a pydantic TypeAdapter: importing
-    pydantic and building the adapters cost about 0.2 s of CPU a command on this project's
-    2-core machines, more than everything else `loragen list` does. These three types need
-    only str(), int() and the usual true/false words; options with bounds, parsers, paths,
-    lists or choices keep typer's coercion, and so does everything if typer's internals move
-    (an ImportError or a missing attribute leaves typer as it is). tests/test_registry_cli.py
-    checks that `loragen list` imports no pydantic, and that bad values are still refused.
-    """
-    try:
-        from typer._click.exceptions import BadParameter
-        from typer._coercion import RuntimeParam
-        from typer.core import _TyperParameter
-    except ImportError:
-        return
-    typer_runtime_param = getattr(_TyperParameter, "get_runtime_param", None)
-    if typer_runtime_param is None:
-        return
-    words = {"1": True, "true": True, "t": True, "yes": True, "y": True, "on": True,
-             "0": False, "false": False, "f": False, "no": False, "n": False, "off": False, "": False}
-
-    class PlainRuntimeParam(RuntimeParam):
-        def _coerce_value(self, value, param, ctx):  # noqa: ANN001, ANN202
-            kind = self.annotation
-            if kind is str:
-                return value if isinstance(value, str) else str(value)
-            if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
-                return value
-            text = str(value).strip()
-            if kind is bool and text.lower() in words:
-                return words[text.lower()]
-            if kind is int and text.lstrip("+-").isdigit():
-                return int(text)
-            raise BadParameter(f"'{value}' is not a valid {kind.__name__}", ctx=ctx, param=param)
-
-    def get_runtime_param(self):  # noqa: ANN001, ANN202
-        descriptor = getattr(self, "type_descriptor", None)
-        info = getattr(descriptor, "parameter_info", None)
-        if (getattr(self, "_runtime_param", True) is None and getattr(descriptor, "annotation", None) in (str, int, bool)
-                and descriptor.file_annotation is None and info.parser is None
-                and info.min is None and info.max is None and not info.clamp):
-            self._runtime_param = PlainRuntimeParam(parameter_info=info, annotation=descriptor.annotation)
-        return typer_runtime_param(self)
-
-    _TyperParameter.get_runtime_param = get_runtime_param
-
-
-_coerce_plain_options_without_pydantic()
+coerce_plain_options_without_pydantic()  # before any command runs: see loragen/cli/options.py
 
 app = typer.Typer(
     help="Keep base models and LoRA adapters in a registry, and generate adapters from task descriptions.",
