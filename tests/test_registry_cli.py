@@ -327,12 +327,15 @@ def test_list_json_is_the_library_view_and_a_closed_pipe_stops_it_quietly(capsys
 
 def test_adapter_id_prefixes_unique_ambiguous_and_at_a_range_edge(capsys, registered, tiny_adapter):
     assert run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", "echo").code == 0
-    _copies_of_an_adapter(["abcd1" + "0" * 59, "abcd2" + "0" * 59, "abcf" + "0" * 60, "abd0" + "0" * 60])
+    _copies_of_an_adapter(["abcd1" + "0" * 59, "abcd2" + "0" * 59, "abcf" + "0" * 60, "abd0" + "0" * 60,
+                           "abc9" + "0" * 60, "abca" + "0" * 60, "ffff" + "0" * 60])
     ambiguous = run_cli(capsys, "show", "abcd")
     assert ambiguous.code == 1 and "ambiguous" in ambiguous.err
     assert run_cli(capsys, "show", "ABCD2", "--json").json()["uid"] == "abcd2" + "0" * 59  # case and spaces forgiven
-    assert run_cli(capsys, "show", "abcf", "--json").json()["uid"] == "abcf" + "0" * 60  # not abd0…: the range ends at abcg
-    assert run_cli(capsys, "show", "abc9").code == 1
+    # Each range ends at the next hex string: abcf… stops before abd, abc9… before abca; ffff… has no end.
+    for prefix in ("abcf", "abc9", "abca", "ffff"):
+        assert run_cli(capsys, "show", prefix, "--json").json()["uid"] == prefix + "0" * 60, prefix
+    assert run_cli(capsys, "show", "abc8").code == 1
     too_short = run_cli(capsys, "show", "abc")
     assert too_short.code == 1 and "at least 4 hex characters" in too_short.err
     # The writers find adapters the same way (the ORM path): rm refuses the ambiguous prefix, takes the unique one.

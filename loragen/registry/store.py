@@ -251,7 +251,8 @@ class Registry:
 
     def _find_adapter(self, s: Session, ref: str) -> Adapter:
         low, high = id_prefix_range(ref)  # a range on the uid's unique index, not a LIKE scan
-        matches = s.scalars(select(Adapter).where(Adapter.uid >= low, Adapter.uid < high).options(
+        in_range = (Adapter.uid >= low, Adapter.uid < high) if high else (Adapter.uid >= low,)
+        matches = s.scalars(select(Adapter).where(*in_range).options(
             selectinload(Adapter.task), selectinload(Adapter.base_version).selectinload(BaseVersion.base)).limit(2)).all()
         if not matches:
             raise NotFound(f"no adapter with id {low}")

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from loragen.registry.store import Registry
 
 MIN_ID_PREFIX = 4
+HEX = "0123456789abcdef"
 ORIGINS = ("trained", "ingested", "generated")  # loragen.registry.models.Origin's values
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
@@ -51,13 +52,18 @@ def no_such_version(name: str, version: int | None) -> NotFound:
     return NotFound(f"base '{name}' has no version v{version}")
 
 
-def id_prefix_range(ref: str) -> tuple[str, str]:
-    """[low, high) of the uids an id prefix names: a range the uid's unique index answers
-    (SQLite cannot use an index for LIKE 'abc%' on a case-sensitive column)."""
+def id_prefix_range(ref: str) -> tuple[str, str | None]:
+    """[low, high) of the uids an id prefix names (high None: no upper end), for a range the uid's
+    unique index answers (SQLite cannot use an index for LIKE 'abc%' on a case-sensitive column).
+    high is the next hex string ('abc9' -> 'abca', 'abcf' -> 'abd'), not 'abc:': a punctuation
+    bound would be ignored by PostgreSQL's locale collations."""
     ref = ref.strip().lower()
     if not re.fullmatch(r"[0-9a-f]+", ref) or len(ref) < MIN_ID_PREFIX:
         raise NotFound(f"'{ref}' is not an adapter id (at least {MIN_ID_PREFIX} hex characters, see `loragen list`)")
-    return ref, ref[:-1] + chr(ord(ref[-1]) + 1)
+    carried = ref.rstrip("f")
+    if not carried:
+        return ref, None
+    return ref, carried[:-1] + HEX[HEX.index(carried[-1]) + 1]
 
 
 def adapter_view(uid: str, task: str, base: str, version: int, origin: str, rank: int, alpha: float,
@@ -227,8 +233,9 @@ class Views:
     def adapter(self, ref: str) -> dict[str, Any]:
         """One adapter by id prefix, with its evaluations and what it replaces."""
         low, high = id_prefix_range(ref)
+        below, bounds = (" AND a.uid < :high", {"low": low, "high": high}) if high else ("", {"low": low})
         matches = list(self._rows(f"SELECT a.id, a.replaces_id, {_ADAPTER_COLUMNS} FROM {_ADAPTER_JOINS} "
-                                  "WHERE a.uid >= :low AND a.uid < :high LIMIT 2", low=low, high=high))
+                                  f"WHERE a.uid >= :low{below} LIMIT 2", **bounds))
         if not matches:
             raise NotFound(f"no adapter with id {low}")
         if len(matches) > 1:
