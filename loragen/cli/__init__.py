@@ -14,6 +14,9 @@ import typer
 
 from loragen import __version__
 from loragen.cli.context import state
+from loragen.cli.options import coerce_plain_options_without_pydantic
+
+coerce_plain_options_without_pydantic()  # before any command runs: see loragen/cli/options.py
 
 app = typer.Typer(
     help="Keep base models and LoRA adapters in a registry, and generate adapters from task descriptions.",

@@ -6,24 +6,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from loragen.errors import LoragenError
+from loragen.registry.revisions import head_revision_fast, migrations_dir  # noqa: F401  (db.migrations_dir)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # PostgreSQL advisory lock key of the blob store (advisory locks are per database, so per registry).
 STORE_LOCK_KEY = 0x6C6F726167656E  # "loragen"
-
-
-def migrations_dir() -> Path:
-    """Migrations ship inside the wheel as loragen/_migrations; a source checkout has migrations/."""
-    package_dir = Path(__file__).resolve().parent.parent
-    for candidate in (package_dir / "_migrations", package_dir.parent / "migrations"):
-        if (candidate / "env.py").is_file():
-            return candidate
-    raise LoragenError("the registry's migrations are missing from this installation")
 
 
 def make_engine(url: str) -> Engine:
@@ -69,13 +61,16 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def current_revision(engine: Engine) -> str | None:
-    from alembic.migration import MigrationContext
-
+    """The revision stamped in alembic_version (None: no schema yet), read without importing Alembic."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not engine.dialect.has_table(connection, "alembic_version"):
+            return None
+        stamped = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    return stamped[0] if len(stamped) == 1 else None  # several: branches, for Alembic to sort out
 
 
 def head_revision() -> str:
+    """The migrations' head as Alembic's ScriptDirectory computes it (slow: the authority, not the fast path)."""
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
@@ -85,12 +80,14 @@ def head_revision() -> str:
 
 
 def ensure_schema(engine: Engine, lock_path: Path) -> None:
-    """Create or upgrade the schema on first use, under a file lock so two processes don't race."""
-    from filelock import FileLock
+    """Create or upgrade the schema on first use, under a file lock so two processes don't race.
 
+    The usual case, a schema already at head, costs one small query: no Alembic, no lock."""
     try:
-        if current_revision(engine) == head_revision():
+        if current_revision(engine) == (head_revision_fast() or head_revision()):
             return
+        from filelock import FileLock
+
         with FileLock(str(lock_path), timeout=120):
             if current_revision(engine) != head_revision():
                 upgrade(engine)

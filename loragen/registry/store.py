@@ -34,6 +34,8 @@ from loragen.registry.blobs import BlobStore
 from loragen.registry.models import (
     Adapter, BaseModel, BaseVersion, BaseVersionFile, Blob, EvalResult, GeneratorCheckpointRow, Origin, TaskDescription,
     TaskRow)
+from loragen.registry.views import (  # noqa: F401  (parse_base_ref, MIN_ID_PREFIX: part of this module's API)
+    MIN_ID_PREFIX, EngineReader, Views, adapter_view, id_prefix_range, no_such_base, no_such_version, parse_base_ref)
 
 MAX_NAME_LENGTH = 200
 # ASCII on purpose: names are typed in shells and compared byte for byte; a description in any script
@@ -41,7 +43,6 @@ MAX_NAME_LENGTH = 200
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Written beside an exported adapter: which registered adapter and base version it is.
 EXPORT_RECORD = "loragen.json"
-MIN_ID_PREFIX = 4
 
 
 @dataclass(frozen=True)
@@ -94,17 +95,6 @@ def check_name(kind: str, name: str) -> None:
                            "digits, '.', '_' and '-' (no '@' or spaces)")
 
 
-def parse_base_ref(ref: str) -> tuple[str, int | None]:
-    """'smollm2@v2' -> ('smollm2', 2); 'smollm2' -> ('smollm2', None) meaning the newest."""
-    name, sep, version = ref.partition("@")
-    if not sep:
-        return name, None
-    match = re.fullmatch(r"v?(\d{1,9})", version)  # bounded: int() of thousands of digits is itself an error
-    if not match:
-        raise LoragenError(f"invalid base reference {quoted(ref)}: expected NAME or NAME@vN")
-    return name, int(match.group(1))
-
-
 class Registry:
     def __init__(self, config: RegistryConfig):
         self.config = config
@@ -113,6 +103,8 @@ class Registry:
         self.blobs = BlobStore(self.home / "blobs")
         self.engine = db.make_engine(config.database_url)
         db.ensure_schema(self.engine, self.home / "registry.lock")
+        # The read side (list, show): plain SQL over the same engine, one definition per view.
+        self.views = Views(EngineReader(self.engine))
 
     def session(self):
         return db.transaction(self.engine)
@@ -166,16 +158,14 @@ class Registry:
         name, version = parse_base_ref(ref)
         base = session.scalar(select(BaseModel).where(BaseModel.name == name))
         if base is None:
-            known = session.scalars(select(BaseModel.name).order_by(BaseModel.name)).all()
-            hint = f" (known: {', '.join(known)})" if known else " (none registered: loragen base add NAME --from PATH)"
-            raise NotFound(f"no base model named {quoted(name)}{hint}")
+            raise no_such_base(name, session.scalars(select(BaseModel.name).order_by(BaseModel.name)).all())
         query = select(BaseVersion).where(BaseVersion.base_id == base.id).options(selectinload(BaseVersion.base))
         if version is None:
             found = session.scalar(query.order_by(BaseVersion.version.desc()).limit(1))
         else:
             found = session.scalar(query.where(BaseVersion.version == version))
         if found is None:
-            raise NotFound(f"base {quoted(name)} has no version v{version}")
+            raise no_such_version(name, version)
         return found
 
     def add_base(self, name: str, source_spec: str, note: str = "",
@@ -261,12 +251,7 @@ class Registry:
         return folder
 
     def list_bases(self) -> list[dict[str, Any]]:
-        with self.session() as s:
-            rows = s.scalars(select(BaseVersion).options(selectinload(BaseVersion.base))
-                             .order_by(BaseVersion.base_id, BaseVersion.version)).all()
-            counts = dict(s.execute(select(Adapter.base_version_id, func.count()).group_by(Adapter.base_version_id)).all())
-            parents = {row.id: row.version for row in rows}
-            return [_version_view(row, parents.get(row.parent_id), counts.get(row.id, 0)) for row in rows]
+        return self.views.bases()
 
     # ---------------------------------------------------------------- tasks
 
@@ -291,11 +276,7 @@ class Registry:
 
     def list_registered_tasks(self) -> list[dict[str, Any]]:
         """The registry's task names with their descriptions and adapter counts (the bundled suite: tasks.list_tasks)."""
-        with self.session() as s:
-            tasks = s.scalars(select(TaskRow).options(selectinload(TaskRow.descriptions)).order_by(TaskRow.name)).all()
-            counts = dict(s.execute(select(Adapter.task_id, func.count()).group_by(Adapter.task_id)).all())
-            return [{"name": t.name, "descriptions": [d.text for d in t.descriptions],
-                     "adapters": counts.get(t.id, 0)} for t in tasks]
+        return self.views.tasks()
 
     def task_descriptions(self, name: str) -> list[str]:
         with self.session() as s:
@@ -342,41 +323,24 @@ class Registry:
             return Registered(id=uid[:12], created=True)
 
     def _find_adapter(self, s: Session, ref: str) -> Adapter:
-        ref = ref.strip().lower()
-        if not re.fullmatch(r"[0-9a-f]+", ref) or len(ref) < MIN_ID_PREFIX:
-            raise NotFound(f"{quoted(ref)} is not an adapter id (at least {MIN_ID_PREFIX} hex characters, see `loragen list`)")
-        matches = s.scalars(select(Adapter).where(Adapter.uid.startswith(ref)).options(
+        low, high = id_prefix_range(ref)  # a range on the uid's unique index, not a LIKE scan
+        in_range = (Adapter.uid >= low, Adapter.uid < high) if high else (Adapter.uid >= low,)
+        matches = s.scalars(select(Adapter).where(*in_range).options(
             selectinload(Adapter.task), selectinload(Adapter.base_version).selectinload(BaseVersion.base)).limit(2)).all()
         if not matches:
-            raise NotFound(f"no adapter with id {quoted(ref)}")
+            raise NotFound(f"no adapter with id {quoted(low)}")
         if len(matches) > 1:
-            raise NotFound(f"adapter id {quoted(ref)} is ambiguous: give more characters")
+            raise NotFound(f"adapter id {quoted(low)} is ambiguous: give more characters")
         return matches[0]
 
     def get_adapter(self, ref: str) -> dict[str, Any]:
-        with self.session() as s:
-            adapter = self._find_adapter(s, ref)
-            view = _adapter_view(adapter)
-            view["evaluations"] = [
-                {"task": r.task_name, "metric": r.metric, "value": r.value, "examples": r.num_examples}
-                for r in s.scalars(select(EvalResult).where(EvalResult.adapter_id == adapter.id)
-                                   .order_by(EvalResult.created_at))]
-            if adapter.replaces_id:
-                view["replaces"] = s.get(Adapter, adapter.replaces_id).uid[:12]
-            return view
+        """One adapter by id prefix, with its evaluations."""
+        return self.views.adapter(ref)
 
     def list_adapters(self, task: str | None = None, base_ref: str | None = None,
                       origin: str | None = None) -> list[dict[str, Any]]:
-        with self.session() as s:
-            query = select(Adapter).options(
-                selectinload(Adapter.task), selectinload(Adapter.base_version).selectinload(BaseVersion.base))
-            if task:
-                query = query.join(TaskRow).where(TaskRow.name == task)
-            if base_ref:
-                query = query.where(Adapter.base_version_id == self.resolve_version(s, base_ref).id)
-            if origin:
-                query = query.where(Adapter.origin == Origin(origin))
-            return [_adapter_view(a) for a in s.scalars(query.order_by(Adapter.created_at, Adapter.id))]
+        """Adapters oldest first; `loragen list` streams the same rows from self.views.adapters."""
+        return list(self.views.adapters(task=task, base=base_ref, origin=origin))
 
     def adapter_files(self, ref: str) -> tuple[Path, Path, dict[str, Any]]:
         """(weights blob, config blob, view) of an adapter, for export and loading."""
@@ -671,21 +635,8 @@ def _media_type(relpath: str) -> str:
     return "application/octet-stream"
 
 
-def _version_view(row: BaseVersion, parent_version: int | None, adapters: int) -> dict[str, Any]:
-    return {
-        "name": row.label, "base": row.base.name, "version": row.version, "architecture": row.base.architecture,
-        "parent": f"{row.base.name}@v{parent_version}" if parent_version else None, "note": row.note,
-        "parameters": row.num_parameters, "layers": row.config.get("num_hidden_layers"),
-        "hidden_size": row.config.get("hidden_size"), "weights_digest": row.weights_digest,
-        "source": row.source, "adapters": adapters, "created_at": row.created_at.isoformat(),
-    }
-
-
 def _adapter_view(adapter: Adapter) -> dict[str, Any]:
-    return {
-        "id": adapter.uid[:12], "uid": adapter.uid, "task": adapter.task.name, "base": adapter.base_version.label,
-        "origin": adapter.origin.value, "rank": adapter.rank, "alpha": adapter.alpha,
-        "target_modules": adapter.target_modules, "parameters": adapter.num_parameters,
-        "weights_sha256": adapter.weights_sha256, "provenance": adapter.provenance,
-        "created_at": adapter.created_at.isoformat(),
-    }
+    """The view of an ORM adapter (task and base version loaded): the same dict as `show` prints."""
+    return adapter_view(adapter.uid, adapter.task.name, adapter.base_version.base.name, adapter.base_version.version,
+                        adapter.origin.value, adapter.rank, adapter.alpha, adapter.target_modules,
+                        adapter.num_parameters, adapter.weights_sha256, adapter.provenance, adapter.created_at)
