@@ -15,8 +15,9 @@ interpreter itself, not a pyenv shim), wall clock, median of --runs after one wa
 The trees' .pyc files are written as an installed package's are (PYTHONDONTWRITEBYTECODE is
 unset for the subprocesses). A command slower than --slow seconds is timed once after its
 warm-up (the runs are recorded). Besides wall time each command's CPU time (user + system)
-is recorded: on a shared machine it is what the wall time would be on an idle core. `ingest` registers a new tiny adapter (then an untimed `rm`
-takes it out again), `gc` finds that adapter's blobs unreferenced on its first run.
+is recorded: on a shared machine it is what the wall time would be on an idle core. `ingest`
+registers a new tiny adapter (then an untimed `rm` takes it out again), `gc` finds that adapter's
+blobs unreferenced on its first run.
 """
 
 from __future__ import annotations

@@ -149,7 +149,8 @@ def train(registry: Registry, settings: GeneratorSettings, *, tasks: Sequence[st
     with tempfile.TemporaryDirectory(prefix="loragen-generator-", dir=registry.home) as tmp:
         folder = checkpoint.save(Path(tmp) / "checkpoint")
         registered = registry.register_generator(
-            folder / WEIGHTS_FILE, folder / META_FILE, step=settings.steps, seed=settings.seed, tasks=sorted(data.task_descriptions),
+            folder / WEIGHTS_FILE, folder / META_FILE, step=settings.steps, seed=settings.seed,
+            tasks=sorted(data.task_descriptions),
             bases=sorted(data.base_embeddings), held_out=sorted(held_out), num_adapters=len(data.adapters),
             final_loss=checkpoint.training["final_loss"])
     summary = {"id": registered.id, "created": registered.created, "adapters": len(data.adapters),
@@ -206,9 +207,8 @@ class LoadedGenerator:
 
 
 def load_generator(registry: Registry, ref: str | None = None) -> LoadedGenerator:
-    from loragen.generator.training import META_FILE, WEIGHTS_FILE, GeneratorCheckpoint
-
     from loragen.generator.conditioning import BASE_EMBED_FORMAT_VERSION
+    from loragen.generator.training import META_FILE, WEIGHTS_FILE, GeneratorCheckpoint
 
     folder, uid = registry.generator_folder(ref, weights_name=WEIGHTS_FILE, meta_name=META_FILE)
     checkpoint = GeneratorCheckpoint.load(folder)

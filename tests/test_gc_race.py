@@ -4,7 +4,8 @@ Real processes on one registry (SQLite, or PostgreSQL with LORAGEN_TEST_POSTGRES
 `gc --grace 0` (the worst case: nothing is young enough to be spared) as fast as it can, the
 others ingest, add and update bases, or generate; the adapter writers remove some of what they
 registered then register the same bytes again, so that gc finds orphans, and a writer's dedup'd
-bytes sit on disk as an orphan while gc runs. Afterwards every row's blob must exist and hash to its name, and no writer may have failed.
+bytes sit on disk as an orphan while gc runs. Afterwards every row's blob must exist and hash to its name,
+and no writer may have failed.
 """
 
 import json

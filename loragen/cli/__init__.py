@@ -52,7 +52,6 @@ def root(
 
 from loragen.cli import adapters as _adapters  # noqa: E402  (registers commands on `app`)
 from loragen.cli import base as _base  # noqa: E402
-
 from loragen.cli import evaluate as _evaluate  # noqa: E402
 from loragen.cli import generator as _generator  # noqa: E402
 from loragen.cli import refresh as _refresh  # noqa: E402

@@ -22,7 +22,7 @@ def make_engine(url: str) -> Engine:
     is_sqlite = url.startswith("sqlite")
     try:
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000} if is_sqlite else {})
-    except Exception as err:  # bad URL, missing driver
+    except Exception as err:  # noqa: BLE001 - bad URL, missing driver: whatever SQLAlchemy raises, one line
         raise LoragenError(f"cannot use database URL {url!r}: {err}") from None
     if is_sqlite:
         _configure_sqlite(engine)

@@ -32,10 +32,27 @@ from loragen.errors import LoragenError, NotFound, quoted
 from loragen.registry import db
 from loragen.registry.blobs import BlobStore
 from loragen.registry.models import (
-    Adapter, BaseModel, BaseVersion, BaseVersionFile, Blob, EvalResult, GeneratorCheckpointRow, Origin, TaskDescription,
-    TaskRow)
+    Adapter,
+    BaseModel,
+    BaseVersion,
+    BaseVersionFile,
+    Blob,
+    EvalResult,
+    GeneratorCheckpointRow,
+    Origin,
+    TaskDescription,
+    TaskRow,
+)
 from loragen.registry.views import (  # noqa: F401  (parse_base_ref, MIN_ID_PREFIX: part of this module's API)
-    MIN_ID_PREFIX, EngineReader, Views, adapter_view, id_prefix_range, no_such_base, no_such_version, parse_base_ref)
+    MIN_ID_PREFIX,
+    EngineReader,
+    Views,
+    adapter_view,
+    id_prefix_range,
+    no_such_base,
+    no_such_version,
+    parse_base_ref,
+)
 
 MAX_NAME_LENGTH = 200
 # ASCII on purpose: names are typed in shells and compared byte for byte; a description in any script
@@ -177,7 +194,8 @@ class Registry:
         check_name("base", name)
         with self.session() as s:
             if s.scalar(select(BaseModel).where(BaseModel.name == name)) is not None:
-                raise LoragenError(f"base '{name}' already exists: use `loragen base update {name} --from PATH` for a new version")
+                raise LoragenError(f"base '{name}' already exists: "
+                                   f"use `loragen base update {name} --from PATH` for a new version")
         source = resolve_source(source_spec)
         if reading:
             reading(source.description)
