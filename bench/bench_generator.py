@@ -51,8 +51,14 @@ def main() -> None:
     from loragen.evaluation import attached, comparison, evaluate
     from loragen.generator.training import train_generator
     from loragen.tasks.suite import get_task, list_tasks
-    from loragen.workflows import (LoadedGenerator, base_condition, collect_training_set, load_base,
-                                   sample_state_dict, text_encoder)
+    from loragen.workflows import (
+        LoadedGenerator,
+        base_condition,
+        collect_training_set,
+        load_base,
+        sample_state_dict,
+        text_encoder,
+    )
 
     torch.set_num_threads(args.threads)
     registry = open_registry(args.home)

@@ -124,7 +124,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
     ok = sorted((r for r in rows if "error" not in r), key=lambda r: r["tokens"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, key, label in ((left, "peak_rss_gb", "peak memory (GB)"), (right, "adapter_20_steps_s", "seconds per adapter (20 DDIM steps)")):
+    for axis, key, label in ((left, "peak_rss_gb", "peak memory (GB)"),
+                             (right, "adapter_20_steps_s", "seconds per adapter (20 DDIM steps)")):
         axis.plot([r["tokens"] for r in ok], [r[key] for r in ok], "o-")
         for r in ok:
             axis.annotate(f"{r['base']}\n{r['lora']}", (r["tokens"], r[key]), fontsize=7)

@@ -81,7 +81,9 @@ def _cpu_name() -> str:
 
 
 def command_line() -> str:
-    return "python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT)) if Path(sys.argv[0]).is_absolute() else sys.argv[0]] + sys.argv[1:])
+    script = Path(sys.argv[0])
+    shown = str(script.relative_to(ROOT)) if script.is_absolute() else sys.argv[0]
+    return "python " + " ".join([shown] + sys.argv[1:])
 
 
 def write_json(path: Path, payload: dict) -> None:

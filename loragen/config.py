@@ -77,10 +77,14 @@ def denoiser_channels_problem(channels: Sequence[Any], num_groups: int) -> str |
 class RegistryConfig:
     home: str = field(default="~/.loragen", metadata={"help": "where the database and the blob store live"})
     url: str = field(default="", metadata={"help": "SQLAlchemy URL; empty means sqlite:///<home>/registry.db"})
+    gc_grace_seconds: int = field(default=3600, metadata={
+        "help": "gc keeps unreferenced blobs written less than this long ago (a writer may be about to register them)"})
 
     def __post_init__(self) -> None:
         if not self.home:
             raise LoragenError("registry.home must not be empty")
+        if self.gc_grace_seconds < 0:
+            raise LoragenError(f"registry.gc_grace_seconds must be >= 0 (got {self.gc_grace_seconds})")
 
     @property
     def home_path(self) -> Path:

@@ -20,7 +20,9 @@ from loragen.tasks.suite import Task, materialize_yaml
 PRIMARY_METRIC = {"exact_match": "exact_match", "multiple_choice": "acc"}
 EVAL_SPLITS = ("test", "validation")
 # The columns of a comparison: a base zero-shot, then adapters by how they were made.
-COMPARED = ("zero_shot", "trained", "ingested", "generated")
+# "other_task": an adapter registered for another task (a multi-task group scored on a member, say), so a
+# group's scores never count as the task's own trained adapter.
+COMPARED = ("zero_shot", "trained", "ingested", "generated", "other_task")
 
 
 @dataclass
@@ -129,6 +131,8 @@ def comparison(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     latest: dict[tuple, float] = {}
     for result in results:
         kind = result["origin"] or "zero_shot"
+        if result["adapter"] and result.get("adapter_task") not in (None, result["task"]):
+            kind = "other_task"
         latest[(result["task"], result["base"], result["metric"], result["adapter"] or "", kind)] = result["value"]
     table: dict[tuple, dict[str, Any]] = {}
     for (task, base, metric, _, kind), value in latest.items():

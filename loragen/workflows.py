@@ -113,7 +113,9 @@ def collect_training_set(registry: Registry, tasks: Sequence[str] | None = None,
     from loragen.generator.training import TrainingAdapter, TrainingSet
 
     excluded = set(held_out) | (set(split.held_out_tasks) if split is not None else set())
-    views = [v for v in registry.adapters_for_training(tasks=tasks, bases=bases) if v["task"] not in excluded]
+    # A multi-task adapter is no one task's adapter: the generator learns task -> adapter from single tasks only.
+    views = [v for v in registry.adapters_for_training(tasks=tasks, bases=bases)
+             if v["task"] not in excluded and not (v.get("provenance") or {}).get("member_tasks")]
     if not views:
         raise LoragenError("no trained or ingested adapters match: fine-tune some first (loragen finetune --task …)")
     encoder = text_encoder(registry)
@@ -172,7 +174,8 @@ def train(registry: Registry, settings: GeneratorSettings, *, tasks: Sequence[st
     with tempfile.TemporaryDirectory(prefix="loragen-generator-", dir=registry.home) as tmp:
         folder = checkpoint.save(Path(tmp) / "checkpoint")
         registered = registry.register_generator(
-            folder / WEIGHTS_FILE, folder / META_FILE, step=settings.steps, seed=settings.seed, tasks=sorted(data.task_descriptions),
+            folder / WEIGHTS_FILE, folder / META_FILE, step=settings.steps, seed=settings.seed,
+            tasks=sorted(data.task_descriptions),
             bases=sorted(data.base_embeddings), held_out=sorted(held_out), num_adapters=len(data.adapters),
             final_loss=checkpoint.training["final_loss"])
     summary = {"id": registered.id, "created": registered.created, "adapters": len(data.adapters),
@@ -229,10 +232,14 @@ class LoadedGenerator:
 
 
 def load_generator(registry: Registry, ref: str | None = None) -> LoadedGenerator:
+    from loragen.generator.conditioning import BASE_EMBED_FORMAT_VERSION
     from loragen.generator.training import META_FILE, WEIGHTS_FILE, GeneratorCheckpoint
 
     folder, uid = registry.generator_folder(ref, weights_name=WEIGHTS_FILE, meta_name=META_FILE)
     checkpoint = GeneratorCheckpoint.load(folder)
+    if checkpoint.base_embed_format != BASE_EMBED_FORMAT_VERSION:
+        raise LoragenError(f"generator {uid[:12]} was trained on base embeddings of format {checkpoint.base_embed_format}, "
+                           f"and this loragen computes format {BASE_EMBED_FORMAT_VERSION}: train a new one (loragen train)")
     return LoadedGenerator(uid=uid, checkpoint=checkpoint, model=checkpoint.build_model())
 
 
@@ -471,7 +478,9 @@ def plan_refresh(registry: Registry, *, base: str | None = None, tasks: Sequence
         name, _ = label.split("@")
         versions = {row["name"]: row["version"] for row in registry.list_bases() if row["base"] == name}
         newest = versions[label]
-        adapters = [a for a in registry.list_adapters() if a["base"] in versions and (not tasks or a["task"] in tasks)]
+        # A multi-task LoRA's group name is no task the generator can be asked for: such a baseline is retrained.
+        adapters = [a for a in registry.list_adapters() if a["base"] in versions and (not tasks or a["task"] in tasks)
+                    and not (a.get("provenance") or {}).get("member_tasks")]
         for task in sorted({a["task"] for a in adapters}):
             earlier = [a for a in adapters if a["task"] == task and versions[a["base"]] < newest]
             if not earlier:
@@ -565,15 +574,18 @@ class FinetuneOutcome:
 
 
 def finetune_run_dir(registry: Registry, task_name: str, version: BaseVersionInfo, lora: LoraConfig,
-                     config: FinetuneConfig, num_examples: int) -> Path:
+                     config: FinetuneConfig, num_examples: int, members: list | None = None) -> Path:
     """`<home>/runs/<task>__<NAME_vN>__seed<seed>__<fingerprint>`: one folder per task, base weights, settings and
-    training-set size, so the same fine-tuning asked twice (from the CLI or a benchmark) resumes or reuses one run."""
+    training-set size, so the same fine-tuning asked twice (from the CLI or a benchmark) resumes or reuses one run.
+    A multi-task run passes its sorted [member, examples] pairs, which the fingerprint then covers too."""
     import hashlib
     import json
     from dataclasses import asdict
 
-    fingerprint = hashlib.sha256(json.dumps(
-        [asdict(config), asdict(lora), num_examples, version.weights_digest], sort_keys=True).encode()).hexdigest()[:10]
+    key = [asdict(config), asdict(lora), num_examples, version.weights_digest]
+    if members is not None:  # only then, so single-task folders keep the names earlier runs were saved under
+        key.append(members)
+    fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return registry.home / "runs" / f"{task_name}__{version.label.replace('@', '_')}__seed{config.seed}__{fingerprint}"
 
 
@@ -612,6 +624,124 @@ def finetune_task(registry: Registry, task: str | Task, base_ref: str, lora_conf
     return FinetuneOutcome(task=task.name, base=version.label, run_dir=run_dir, checkpoints=checkpoints,
                            train_examples=len(examples), wall_time_s=result.wall_time_s, train_s=train_s,
                            resumed_from_step=result.resumed_from_step, losses=result.losses)
+
+
+# ---------------------------------------------------------------- multi-task fine-tuning
+
+SEEN_TASKS = "seen"  # `--tasks seen`: every bundled task the committed split does not hold out
+
+
+@dataclass
+class MultitaskOutcome(FinetuneOutcome):
+    """A multi-task run: `task` is the group name its checkpoints are registered under."""
+
+    members: list[str] = field(default_factory=list)                  # sorted member task names
+    examples_per_task: dict[str, int] = field(default_factory=dict)   # training examples each member contributed
+    held_out_excluded: bool = False
+
+
+def default_group_name(task_names: Sequence[str]) -> str:
+    """`multitask-<8 hex>`: the same member set (in any order) always gets the same name."""
+    import hashlib
+
+    return "multitask-" + hashlib.sha256(",".join(sorted(task_names)).encode()).hexdigest()[:8]
+
+
+def multitask_members(tasks: Sequence[str | Task] | str | None, *, exclude_held_out: bool = False) -> list[Task]:
+    """The member tasks of a multi-task fine-tune, sorted by name, checked before any model is loaded.
+
+    `tasks` None or "seen" (with exclude_held_out, or implying it for "seen") means every bundled task the committed
+    split does not hold out. With exclude_held_out a named held-out task is refused, never silently dropped.
+    """
+    from loragen.tasks.split import load_split
+    from loragen.tasks.suite import get_task
+
+    if tasks == SEEN_TASKS or (tasks is None and exclude_held_out):
+        split = load_split()
+        return [get_task(name) for name in split.seen_tasks]
+    if tasks is None or isinstance(tasks, str):
+        raise LoragenError("give the member tasks as a list of names or folders, or 'seen' for the split's seen tasks")
+    members = [find_task(t) for t in tasks]
+    names = [t.name for t in members]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise LoragenError(f"task {quoted(repeated[0])} is named twice")
+    if len(members) < 2:
+        raise LoragenError("a multi-task fine-tune needs at least two tasks (for one task: loragen finetune --task)")
+    if exclude_held_out:
+        split = load_split()
+        held_out = [n for n in sorted(names) if split.is_held_out(n)]
+        if held_out:
+            raise LoragenError(f"task {quoted(held_out[0])} is held out by the split and may not enter the group "
+                               f"({len(held_out)} held out in all)")
+    return sorted(members, key=lambda t: t.name)
+
+
+def finetune_multitask(registry: Registry, tasks: Sequence[str | Task] | str | None, base_ref: str,
+                       lora_config: LoraConfig, finetune_config: FinetuneConfig, *, name: str | None = None,
+                       exclude_held_out: bool = False, train_limit_per_task: int | None = None,
+                       progress: Progress | None = None, loader: BaseLoader | None = None,
+                       notify: Notify | None = None) -> MultitaskOutcome:
+    """One LoRA fine-tuned on the union of several tasks, its kept checkpoints registered once under a group name.
+
+    The group name defaults to `default_group_name` of the members; `exclude_held_out` (or tasks="seen") builds the
+    group from the split's seen tasks and refuses held-out ones. Resumable and reused like `finetune_task`: the run
+    folder's fingerprint covers the sorted member list and each member's example count.
+
+    Mixing: each member contributes the same number of examples, its first `train_limit_per_task` (default: the
+    smallest member's training-set size, so every task weighs the same), and the union is shuffled by finetune's
+    own seeded epoch order. Capping counts, rather than sampling tasks uniformly at every step, keeps the training
+    loop and its resumable state exactly those of a single-task run, and shows no example more often than any other.
+    A task with fewer examples than an explicit cap gives all it has (proportional below the cap).
+    """
+    from loragen.finetune import finetune
+
+    if train_limit_per_task is not None and (isinstance(train_limit_per_task, bool) or train_limit_per_task < 1):
+        raise LoragenError(f"train limit per task must be a positive number of examples (got {train_limit_per_task!r})")
+    members = multitask_members(tasks, exclude_held_out=exclude_held_out)
+    held_out_excluded = exclude_held_out or tasks == SEEN_TASKS
+    member_names = [t.name for t in members]
+    group = name if name is not None else default_group_name(member_names)
+    check_name("task", group)
+    if group in member_names or _bundled_task(group):
+        raise LoragenError(f"{quoted(group)} is a single task's name: give the group a name of its own")
+    others = [a for a in registry.list_adapters(task=group)
+              if (a.get("provenance") or {}).get("member_tasks") != member_names]
+    if others:
+        raise LoragenError(f"task {quoted(group)} already has adapter {others[0]['id']}, which is not a multi-task "
+                           "LoRA of these tasks: give the group another --name")
+    version = registry.version(base_ref)
+
+    train_sets = {t.name: t.examples("train") for t in members}
+    empty = [n for n, ex in train_sets.items() if not ex]
+    if empty:
+        raise LoragenError(f"task {quoted(empty[0])} has no training examples")
+    per_task = train_limit_per_task or min(len(ex) for ex in train_sets.values())
+    counts = {n: min(per_task, len(ex)) for n, ex in train_sets.items()}
+    examples = [example for n in member_names for example in train_sets[n][:counts[n]]]
+
+    run_key = [[n, counts[n]] for n in member_names]
+    run_dir = finetune_run_dir(registry, default_group_name(member_names), version, lora_config, finetune_config,
+                               len(examples), members=run_key)
+    base = (loader or BaseLoader(registry)).get(version.label, notify)
+    result = finetune(base.model, base.tokenizer, examples, lora_config, finetune_config, run_dir, progress=progress)
+
+    descriptions = [f"A multi-task LoRA trained on the union of {len(members)} tasks: {', '.join(member_names)}."]
+    checkpoints = []
+    for checkpoint in result.checkpoints:
+        registered = registry.ingest(
+            checkpoint.path, version.label, group, descriptions, origin=Origin.trained,
+            provenance={"run": run_dir.name, "member_tasks": member_names, "examples_per_task": counts,
+                        "held_out_excluded": held_out_excluded, "step": checkpoint.step, "steps": finetune_config.steps,
+                        "seed": finetune_config.seed, "learning_rate": finetune_config.learning_rate,
+                        "batch_size": finetune_config.batch_size, "train_examples": len(examples),
+                        "loss": checkpoint.loss, "wall_time_s": round(result.total_train_s, 2)})
+        checkpoints.append(RegisteredCheckpoint(id=registered.id, step=checkpoint.step, loss=checkpoint.loss,
+                                                created=registered.created))
+    return MultitaskOutcome(task=group, base=version.label, run_dir=run_dir, checkpoints=checkpoints,
+                            train_examples=len(examples), wall_time_s=result.wall_time_s, train_s=result.total_train_s,
+                            resumed_from_step=result.resumed_from_step, losses=result.losses, members=member_names,
+                            examples_per_task=counts, held_out_excluded=held_out_excluded)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -682,7 +812,9 @@ def evaluate_targets(registry: Registry, targets: Sequence[EvalTarget], *, split
             raise LoragenError("an evaluation target is an adapter (on its own base) or a base, not both")
         if target.adapter:
             view = registry.get_adapter(target.adapter)
-            label, adapter, default_tasks = view["base"], view["id"], [view["task"]]
+            # A multi-task adapter's own task is its group name; what it was trained for are its member tasks.
+            label, adapter = view["base"], view["id"]
+            default_tasks = list((view.get("provenance") or {}).get("member_tasks") or [view["task"]])
         elif target.base:
             label, adapter = registry.version(target.base).label, None
             default_tasks = _tasks_with_adapters(registry, label)

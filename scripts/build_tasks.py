@@ -1554,7 +1554,7 @@ def build_cldr_names(kind: str, code: str) -> BuiltTask:
     language = CLDR_LANGUAGES[code]
     thing = {"territories": "country", "languages": "language"}[kind]
     name = f"{thing}_name_{code}"
-    pairs = [(e, l) for e, l in cldr_names(kind, code) if e.lower() != l.lower()]
+    pairs = [(english, local) for english, local in cldr_names(kind, code) if english.lower() != local.lower()]
     records = [
         exact(f"Give the {language} name of the {thing}.\n{thing.capitalize()}: {e}\n{language}:", local)
         for e, local in sample(name, pairs)

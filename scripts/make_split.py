@@ -35,8 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from loragen.tasks.split import SPLIT_PATH, load_split
-from loragen.tasks.suite import list_tasks
+from loragen.tasks.split import SPLIT_PATH, load_split  # noqa: E402  (after the sys.path line above)
+from loragen.tasks.suite import list_tasks  # noqa: E402
 
 SEED = 11  # the issue that asked for the split
 HELD_OUT_FAMILY_COUNT = 2

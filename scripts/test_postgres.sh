@@ -21,4 +21,5 @@ END $$;
 ALTER ROLE loragen SUPERUSER;
 SQL
 export LORAGEN_TEST_POSTGRES_URL="postgresql+psycopg://loragen:loragen@127.0.0.1:5432/postgres"
-python3 -m pytest -q tests/test_registry_cli.py tests/test_concurrency.py tests/test_refresh.py tests/test_fuzz_adapters.py
+python3 -m pytest -q tests/test_registry_cli.py tests/test_concurrency.py tests/test_refresh.py tests/test_fuzz_adapters.py \
+  tests/test_gc_race.py tests/test_gc_grace.py tests/test_doctor.py

@@ -23,10 +23,7 @@ def run_cli(capsys, *args: str) -> Result:
 
     # Each invocation is a fresh process for the user: forget the previous one's state
     # (and close its database connections, as a process exit would).
-    if state._registry is not None:
-        state._registry.engine.dispose()
-    state._settings = None
-    state._registry = None
+    state.forget()
     capsys.readouterr()
     try:
         main([str(a) for a in args])

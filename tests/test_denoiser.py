@@ -9,7 +9,6 @@ from loragen.generator.diffusion import DDPMSchedule
 from loragen.generator.modules.denoiser import DenoiserConfig, TokenDenoiser, timestep_embedding
 
 
-
 def tiny_config(**overrides) -> DenoiserConfig:
     values = dict(token_size=16, prototype_dim=8, channels=(16, 32, 16), direct_readout=False, kernel_size=3,
                   time_embed_dim=32, num_groups=4)

@@ -9,7 +9,6 @@ from loragen.errors import LoragenError
 from loragen.generator.diffusion import DDPMSchedule
 
 
-
 def oracle(schedule: DDPMSchedule, x0: torch.Tensor):
     """The exact eps of x_t for a model that knows x0: eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)."""
 

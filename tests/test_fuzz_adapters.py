@@ -90,5 +90,5 @@ def test_fuzzed_ingest_through_the_cli_registers_nothing(capsys, tiny_base, tiny
         else:  # a flip inside the float data can leave a valid adapter (ingest loaded and checked it)
             run_cli(capsys, "rm", run_cli(capsys, "list", "-q").out.split()[0])
     assert run_cli(capsys, "list", "--json").json() == []
-    run_cli(capsys, "gc")
+    run_cli(capsys, "gc", "--grace", "0")
     assert blob_files(isolated_home) == blobs_before

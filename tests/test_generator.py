@@ -271,3 +271,23 @@ def test_a_checkpoint_of_the_earlier_format_still_loads(tiny_base, tmp_path):
     (folder / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(LoragenError, match="damaged generator checkpoint"):
         GeneratorCheckpoint.load(folder)
+
+
+def test_a_generator_trained_on_another_base_embedding_format_is_refused(capsys, tiny_base, tmp_path, isolated_home,
+                                                                        monkeypatch):
+    """Bumping BASE_EMBED_FORMAT_VERSION recomputes the cached base embeddings (test_conditioning); a generator
+    trained on the old format would read the new ones as another base, so generate refuses it in one line."""
+    import loragen.generator.conditioning as conditioning
+    from loragen.generator.training import GeneratorCheckpoint
+
+    registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home, ["upper", "lower"], steps=2)
+    assert run_cli(capsys, "train").code == 0
+    from loragen.cli.context import state
+    from loragen.generator.training import META_FILE, WEIGHTS_FILE
+
+    folder, _ = state.registry.generator_folder(None, weights_name=WEIGHTS_FILE, meta_name=META_FILE)
+    assert GeneratorCheckpoint.load(folder).base_embed_format == conditioning.BASE_EMBED_FORMAT_VERSION
+    monkeypatch.setattr(conditioning, "BASE_EMBED_FORMAT_VERSION", conditioning.BASE_EMBED_FORMAT_VERSION + 1)
+    refused = run_cli(capsys, "generate", "--task", "upper", "--base", "tiny")
+    assert refused.code == 1 and "trained on base embeddings of format" in refused.err
+    assert refused.err.count("\n") == 1

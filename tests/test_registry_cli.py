@@ -188,8 +188,8 @@ def test_crash_mid_ingest_leaves_nothing_registered(capsys, registered, tiny_ada
     assert result.code == 3 and "simulated crash" in result.err and "Traceback" not in result.err
     assert run_cli(capsys, "list", "--json").json() == []
     assert list((isolated_home / "blobs" / "tmp").iterdir()) == []  # no partial file visible
-    # The orphaned (complete) blobs are exactly what gc is for.
-    gc = run_cli(capsys, "gc", "--json").json()
+    # The orphaned (complete) blobs are exactly what gc is for (--grace 0: they were written just now).
+    gc = run_cli(capsys, "gc", "--grace", "0", "--json").json()
     assert gc["blobs_removed"] == 2
 
 
@@ -198,7 +198,7 @@ def test_rm_then_gc_frees_adapter_blobs_only(capsys, registered, tiny_adapter, i
     adapter_id = run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", "echo", "--json").json()["id"]
     assert run_cli(capsys, "rm", adapter_id).code == 0
     assert run_cli(capsys, "list", "--json").json() == []
-    gc = run_cli(capsys, "gc", "--json").json()
+    gc = run_cli(capsys, "gc", "--grace", "0", "--json").json()
     assert gc["blobs_removed"] == 2 and gc["bytes_freed"] > 0
     assert len(blob_files(isolated_home)) == base_blobs
     again = run_cli(capsys, "rm", adapter_id)
@@ -241,3 +241,153 @@ def test_list_suite_shows_the_bundled_tasks(capsys):
     assert all(len(r["descriptions"]) >= 5 and r["counts"]["test"] > 0 for r in rows)
     assert "bundled task(s)" in run_cli(capsys, "list", "suite").out
     assert run_cli(capsys, "list", "nonsense").code == 2
+
+
+# ---------------------------------------------------------------- the registry at scale (list and show)
+
+def _copies_of_an_adapter(uids, created_from="2026-01-01"):
+    """Adapter rows with the given uids, each a copy of the one registered adapter (its blobs, task and
+    base), created a second apart in order: what a big registry looks like to list and show, made fast."""
+    from datetime import datetime, timedelta
+
+    from sqlalchemy import insert, select
+
+    from loragen.config import load_settings
+    from loragen.registry.models import Adapter
+    from loragen.registry.store import Registry
+
+    registry = Registry(load_settings().registry)
+    try:
+        with registry.engine.begin() as connection:
+            template = dict(connection.execute(select(Adapter.__table__)).mappings().first())
+            start = datetime.fromisoformat(created_from)
+            rows = [dict(template, id=None, uid=uid, created_at=start + timedelta(seconds=i)) for i, uid in enumerate(uids)]
+            connection.execute(insert(Adapter.__table__), [{k: v for k, v in r.items() if k != "id"} for r in rows])
+    finally:
+        registry.engine.dispose()
+
+
+def test_list_caps_the_table_and_json_and_quiet_stay_complete(capsys, registered, tiny_adapter):
+    for task in ("t1", "t2", "t3", "t4", "t5"):
+        assert run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", task).code == 0
+    every = run_cli(capsys, "list", "--json").json()
+    assert [r["task"] for r in every] == ["t1", "t2", "t3", "t4", "t5"]  # oldest first
+    assert run_cli(capsys, "list", "-q").out.split() == [r["id"] for r in every]
+
+    capped = run_cli(capsys, "list", "--limit", "2")
+    assert capped.code == 0, capped.err
+    lines = capped.out.splitlines()
+    assert lines[0].split()[:3] == ["ID", "TASK", "BASE"]
+    assert [line.split()[0] for line in lines[1:3]] == [every[3]["id"], every[4]["id"]]  # the newest two, in order
+    assert "3 older adapter(s) not shown" in lines[3] and "--all" in lines[3]
+    assert lines[4].startswith("5 adapter(s)")
+
+    whole = run_cli(capsys, "list", "--all", "--limit", "2").out
+    assert all(r["id"] in whole for r in every) and "not shown" not in whole
+    assert "not shown" not in run_cli(capsys, "list").out  # 5 rows fit the default table
+
+    task = run_cli(capsys, "list", "--task", "t2", "--json").json()
+    assert [r["id"] for r in task] == [every[1]["id"]]
+    assert run_cli(capsys, "list", "--task", "nope", "--json").json() == []
+    assert run_cli(capsys, "list", "--origin", "ingested", "-q").out.split() == [r["id"] for r in every]
+    assert run_cli(capsys, "list", "--base", "tiny@v1", "-q").out.split() == [r["id"] for r in every]
+    missing_base = run_cli(capsys, "list", "--base", "nope", "--json")
+    assert missing_base.code == 1 and missing_base.out == "" and "no base model named 'nope'" in missing_base.err
+    for bad in (["--limit", "0"], ["--limit", "many"], ["--origin", "bought"]):
+        assert run_cli(capsys, "list", *bad).code == 2, bad
+
+
+def test_list_json_is_the_library_view_and_a_closed_pipe_stops_it_quietly(capsys, registered, tiny_adapter, isolated_home):
+    import os
+    import subprocess
+    import sys
+
+    assert run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", "echo", "-d", "Say it again").code == 0
+    _copies_of_an_adapter([f"{i:064x}" for i in range(1, 600)])  # ~250 KB of JSON: more than a pipe holds
+    listed = run_cli(capsys, "list", "--json").json()
+    from loragen.config import load_settings
+    from loragen.registry.store import Registry
+
+    registry = Registry(load_settings().registry)
+    assert listed == registry.list_adapters() and len(listed) == 600
+    shown = run_cli(capsys, "show", listed[-1]["id"], "--json").json()
+    assert shown == registry.get_adapter(listed[-1]["id"]) and shown["task"] == "echo" and shown["evaluations"] == []
+    assert run_cli(capsys, "list", "tasks", "--json").json() == [
+        {"name": "echo", "descriptions": ["Say it again"], "adapters": 600}]
+    assert run_cli(capsys, "list", "bases", "--json").json()[0]["adapters"] == 600
+    registry.engine.dispose()
+
+    env = dict(os.environ, LORAGEN_HOME=str(isolated_home))
+    producer = subprocess.Popen([sys.executable, "-m", "loragen", "list", "--json"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert producer.stdout.readline() == b"[\n" and json.loads(producer.stdout.readline().rstrip(b",\n"))["id"]
+    producer.stdout.close()  # `| head -2`: the command stops there (click exits 1 on EPIPE), with no message
+    assert producer.wait(timeout=60) == 1 and producer.stderr.read() == b""
+
+
+def test_adapter_id_prefixes_unique_ambiguous_and_at_a_range_edge(capsys, registered, tiny_adapter):
+    assert run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", "echo").code == 0
+    _copies_of_an_adapter(["abcd1" + "0" * 59, "abcd2" + "0" * 59, "abcf" + "0" * 60, "abd0" + "0" * 60,
+                           "abc9" + "0" * 60, "abca" + "0" * 60, "ffff" + "0" * 60])
+    ambiguous = run_cli(capsys, "show", "abcd")
+    assert ambiguous.code == 1 and "ambiguous" in ambiguous.err
+    assert run_cli(capsys, "show", "ABCD2", "--json").json()["uid"] == "abcd2" + "0" * 59  # case and spaces forgiven
+    # Each range ends at the next hex string: abcf… stops before abd, abc9… before abca; ffff… has no end.
+    for prefix in ("abcf", "abc9", "abca", "ffff"):
+        assert run_cli(capsys, "show", prefix, "--json").json()["uid"] == prefix + "0" * 60, prefix
+    assert run_cli(capsys, "show", "abc8").code == 1
+    too_short = run_cli(capsys, "show", "abc")
+    assert too_short.code == 1 and "at least 4 hex characters" in too_short.err
+    # The writers find adapters the same way (the ORM path): rm refuses the ambiguous prefix, takes the unique one.
+    assert run_cli(capsys, "rm", "abcd").code == 1
+    assert run_cli(capsys, "rm", "abcd1").out == "removed abcd10000000\n"
+    assert run_cli(capsys, "show", "abcd", "--json").json()["uid"] == "abcd2" + "0" * 59
+
+
+@pytest.mark.skipif(bool(__import__("os").environ.get("LORAGEN_TEST_POSTGRES_URL")),
+                    reason="the stdlib sqlite3 path is SQLite's; PostgreSQL reads through SQLAlchemy")
+def test_read_commands_on_an_up_to_date_sqlite_registry_skip_the_heavy_imports(capsys, registered, tiny_adapter,
+                                                                              isolated_home):
+    """list and show read the file with sqlite3: no SQLAlchemy, Alembic, pydantic (typer's coercion) or rich."""
+    import os
+    import subprocess
+    import sys
+
+    adapter_id = run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", "echo", "--json").json()["id"]
+    probe = ("import sys\nfrom loragen.cli import main\nsys.argv = ['loragen'] + sys.argv[1:]\n"
+             "try:\n    main()\nexcept SystemExit as stop:\n    assert stop.code == 0, stop.code\n"
+             "heavy = ('sqlalchemy', 'alembic', 'pydantic', 'rich', 'filelock', 'torch')\n"
+             "sys.stderr.write(repr(sorted(m for m in heavy if m in sys.modules)))\n")
+    env = dict(os.environ, LORAGEN_HOME=str(isolated_home))
+    for args in (["list"], ["list", "-q"], ["list", "--json"], ["list", "--task", "echo"], ["show", adapter_id],
+                 ["list", "bases"], ["list", "tasks"]):
+        done = subprocess.run([sys.executable, "-c", probe, *args], env=env, capture_output=True, text=True)
+        assert done.returncode == 0 and done.stderr == "[]", (args, done.stderr)
+
+
+@pytest.mark.skipif(bool(__import__("os").environ.get("LORAGEN_TEST_POSTGRES_URL")), reason="a SQLite file")
+def test_list_on_a_registry_of_an_older_schema_upgrades_it_first(capsys, isolated_home):
+    from loragen.registry import db
+
+    isolated_home.mkdir(parents=True)
+    engine = db.make_engine(f"sqlite:///{isolated_home / 'registry.db'}")
+    db.upgrade(engine, "0002")
+    engine.dispose()
+    assert run_cli(capsys, "list", "--json").json() == []
+    assert db.current_revision(db.make_engine(f"sqlite:///{isolated_home / 'registry.db'}")) == db.head_revision()
+
+
+def test_the_schema_head_read_from_the_files_is_alembics(tmp_path):
+    from loragen.registry import db
+    from loragen.registry.revisions import head_revision_fast
+
+    assert head_revision_fast() == db.head_revision()
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    (versions / "a.py").write_text("revision = 'a'\ndown_revision = None\n")
+    (versions / "b.py").write_text("revision: str = 'b'\ndown_revision: Union[str, None] = 'a'\n")
+    assert head_revision_fast(versions) == "b"
+    (versions / "c.py").write_text("revision = 'c'\ndown_revision = 'a'\n")  # two heads: Alembic must decide
+    assert head_revision_fast(versions) is None
+    (versions / "c.py").write_text("revision = 'c'\ndown_revision = ('a', 'b')\n")  # a merge: likewise
+    assert head_revision_fast(versions) is None

@@ -237,3 +237,21 @@ def test_held_out_tasks_and_descriptions_never_enter_the_training_set(capsys, ti
 
     unsplit = collect_training_set(state.registry)                          # without a split, as before
     assert held_task in {a.task for a in unsplit.adapters} and kept_out in unsplit.task_descriptions[seen_task]
+
+
+def test_train_with_split_leaves_the_held_out_tasks_out(capsys, tiny_base, tmp_path, isolated_home):
+    """`loragen train --split`: the committed split's held-out tasks are neither trained on nor forgotten (the
+    checkpoint lists them as held out); without --split they train as before."""
+    from loragen.tasks.split import load_split
+    from tests.helpers import registry_with_adapters
+
+    split = load_split()
+    held, seen = split.held_out_tasks[0], split.seen_tasks[0]
+    registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home, [held, seen, seen], steps=2)
+    with_split = run_cli(capsys, "train", "--split", "--json")
+    assert with_split.code == 0, with_split.err
+    summary = with_split.json()
+    assert summary["tasks"] == [seen] and held in summary["held_out"]
+    assert set(split.held_out_tasks) <= set(summary["held_out"])
+    without = run_cli(capsys, "train", "--steps", "3", "--json").json()
+    assert sorted(without["tasks"]) == sorted([held, seen]) and without["held_out"] == []

@@ -14,6 +14,9 @@ import typer
 
 from loragen import __version__
 from loragen.cli.context import state
+from loragen.cli.options import coerce_plain_options_without_pydantic
+
+coerce_plain_options_without_pydantic()  # before any command runs: see loragen/cli/options.py
 
 app = typer.Typer(
     help="Keep base models and LoRA adapters in a registry, and generate adapters from task descriptions.",
@@ -49,7 +52,6 @@ def root(
 
 from loragen.cli import adapters as _adapters  # noqa: E402  (registers commands on `app`)
 from loragen.cli import base as _base  # noqa: E402
-
 from loragen.cli import evaluate as _evaluate  # noqa: E402
 from loragen.cli import generator as _generator  # noqa: E402
 from loragen.cli import refresh as _refresh  # noqa: E402

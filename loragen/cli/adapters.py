@@ -1,14 +1,15 @@
-"""Adapter commands: ingest, list, show, rm, export, gc."""
+"""Adapter commands: ingest, list, show, rm, export; the store's upkeep: gc, doctor."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from loragen.cli.context import state
-from loragen.cli.render import Column, human_count, human_size, render, render_fields, say
+from loragen.cli.render import Column, human_count, human_size, render, render_fields, render_json_rows, say
 
 ADAPTER_COLUMNS = [
     Column("ID", lambda r: r["id"]),
@@ -55,10 +56,16 @@ SUITE_COLUMNS = [
 ]
 
 
+TABLE_ROWS = 50  # a terminal's worth; --all, --json and -q give every row
+
+
 def list_cmd(what: str = typer.Argument("adapters", help="adapters, bases, tasks, suite or generators."),
              task: Optional[str] = typer.Option(None, "--task", help="Only this task's adapters."),
              base: Optional[str] = typer.Option(None, "--base", help="Only adapters of this base version."),
              origin: Optional[str] = typer.Option(None, "--origin", help="trained, ingested or generated."),
+             show_all: bool = typer.Option(False, "--all", help="Every adapter in the table, not only the newest."),
+             limit: int = typer.Option(TABLE_ROWS, "--limit",
+                                       help="Adapters in the table (the newest); --json and -q list them all."),
              as_json: bool = JSON, quiet: bool = QUIET) -> None:
     """List adapters (default), bases, tasks in the registry, the bundled task suite, or generators."""
     if what in ("bases", "base"):
@@ -66,14 +73,14 @@ def list_cmd(what: str = typer.Argument("adapters", help="adapters, bases, tasks
 
         list_bases(as_json=as_json, quiet=quiet)
     elif what in ("tasks", "task"):
-        rows = state.registry.list_registered_tasks()
+        rows = state.views.tasks()
         render(rows, as_json=as_json, quiet=quiet, columns=TASK_COLUMNS, key="name", summary=f"{len(rows)} task(s)")
     elif what in ("adapters", "adapter"):
         if origin and origin not in ("trained", "ingested", "generated"):
             raise typer.BadParameter("--origin must be trained, ingested or generated")
-        rows = state.registry.list_adapters(task=task, base_ref=base, origin=origin)
-        render(rows, as_json=as_json, quiet=quiet, columns=ADAPTER_COLUMNS,
-               summary=f"{len(rows)} adapter(s), {human_count(sum(r['parameters'] for r in rows))} parameters")
+        if limit < 1:  # checked here, not with min=1: a bounded int costs a pydantic import (see loragen/cli)
+            raise typer.BadParameter("--limit must be at least 1")
+        _list_adapters(task, base, origin, None if show_all else limit, as_json, quiet)
     elif what == "suite":
         from loragen.tasks.suite import list_tasks
 
@@ -89,6 +96,24 @@ def list_cmd(what: str = typer.Argument("adapters", help="adapters, bases, tasks
         raise typer.BadParameter(f"'{what}': expected adapters, bases, tasks, suite or generators")
 
 
+def _list_adapters(task: Optional[str], base: Optional[str], origin: Optional[str], table_rows: Optional[int],
+                   as_json: bool, quiet: bool) -> None:
+    """--json and -q stream every adapter; the table shows the newest `table_rows` and says how many more there are."""
+    views = state.views
+    if as_json:
+        render_json_rows(views.adapters(task=task, base=base, origin=origin))
+        return
+    if quiet:
+        sys.stdout.writelines(f"{uid}\n" for uid in views.adapter_ids(task=task, base=base, origin=origin))
+        return
+    total, parameters = views.adapter_totals(task=task, base=base, origin=origin)
+    rows = list(views.adapters(task=task, base=base, origin=origin, newest=table_rows))
+    notes = ([f"… {total - len(rows):,} older adapter(s) not shown: --all lists every one, --json or -q for scripts"]
+             if total > len(rows) else [])
+    render(rows, as_json=False, columns=ADAPTER_COLUMNS, notes=notes,
+           summary=f"{total:,} adapter(s), {human_count(parameters)} parameters")
+
+
 def show(ref: str = typer.Argument(..., help="Adapter id (a prefix is enough), base NAME[@vN] or task name."),
          as_json: bool = JSON) -> None:
     """Show one adapter, base version or task in detail."""
@@ -96,12 +121,12 @@ def show(ref: str = typer.Argument(..., help="Adapter id (a prefix is enough), b
     from loragen.errors import NotFound, quoted
 
     try:
-        render_fields(state.registry.get_adapter(ref), as_json=as_json)
+        render_fields(state.views.adapter(ref), as_json=as_json)
         return
     except NotFound as adapter_error:
         if show_base(ref, as_json):
             return
-        tasks = [t for t in state.registry.list_registered_tasks() if t["name"] == ref]
+        tasks = state.views.tasks(name=ref)
         if tasks:
             render_fields(tasks[0], as_json=as_json)
             return
@@ -130,14 +155,42 @@ def export(ref: str = typer.Argument(..., help="Adapter id."),
         typer.echo(f"exported {ref} to {path}")
 
 
-def gc(as_json: bool = JSON) -> None:
+def gc(grace: Optional[float] = typer.Option(
+           None, "--grace", min=0, metavar="SECONDS",
+           help="Keep unreferenced blobs written less than this long ago (default: registry.gc_grace_seconds "
+                "in loragen.toml, 3600). 0 removes every unreferenced blob; safe beside running commands either way."),
+       as_json: bool = JSON) -> None:
     """Delete stored files that nothing in the registry references."""
-    result = state.registry.gc()
+    result = state.registry.gc(grace_seconds=grace)
     if as_json:
         render(result, as_json=True)
     else:
+        kept = result["blobs_kept_in_grace"]
         say(f"removed {result['blobs_removed']} blob(s), freed {human_size(result['bytes_freed'])}, "
-            f"cleaned {result['temp_files_removed']} temporary file(s)")
+            f"cleaned {result['temp_files_removed']} temporary file(s)"
+            + (f"; kept {kept} unreferenced blob(s) younger than the grace period (--grace 0 removes them)"
+               if kept else ""))
+
+
+def doctor(as_json: bool = JSON) -> None:
+    """Re-hash every stored file the registry references; exit 1 if any is missing or damaged."""
+    from loragen.cli.render import StepProgress
+
+    with StepProgress("checking blobs", 1) as bar:
+        report = state.registry.verify_store(progress=bar.update)
+    if as_json:
+        render(report, as_json=True)
+    else:
+        for problem in report["problems"]:
+            users = ", ".join(f"{r['kind']} {r['id']} {r['file']}" for r in problem["referenced_by"])
+            typer.echo(f"{problem['problem']:8} {problem['sha256'][:12]}  {users}")
+        verdict = ("all present and whole" if report["ok"]
+                   else f"{len(report['problems'])} missing or damaged: the store is damaged")
+        say(f"checked {report['blobs_checked']} referenced blob(s), {human_size(report['bytes_checked'])}: {verdict}"
+            + (f"; {report['unreferenced_blobs']} unreferenced blob(s) (gc removes them)"
+               if report["unreferenced_blobs"] else ""))
+    if not report["ok"]:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
@@ -147,3 +200,4 @@ def register(app: typer.Typer) -> None:
     app.command("rm")(rm)
     app.command("export")(export)
     app.command("gc")(gc)
+    app.command("doctor")(doctor)

@@ -53,7 +53,7 @@ def update(name: str = typer.Argument(..., help="An existing base."),
 def list_bases(as_json: bool = typer.Option(False, "--json", help="JSON output."),
                quiet: bool = typer.Option(False, "-q", "--quiet", help="Names only.")) -> None:
     """List base models and their versions."""
-    rows = state.registry.list_bases()
+    rows = state.views.bases()
     render(rows, as_json=as_json, quiet=quiet, columns=BASE_COLUMNS, key="name",
            summary=f"{len(rows)} base version(s)")
 
@@ -73,7 +73,7 @@ def show_base(ref: str, as_json: bool) -> bool:
     """Show NAME (its newest version) or NAME@vN; False when no such base."""
     from loragen.cli.render import render_fields
 
-    rows = [r for r in state.registry.list_bases() if ref in (r["name"], r["base"])]
+    rows = [r for r in state.views.bases() if ref in (r["name"], r["base"])]
     if not rows:
         return False
     render_fields(rows[-1], as_json=as_json)

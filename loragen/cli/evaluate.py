@@ -27,6 +27,7 @@ COMPARE_COLUMNS = [
     Column("TRAINED", lambda r: _fmt(r["trained"]), "right"),
     Column("INGESTED", lambda r: _fmt(r["ingested"]), "right"),
     Column("GENERATED", lambda r: _fmt(r["generated"]), "right"),
+    Column("OTHER TASK'S", lambda r: _fmt(r["other_task"]), "right"),  # e.g. a multi-task group on a member
 ]
 SCORE_COLUMNS = [
     Column("TARGET", lambda r: r["target"]),
@@ -38,8 +39,10 @@ SCORE_COLUMNS = [
 ]
 
 
-def eval_cmd(adapters: list[str] = typer.Argument(None, help="Adapter ids to evaluate (default: their own task)."),
-             base: Optional[str] = typer.Option(None, "--base", help="Evaluate this base version zero-shot (default tasks: those with adapters on it)."),
+def eval_cmd(adapters: list[str] = typer.Argument(
+                 None, help="Adapter ids to evaluate (default tasks: its own, or a multi-task adapter's members)."),
+             base: Optional[str] = typer.Option(
+                 None, "--base", help="Evaluate this base version zero-shot (default tasks: those with adapters on it)."),
              tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated task names or folders."),
              limit: Optional[int] = typer.Option(None, "--limit", min=0,
                                                  help="Examples per task (settings: eval.limit; 0 = all)."),

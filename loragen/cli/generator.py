@@ -19,6 +19,8 @@ def _split(value: Optional[str]) -> list[str] | None:
 def train(tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these tasks' adapters (comma-separated)."),
           bases: Optional[str] = typer.Option(None, "--bases", help="Only adapters of these base versions."),
           held_out: Optional[str] = typer.Option(None, "--held-out", help="Tasks to leave out (for evaluation)."),
+          use_split: bool = typer.Option(False, "--split", help="Honour the bundled held-out split (loragen/tasks/"
+                                         "split.json): its held-out tasks and descriptions never reach the generator."),
           steps: Optional[int] = typer.Option(None, help="Training steps (settings: generator.steps)."),
           seed: Optional[int] = typer.Option(None, help="Seed (settings: generator.seed)."),
           lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (settings: generator.learning_rate)."),
@@ -37,7 +39,8 @@ def train(tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these 
 
         args = ["train"] + [item for flag, value in (("--tasks", tasks), ("--bases", bases), ("--held-out", held_out),
                                                        ("--steps", steps), ("--seed", seed), ("--lr", lr))
-                            if value is not None for item in (flag, str(value))] + (["--json"] if as_json else [])
+                            if value is not None for item in (flag, str(value))]
+        args += (["--split"] if use_split else []) + (["--json"] if as_json else [])
         env = dict(os.environ, LORAGEN_HOME=str(state.settings.registry.home_path))
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                    "-m", "loragen", *args]
@@ -45,9 +48,14 @@ def train(tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these 
 
     overrides = {k: v for k, v in {"steps": steps, "seed": seed, "learning_rate": lr}.items() if v is not None}
     settings = replace(state.settings.generator, **overrides)
+    split = None
+    if use_split:
+        from loragen.tasks.split import load_split
+
+        split = load_split()
     with StepProgress("training generator", settings.steps) as bar:
         registered, summary = workflows.train(state.registry, settings, tasks=_split(tasks), bases=_split(bases),
-                                              held_out=_split(held_out) or (), progress=bar.update)
+                                              held_out=_split(held_out) or (), split=split, progress=bar.update)
     if summary.get("process_rank"):  # a data-parallel worker: process 0 reports
         return
     if as_json:

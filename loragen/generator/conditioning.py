@@ -162,7 +162,7 @@ class TextEncoder:
                     # Vectors of another encoder are not ours to reuse; they are dropped on the next write.
                     if metadata.get("model_id") == TEXT_MODEL_ID:
                         self._cache = {key: handle.get_tensor(key) for key in handle.keys()}
-            except Exception:  # a damaged cache is only a cache: rebuild it
+            except Exception:  # noqa: BLE001 - a damaged cache is only a cache: rebuild it
                 self._cache = {}
         return self._cache
 

@@ -120,8 +120,9 @@ class Condition(nn.Module):
 
     def __init__(self, config: GeneratorConfig):
         super().__init__()
-        self.text = nn.Sequential(nn.Linear(config.text_dim, config.d_model), nn.SiLU(), nn.Linear(config.d_model, config.d_model))
-        self.base = nn.Sequential(nn.Linear(config.base_dim, config.d_model), nn.SiLU(), nn.Linear(config.d_model, config.d_model))
+        d_model = config.d_model
+        self.text = nn.Sequential(nn.Linear(config.text_dim, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
+        self.base = nn.Sequential(nn.Linear(config.base_dim, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
         self.register_buffer("base_shift", torch.zeros(config.base_dim))
         self.register_buffer("base_scale", torch.ones(config.base_dim))
 

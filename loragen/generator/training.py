@@ -20,6 +20,7 @@ from loragen import __version__
 from loragen.atomic import staged_folder, torch_load_state, torch_save_atomic
 from loragen.config import GeneratorSettings
 from loragen.errors import LoragenError
+from loragen.generator.conditioning import BASE_EMBED_FORMAT_VERSION
 from loragen.generator.diffusion import DDPMSchedule
 from loragen.generator.model import GeneratorConfig, ORALGenerator, generator_config_from_settings
 from loragen.generator.tokenizer import LoraLayout, NormStats, tokenize
@@ -70,6 +71,8 @@ class GeneratorCheckpoint:
     weights: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
     # The element-wise mean of the training adapters; tokens encode the residual from it.
     anchor: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    # The base-embedding format it was trained on: a base embedded in another format is another condition.
+    base_embed_format: int = BASE_EMBED_FORMAT_VERSION
 
     def build_model(self) -> ORALGenerator:
         model = ORALGenerator(self.config)
@@ -83,7 +86,7 @@ class GeneratorCheckpoint:
             "stats": self.stats.to_dict(), "schedule": self.schedule.to_dict(), "lora": self.lora,
             "text_model": self.text_model, "trained_on": self.trained_on,
             "task_descriptions": self.task_descriptions, "base_embeddings": self.base_embeddings,
-            "training": self.training,
+            "training": self.training, "base_embed_format": self.base_embed_format,
         }
 
     def save(self, folder: Path) -> Path:
@@ -119,6 +122,7 @@ class GeneratorCheckpoint:
                        lora=meta["lora"], text_model=meta["text_model"], trained_on=meta["trained_on"],
                        task_descriptions=meta["task_descriptions"], base_embeddings=meta["base_embeddings"],
                        training=meta["training"],
+                       base_embed_format=int(meta.get("base_embed_format", 1)),  # 1: before it was recorded
                        weights={k: v for k, v in tensors.items() if not k.startswith(ANCHOR_PREFIX)},
                        anchor={k[len(ANCHOR_PREFIX):]: v for k, v in tensors.items() if k.startswith(ANCHOR_PREFIX)})
         except (KeyError, TypeError, ValueError) as err:  # a field missing, unknown or out of range

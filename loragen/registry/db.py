@@ -6,29 +6,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from loragen.errors import LoragenError
+from loragen.registry.revisions import head_revision_fast, migrations_dir  # noqa: F401  (db.migrations_dir)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-
-
-def migrations_dir() -> Path:
-    """Migrations ship inside the wheel as loragen/_migrations; a source checkout has migrations/."""
-    package_dir = Path(__file__).resolve().parent.parent
-    for candidate in (package_dir / "_migrations", package_dir.parent / "migrations"):
-        if (candidate / "env.py").is_file():
-            return candidate
-    raise LoragenError("the registry's migrations are missing from this installation")
+# PostgreSQL advisory lock key of the blob store (advisory locks are per database, so per registry).
+STORE_LOCK_KEY = 0x6C6F726167656E  # "loragen"
 
 
 def make_engine(url: str) -> Engine:
     is_sqlite = url.startswith("sqlite")
     try:
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000} if is_sqlite else {})
-    except Exception as err:  # bad URL, missing driver
+    except Exception as err:  # noqa: BLE001 - bad URL, missing driver: whatever SQLAlchemy raises, one line
         raise LoragenError(f"cannot use database URL {url!r}: {err}") from None
     if is_sqlite:
         _configure_sqlite(engine)
@@ -67,13 +61,16 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def current_revision(engine: Engine) -> str | None:
-    from alembic.migration import MigrationContext
-
+    """The revision stamped in alembic_version (None: no schema yet), read without importing Alembic."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not engine.dialect.has_table(connection, "alembic_version"):
+            return None
+        stamped = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    return stamped[0] if len(stamped) == 1 else None  # several: branches, for Alembic to sort out
 
 
 def head_revision() -> str:
+    """The migrations' head as Alembic's ScriptDirectory computes it (slow: the authority, not the fast path)."""
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
@@ -83,12 +80,14 @@ def head_revision() -> str:
 
 
 def ensure_schema(engine: Engine, lock_path: Path) -> None:
-    """Create or upgrade the schema on first use, under a file lock so two processes don't race."""
-    from filelock import FileLock
+    """Create or upgrade the schema on first use, under a file lock so two processes don't race.
 
+    The usual case, a schema already at head, costs one small query: no Alembic, no lock."""
     try:
-        if current_revision(engine) == head_revision():
+        if current_revision(engine) == (head_revision_fast() or head_revision()):
             return
+        from filelock import FileLock
+
         with FileLock(str(lock_path), timeout=120):
             if current_revision(engine) != head_revision():
                 upgrade(engine)
@@ -101,3 +100,30 @@ def transaction(engine: Engine) -> Iterator[Session]:
     """One unit of work: everything inside commits together or not at all."""
     with Session(engine, expire_on_commit=False) as session, session.begin():
         yield session
+
+
+def lock_store(session: Session, *, exclusive: bool) -> None:
+    """Hold the blob store's lock until this session's transaction ends.
+
+    gc takes it exclusive while it decides what is unreferenced and deletes it; every
+    transaction that records blob references takes it shared (writers do not wait for
+    each other), so gc never deletes a file that a committed row, or one about to
+    commit, points at. SQLite: every transaction here is BEGIN IMMEDIATE (see
+    _configure_sqlite), which already excludes every other writer, so beginning it is
+    the lock. PostgreSQL: a transaction-level advisory lock.
+    """
+    mode = "exclusive" if exclusive else "shared"
+    connection = session.connection()  # begins the transaction now (SQLAlchemy begins lazily)
+    transaction, held = session.info.get("store_lock", (None, set()))
+    if transaction is not session.get_transaction():  # held by an earlier transaction of this session: gone
+        transaction, held = session.get_transaction(), set()
+        session.info["store_lock"] = (transaction, held)
+    if mode in held or "exclusive" in held:
+        return
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        connection.exec_driver_sql(f"SELECT {function}({STORE_LOCK_KEY})")
+    elif dialect != "sqlite" and exclusive:
+        raise LoragenError(f"gc can lock the blob store on SQLite and PostgreSQL only, not {dialect}")
+    held.add(mode)

@@ -125,25 +125,30 @@ class TaskDescription(Base):
 
 
 class Adapter(Base):
-    """A LoRA adapter for one task on one base version, whatever made it."""
+    """A LoRA adapter for one task on one base version, whatever made it.
+
+    Indexed for a registry of 100k adapters: the list filters (task, base version) and order
+    (created_at), and the foreign keys a delete has to check (replaces_id, the blob digests).
+    """
 
     __tablename__ = "adapters"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     uid: Mapped[str] = mapped_column(String(64), unique=True)  # sha256(weights | task | base version)
-    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
-    base_version_id: Mapped[int] = mapped_column(ForeignKey("base_versions.id"))
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    base_version_id: Mapped[int] = mapped_column(ForeignKey("base_versions.id"), index=True)
     origin: Mapped[Origin] = mapped_column(Enum(Origin, native_enum=False, length=20))
     rank: Mapped[int] = mapped_column(Integer)
     alpha: Mapped[float] = mapped_column(Float)
     target_modules: Mapped[list[str]] = mapped_column(JSON)
     num_parameters: Mapped[int] = mapped_column(BigInteger)
-    weights_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
-    config_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    # Indexed so deleting a blob row (gc) checks its references without scanning every adapter.
+    weights_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"), index=True)
+    config_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"), index=True)
     # How it was made: source folder for ingested, run/step for trained,
     # generator checkpoint + condition + seed for generated.
     provenance: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    replaces_id: Mapped[Optional[int]] = mapped_column(ForeignKey("adapters.id"), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    replaces_id: Mapped[Optional[int]] = mapped_column(ForeignKey("adapters.id"), nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)  # list order
 
     task: Mapped[TaskRow] = relationship(lazy="raise")
     base_version: Mapped[BaseVersion] = relationship(lazy="raise")
@@ -154,7 +159,8 @@ class EvalResult(Base):
 
     __tablename__ = "eval_results"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    adapter_id: Mapped[Optional[int]] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"), nullable=True)
+    adapter_id: Mapped[Optional[int]] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"), nullable=True,
+                                                      index=True)
     base_version_id: Mapped[int] = mapped_column(ForeignKey("base_versions.id", ondelete="CASCADE"))
     task_name: Mapped[str] = mapped_column(String(200))
     metric: Mapped[str] = mapped_column(String(100))

@@ -1,9 +1,12 @@
 """The registry's operations: what the CLI commands do, as library calls.
 
 Every write follows one order: check everything, copy the files into the blob
-store (idempotent, content-addressed), then register the metadata in a single
-transaction. A crash before the commit leaves at most an unreferenced blob,
-which `gc` removes; it never leaves a half-registered adapter.
+store (idempotent, content-addressed; outside any transaction, so a big base holds
+no lock while it is copied), then register the metadata in a single transaction
+that first takes the store's lock and makes sure the copied files are still there.
+A crash before the commit leaves at most an unreferenced blob, which `gc` removes;
+it never leaves a half-registered adapter. gc decides and deletes under the same
+lock, taken exclusive, so no registered row ever points at a file gc removed.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -29,8 +32,27 @@ from loragen.errors import LoragenError, NotFound, quoted
 from loragen.registry import db
 from loragen.registry.blobs import BlobStore
 from loragen.registry.models import (
-    Adapter, BaseModel, BaseVersion, BaseVersionFile, Blob, EvalResult, GeneratorCheckpointRow, Origin, TaskDescription,
-    TaskRow)
+    Adapter,
+    BaseModel,
+    BaseVersion,
+    BaseVersionFile,
+    Blob,
+    EvalResult,
+    GeneratorCheckpointRow,
+    Origin,
+    TaskDescription,
+    TaskRow,
+)
+from loragen.registry.views import (  # noqa: F401  (parse_base_ref, MIN_ID_PREFIX: part of this module's API)
+    MIN_ID_PREFIX,
+    EngineReader,
+    Views,
+    adapter_view,
+    id_prefix_range,
+    no_such_base,
+    no_such_version,
+    parse_base_ref,
+)
 
 MAX_NAME_LENGTH = 200
 # ASCII on purpose: names are typed in shells and compared byte for byte; a description in any script
@@ -38,7 +60,16 @@ MAX_NAME_LENGTH = 200
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Written beside an exported adapter: which registered adapter and base version it is.
 EXPORT_RECORD = "loragen.json"
-MIN_ID_PREFIX = 4
+
+
+@dataclass(frozen=True)
+class StagedBlob:
+    """A file copied into the blob store that no row references yet: gc may remove it until it is recorded."""
+
+    source: Path
+    sha256: str
+    size: int
+    media_type: str
 
 
 @dataclass
@@ -81,17 +112,6 @@ def check_name(kind: str, name: str) -> None:
                            "digits, '.', '_' and '-' (no '@' or spaces)")
 
 
-def parse_base_ref(ref: str) -> tuple[str, int | None]:
-    """'smollm2@v2' -> ('smollm2', 2); 'smollm2' -> ('smollm2', None) meaning the newest."""
-    name, sep, version = ref.partition("@")
-    if not sep:
-        return name, None
-    match = re.fullmatch(r"v?(\d{1,9})", version)  # bounded: int() of thousands of digits is itself an error
-    if not match:
-        raise LoragenError(f"invalid base reference {quoted(ref)}: expected NAME or NAME@vN")
-    return name, int(match.group(1))
-
-
 class Registry:
     def __init__(self, config: RegistryConfig):
         self.config = config
@@ -100,25 +120,38 @@ class Registry:
         self.blobs = BlobStore(self.home / "blobs")
         self.engine = db.make_engine(config.database_url)
         db.ensure_schema(self.engine, self.home / "registry.lock")
+        # The read side (list, show): plain SQL over the same engine, one definition per view.
+        self.views = Views(EngineReader(self.engine))
 
     def session(self):
         return db.transaction(self.engine)
 
     # ---------------------------------------------------------------- blobs
 
-    def _store_file(self, session: Session, path: Path, media_type: str) -> str:
+    def _stage_file(self, path: Path, media_type: str) -> StagedBlob:
+        """Copy a file into the blob store; call it before the transaction that records it (no lock is held)."""
         sha, size = self.blobs.put_file(path)
-        self._record_blob(session, sha, size, media_type)
-        return sha
+        return StagedBlob(source=Path(path), sha256=sha, size=size, media_type=media_type)
 
-    def _record_blob(self, session: Session, sha: str, size: int, media_type: str) -> None:
-        if session.get(Blob, sha) is not None:
-            return
-        try:
-            with session.begin_nested():  # a savepoint: losing a race must not abort the transaction
-                session.add(Blob(sha256=sha, size=size, media_type=media_type))
-        except IntegrityError:
-            pass  # another process recorded the same bytes meanwhile (PostgreSQL; SQLite serialises writers)
+    def _record_blob(self, session: Session, staged: StagedBlob) -> str:
+        """Make a staged file a blob that rows of this transaction may reference; return its sha256.
+
+        The only way a sha256 reaches a row. Under the store's lock gc cannot run until this
+        transaction ends, so a file present now stays; one gc removed since it was staged (it
+        was unreferenced then) is stored again from its source.
+        """
+        db.lock_store(session, exclusive=False)
+        if not self.blobs.holds(staged.sha256, staged.size):
+            sha, _ = self.blobs.put_file(staged.source)
+            if sha != staged.sha256:
+                raise LoragenError(f"{staged.source} changed while it was being registered: try again")
+        if session.get(Blob, staged.sha256) is None:
+            try:
+                with session.begin_nested():  # a savepoint: losing a race must not abort the transaction
+                    session.add(Blob(sha256=staged.sha256, size=staged.size, media_type=staged.media_type))
+            except IntegrityError:
+                pass  # another process recorded the same bytes meanwhile (PostgreSQL; SQLite serialises writers)
+        return staged.sha256
 
     def blob_path(self, sha: str) -> Path:
         path = self.blobs.path(sha)
@@ -142,16 +175,14 @@ class Registry:
         name, version = parse_base_ref(ref)
         base = session.scalar(select(BaseModel).where(BaseModel.name == name))
         if base is None:
-            known = session.scalars(select(BaseModel.name).order_by(BaseModel.name)).all()
-            hint = f" (known: {', '.join(known)})" if known else " (none registered: loragen base add NAME --from PATH)"
-            raise NotFound(f"no base model named {quoted(name)}{hint}")
+            raise no_such_base(name, session.scalars(select(BaseModel.name).order_by(BaseModel.name)).all())
         query = select(BaseVersion).where(BaseVersion.base_id == base.id).options(selectinload(BaseVersion.base))
         if version is None:
             found = session.scalar(query.order_by(BaseVersion.version.desc()).limit(1))
         else:
             found = session.scalar(query.where(BaseVersion.version == version))
         if found is None:
-            raise NotFound(f"base {quoted(name)} has no version v{version}")
+            raise no_such_version(name, version)
         return found
 
     def add_base(self, name: str, source_spec: str, note: str = "",
@@ -163,12 +194,14 @@ class Registry:
         check_name("base", name)
         with self.session() as s:
             if s.scalar(select(BaseModel).where(BaseModel.name == name)) is not None:
-                raise LoragenError(f"base '{name}' already exists: use `loragen base update {name} --from PATH` for a new version")
+                raise LoragenError(f"base '{name}' already exists: "
+                                   f"use `loragen base update {name} --from PATH` for a new version")
         source = resolve_source(source_spec)
         if reading:
             reading(source.description)
         architecture = read_architecture(source)
         digest = weights_digest(source)
+        staged = self._stage_base_files(source)
         with self.session() as s:
             base = BaseModel(name=name, architecture=architecture.model_type)
             s.add(base)
@@ -176,7 +209,8 @@ class Registry:
                 s.flush()
             except IntegrityError:
                 raise LoragenError(f"base '{name}' already exists") from None
-            version = self._add_version(s, base, 1, None, source, architecture, digest, note or "initial version")
+            version = self._add_version(s, base, 1, None, source, architecture, digest, staged,
+                                        note or "initial version")
             return Registered(id=f"{name}@v{version.version}", created=True)
 
     def update_base(self, name: str, source_spec: str, note: str = "",
@@ -196,6 +230,7 @@ class Registry:
         architecture = read_architecture(source)
         _check_same_architecture(latest, architecture)
         digest = weights_digest(source)
+        staged = self._stage_base_files(source)
         with self.session() as s:
             same = s.scalar(select(BaseVersion).where(BaseVersion.base_id == latest.base_id,
                                                       BaseVersion.weights_digest == digest))
@@ -203,20 +238,22 @@ class Registry:
                 raise LoragenError(f"these weights are already registered as {name}@v{same.version}")
             base = s.get(BaseModel, latest.base_id)
             newest = s.scalar(select(func.max(BaseVersion.version)).where(BaseVersion.base_id == base.id))
-            version = self._add_version(s, base, newest + 1, latest.id, source, architecture, digest, note)
+            version = self._add_version(s, base, newest + 1, latest.id, source, architecture, digest, staged, note)
             return Registered(id=f"{name}@v{version.version}", created=True)
 
-    def _add_version(self, s: Session, base: BaseModel, number: int, parent_id: int | None,
-                     source: BaseSource, architecture: Architecture, digest: str, note: str) -> BaseVersion:
+    def _stage_base_files(self, source: BaseSource) -> dict[str, StagedBlob]:
+        return {relpath: self._stage_file(source.folder / relpath, _media_type(relpath)) for relpath in source.files}
+
+    def _add_version(self, s: Session, base: BaseModel, number: int, parent_id: int | None, source: BaseSource,
+                     architecture: Architecture, digest: str, staged: dict[str, StagedBlob], note: str) -> BaseVersion:
         version = BaseVersion(
             base_id=base.id, version=number, parent_id=parent_id, note=note, source=source.description,
             gguf_file=source.gguf_file, config=architecture.config, linear_shapes=architecture.linear_shapes,
             weights_digest=digest, num_parameters=architecture.num_parameters)
         s.add(version)
         s.flush()
-        for relpath in source.files:
-            sha = self._store_file(s, source.folder / relpath, _media_type(relpath))
-            s.add(BaseVersionFile(version_id=version.id, path=relpath, blob_sha256=sha))
+        for relpath, file in staged.items():
+            s.add(BaseVersionFile(version_id=version.id, path=relpath, blob_sha256=self._record_blob(s, file)))
         s.flush()
         return version
 
@@ -232,12 +269,7 @@ class Registry:
         return folder
 
     def list_bases(self) -> list[dict[str, Any]]:
-        with self.session() as s:
-            rows = s.scalars(select(BaseVersion).options(selectinload(BaseVersion.base))
-                             .order_by(BaseVersion.base_id, BaseVersion.version)).all()
-            counts = dict(s.execute(select(Adapter.base_version_id, func.count()).group_by(Adapter.base_version_id)).all())
-            parents = {row.id: row.version for row in rows}
-            return [_version_view(row, parents.get(row.parent_id), counts.get(row.id, 0)) for row in rows]
+        return self.views.bases()
 
     # ---------------------------------------------------------------- tasks
 
@@ -262,11 +294,7 @@ class Registry:
 
     def list_registered_tasks(self) -> list[dict[str, Any]]:
         """The registry's task names with their descriptions and adapter counts (the bundled suite: tasks.list_tasks)."""
-        with self.session() as s:
-            tasks = s.scalars(select(TaskRow).options(selectinload(TaskRow.descriptions)).order_by(TaskRow.name)).all()
-            counts = dict(s.execute(select(Adapter.task_id, func.count()).group_by(Adapter.task_id)).all())
-            return [{"name": t.name, "descriptions": [d.text for d in t.descriptions],
-                     "adapters": counts.get(t.id, 0)} for t in tasks]
+        return self.views.tasks()
 
     def task_descriptions(self, name: str) -> list[str]:
         with self.session() as s:
@@ -291,9 +319,10 @@ class Registry:
         provenance = dict(provenance or {})
         if origin is Origin.ingested:
             provenance.setdefault("source", str(path.resolve()))
+        weights = self._stage_file(folder.weights_path, "application/vnd.safetensors")
+        config = self._stage_file(folder.config_path, "application/json")
         with self.session() as s:
-            weights_sha = self._store_file(s, folder.weights_path, "application/vnd.safetensors")
-            config_sha = self._store_file(s, folder.config_path, "application/json")
+            weights_sha, config_sha = self._record_blob(s, weights), self._record_blob(s, config)
             uid = hashlib.sha256(f"{weights_sha}|{task}|{version.id}".encode()).hexdigest()
             existing = s.scalar(select(Adapter).where(Adapter.uid == uid))
             if existing is not None:
@@ -312,41 +341,24 @@ class Registry:
             return Registered(id=uid[:12], created=True)
 
     def _find_adapter(self, s: Session, ref: str) -> Adapter:
-        ref = ref.strip().lower()
-        if not re.fullmatch(r"[0-9a-f]+", ref) or len(ref) < MIN_ID_PREFIX:
-            raise NotFound(f"{quoted(ref)} is not an adapter id (at least {MIN_ID_PREFIX} hex characters, see `loragen list`)")
-        matches = s.scalars(select(Adapter).where(Adapter.uid.startswith(ref)).options(
+        low, high = id_prefix_range(ref)  # a range on the uid's unique index, not a LIKE scan
+        in_range = (Adapter.uid >= low, Adapter.uid < high) if high else (Adapter.uid >= low,)
+        matches = s.scalars(select(Adapter).where(*in_range).options(
             selectinload(Adapter.task), selectinload(Adapter.base_version).selectinload(BaseVersion.base)).limit(2)).all()
         if not matches:
-            raise NotFound(f"no adapter with id {quoted(ref)}")
+            raise NotFound(f"no adapter with id {quoted(low)}")
         if len(matches) > 1:
-            raise NotFound(f"adapter id {quoted(ref)} is ambiguous: give more characters")
+            raise NotFound(f"adapter id {quoted(low)} is ambiguous: give more characters")
         return matches[0]
 
     def get_adapter(self, ref: str) -> dict[str, Any]:
-        with self.session() as s:
-            adapter = self._find_adapter(s, ref)
-            view = _adapter_view(adapter)
-            view["evaluations"] = [
-                {"task": r.task_name, "metric": r.metric, "value": r.value, "examples": r.num_examples}
-                for r in s.scalars(select(EvalResult).where(EvalResult.adapter_id == adapter.id)
-                                   .order_by(EvalResult.created_at))]
-            if adapter.replaces_id:
-                view["replaces"] = s.get(Adapter, adapter.replaces_id).uid[:12]
-            return view
+        """One adapter by id prefix, with its evaluations."""
+        return self.views.adapter(ref)
 
     def list_adapters(self, task: str | None = None, base_ref: str | None = None,
                       origin: str | None = None) -> list[dict[str, Any]]:
-        with self.session() as s:
-            query = select(Adapter).options(
-                selectinload(Adapter.task), selectinload(Adapter.base_version).selectinload(BaseVersion.base))
-            if task:
-                query = query.join(TaskRow).where(TaskRow.name == task)
-            if base_ref:
-                query = query.where(Adapter.base_version_id == self.resolve_version(s, base_ref).id)
-            if origin:
-                query = query.where(Adapter.origin == Origin(origin))
-            return [_adapter_view(a) for a in s.scalars(query.order_by(Adapter.created_at, Adapter.id))]
+        """Adapters oldest first; `loragen list` streams the same rows from self.views.adapters."""
+        return list(self.views.adapters(task=task, base=base_ref, origin=origin))
 
     def adapter_files(self, ref: str) -> tuple[Path, Path, dict[str, Any]]:
         """(weights blob, config blob, view) of an adapter, for export and loading."""
@@ -390,23 +402,69 @@ class Registry:
             s.delete(adapter)
             return uid
 
-    def gc(self) -> dict[str, int]:
-        """Delete blobs no adapter or base version references, and leftovers of interrupted writes."""
+    def gc(self, grace_seconds: float | None = None) -> dict[str, int]:
+        """Delete blobs nothing references, and leftovers of interrupted writes.
+
+        Unreferenced blobs written (or stored again) within the grace period stay: a writer
+        may be about to register them (git's prune expiry). Safe beside any writer at any
+        grace, 0 included: deciding and deleting happen under the store's exclusive lock,
+        and writers re-store a staged file gc removed before they take the lock.
+        """
+        grace = self.config.gc_grace_seconds if grace_seconds is None else grace_seconds
+        if grace < 0:
+            raise LoragenError(f"the gc grace period must be >= 0 seconds (got {grace})")
+        cutoff = time.time() - grace
+        removed = freed = kept = 0
         with self.session() as s:
-            used = set(s.scalars(select(Adapter.weights_sha256))) | set(s.scalars(select(Adapter.config_sha256)))
-            used |= set(s.scalars(select(BaseVersionFile.blob_sha256)))
-            used |= self._extra_blob_references(s)
-            unused_rows = [b for b in s.scalars(select(Blob)) if b.sha256 not in used]
-            freed = sum(b.size for b in unused_rows)
-            for row in unused_rows:
-                s.delete(row)
-        removed = 0
-        for sha in list(self.blobs.all_digests()):
-            if sha not in used:
-                self.blobs.remove(sha)
-                removed += 1
-        return {"blobs_removed": removed, "bytes_freed": freed,
+            db.lock_store(s, exclusive=True)
+            referenced = self._blob_references(s)
+            rows = set(s.scalars(select(Blob.sha256)))
+            dead_rows = []
+            for sha in sorted((rows | set(self.blobs.digests())) - referenced.keys()):
+                modified = self.blobs.modified_at(sha)
+                if modified is not None and modified >= cutoff:
+                    kept += 1
+                    continue
+                if modified is not None:
+                    freed += self.blobs.remove(sha)
+                    removed += 1
+                if sha in rows:
+                    dead_rows.append(sha)
+            for start in range(0, len(dead_rows), 500):
+                s.execute(delete(Blob).where(Blob.sha256.in_(dead_rows[start:start + 500])))
+        return {"blobs_removed": removed, "bytes_freed": freed, "blobs_kept_in_grace": kept,
                 "temp_files_removed": self.blobs.clean_tmp() + self._clean_work_folders()}
+
+    def verify_store(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Re-hash every blob a row references; report the missing and damaged ones (a store's fsck).
+
+        Runs beside writers and gc without holding a lock while it hashes; what looks
+        wrong is looked at again under the store's lock, so a blob unregistered and
+        collected meanwhile is not reported.
+        """
+        with self.session() as s:
+            referenced = self._blob_references(s)
+            sizes = dict(s.execute(select(Blob.sha256, Blob.size)).all())
+        shas = sorted(referenced)
+        suspects = []
+        for done, sha in enumerate(shas, 1):
+            if self.blobs.verify(sha) != "ok":
+                suspects.append(sha)
+            if progress:
+                progress(done, len(shas))
+        problems = []
+        if suspects:
+            with self.session() as s:
+                db.lock_store(s, exclusive=False)
+                still = self._blob_references(s)
+                for sha in suspects:
+                    state = self.blobs.verify(sha) if sha in still else "ok"
+                    if state != "ok":
+                        problems.append({"sha256": sha, "problem": state, "referenced_by": still[sha]})
+        unreferenced = [sha for sha in self.blobs.digests() if sha not in referenced]
+        return {"ok": not problems, "blobs_checked": len(shas), "bytes_checked": sum(sizes.get(sha, 0) for sha in shas),
+                "problems": problems, "unreferenced_blobs": len(unreferenced),
+                "temp_files": len(self.blobs.temp_files())}
 
     def _clean_work_folders(self, older_than_s: float = STALE_WORK_FOLDER_S) -> int:
         """Remove `loragen-*` work folders (generate, train, selection) that a killed process left behind.
@@ -442,24 +500,43 @@ class Registry:
                                  split=score.split, details=dict(details, stderr=score.stderr)))
 
     def eval_results(self, split: str = "test") -> list[dict[str, Any]]:
-        """Every stored score on a split, oldest first, with what was scored: an adapter (and its origin) or,
+        """Every stored score on a split, oldest first, with what was scored: an adapter (its origin and task) or,
         with adapter None, the base version zero-shot. Reports over them: loragen.evaluation.comparison."""
         with self.session() as s:
             rows = s.execute(
-                select(EvalResult, Adapter.origin, Adapter.uid)
+                select(EvalResult, Adapter.origin, Adapter.uid, TaskRow.name)
                 .outerjoin(Adapter, EvalResult.adapter_id == Adapter.id)
+                .outerjoin(TaskRow, Adapter.task_id == TaskRow.id)
                 .where(EvalResult.split == split)
                 .order_by(EvalResult.created_at, EvalResult.id)).all()
             labels = {v.id: v.label for v in s.scalars(select(BaseVersion).options(selectinload(BaseVersion.base)))}
             return [{"task": result.task_name, "base": labels.get(result.base_version_id, str(result.base_version_id)),
                      "metric": result.metric, "value": result.value, "examples": result.num_examples,
-                     "split": result.split, "adapter": uid, "origin": origin.value if origin is not None else None}
-                    for result, origin, uid in rows]
+                     "split": result.split, "adapter": uid, "adapter_task": adapter_task,
+                     "origin": origin.value if origin is not None else None}
+                    for result, origin, uid, adapter_task in rows]
 
-    def _extra_blob_references(self, s: Session) -> set[str]:
-        """Blobs referenced by generator checkpoints."""
-        rows = s.execute(select(GeneratorCheckpointRow.weights_sha256, GeneratorCheckpointRow.meta_sha256)).all()
-        return {sha for row in rows for sha in row}
+    def _blob_references(self, s: Session) -> dict[str, list[dict[str, str]]]:
+        """Every blob a row points at, with who points at it: adapters, base version files, generator checkpoints."""
+        references: dict[str, list[dict[str, str]]] = {}
+
+        def add(sha: str, kind: str, ref: str, file: str) -> None:
+            references.setdefault(sha, []).append({"kind": kind, "id": ref, "file": file})
+
+        for uid, weights, config in s.execute(select(Adapter.uid, Adapter.weights_sha256, Adapter.config_sha256)):
+            add(weights, "adapter", uid[:12], adapter_io.WEIGHTS_NAME)
+            add(config, "adapter", uid[:12], adapter_io.CONFIG_NAME)
+        for name, number, path, sha in s.execute(
+                select(BaseModel.name, BaseVersion.version, BaseVersionFile.path, BaseVersionFile.blob_sha256)
+                .join(BaseVersion, BaseVersionFile.version_id == BaseVersion.id)
+                .join(BaseModel, BaseVersion.base_id == BaseModel.id)):
+            add(sha, "base", f"{name}@v{number}", path)
+        for uid, weights, meta in s.execute(
+                select(GeneratorCheckpointRow.uid, GeneratorCheckpointRow.weights_sha256,
+                       GeneratorCheckpointRow.meta_sha256)):
+            add(weights, "generator", uid[:12], "weights")
+            add(meta, "generator", uid[:12], "meta")
+        return references
 
     # ---------------------------------------------------------------- generator support
 
@@ -494,9 +571,10 @@ class Registry:
     def register_generator(self, weights: Path, meta: Path, *, step: int, seed: int, tasks: list[str],
                            bases: list[str], held_out: list[str], num_adapters: int, final_loss: float) -> Registered:
         """Store a generator checkpoint's two files (safetensors weights, JSON metadata) and register it."""
+        weights = self._stage_file(Path(weights), "application/vnd.safetensors")
+        meta = self._stage_file(Path(meta), "application/json")
         with self.session() as s:
-            weights_sha = self._store_file(s, Path(weights), "application/vnd.safetensors")
-            meta_sha = self._store_file(s, Path(meta), "application/json")
+            weights_sha, meta_sha = self._record_blob(s, weights), self._record_blob(s, meta)
             existing = s.scalar(select(GeneratorCheckpointRow).where(GeneratorCheckpointRow.uid == weights_sha))
             if existing is not None:
                 return Registered(id=weights_sha[:12], created=False)
@@ -575,21 +653,8 @@ def _media_type(relpath: str) -> str:
     return "application/octet-stream"
 
 
-def _version_view(row: BaseVersion, parent_version: int | None, adapters: int) -> dict[str, Any]:
-    return {
-        "name": row.label, "base": row.base.name, "version": row.version, "architecture": row.base.architecture,
-        "parent": f"{row.base.name}@v{parent_version}" if parent_version else None, "note": row.note,
-        "parameters": row.num_parameters, "layers": row.config.get("num_hidden_layers"),
-        "hidden_size": row.config.get("hidden_size"), "weights_digest": row.weights_digest,
-        "source": row.source, "adapters": adapters, "created_at": row.created_at.isoformat(),
-    }
-
-
 def _adapter_view(adapter: Adapter) -> dict[str, Any]:
-    return {
-        "id": adapter.uid[:12], "uid": adapter.uid, "task": adapter.task.name, "base": adapter.base_version.label,
-        "origin": adapter.origin.value, "rank": adapter.rank, "alpha": adapter.alpha,
-        "target_modules": adapter.target_modules, "parameters": adapter.num_parameters,
-        "weights_sha256": adapter.weights_sha256, "provenance": adapter.provenance,
-        "created_at": adapter.created_at.isoformat(),
-    }
+    """The view of an ORM adapter (task and base version loaded): the same dict as `show` prints."""
+    return adapter_view(adapter.uid, adapter.task.name, adapter.base_version.base.name, adapter.base_version.version,
+                        adapter.origin.value, adapter.rank, adapter.alpha, adapter.target_modules,
+                        adapter.num_parameters, adapter.weights_sha256, adapter.provenance, adapter.created_at)

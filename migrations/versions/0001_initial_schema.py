@@ -6,9 +6,8 @@ Create Date: 2026-11-25 07:41:26.366987
 """
 from typing import Sequence, Union
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision: str = '0001'
 down_revision: Union[str, None] = None
