@@ -98,11 +98,12 @@ def main() -> None:
     from loragen.config import FinetuneConfig, LoraConfig
     from loragen.tasks.split import load_split
     from loragen.tasks.suite import get_task, list_tasks
+    from loragen.workflows import load_base
 
     torch.set_num_threads(args.threads)
     registry = open_registry(args.home)
     tasks = [get_task(t) for t in args.tasks.split(",") if t] or list_tasks()
-    model, tokenizer, version = registry.load_base(BASE)
+    model, tokenizer, version = load_base(registry, BASE)
     config = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
                             checkpoints=1, checkpoint_every=args.steps, seed=args.seed)
     rows = score_tasks(model, tokenizer, tasks, out=args.out, runs=args.home / "corpus-runs", lora=LoraConfig(),
