@@ -6,6 +6,7 @@ one loaded base serves every adapter: attach, evaluate, detach.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -86,6 +87,10 @@ def evaluate(model, tokenizer, tasks: Sequence[Task], *, split: str = "test", li
         include = _task_yamls(tasks, split, Path(tmp))
         manager = TaskManager(include_path=str(include), include_defaults=False)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        if os.environ.get("TQDM_DISABLE") == "1":  # the CLI sets it unless -v
+            # lm-eval passes `disable=` to its request bars itself, so the variable alone never reaches them.
+            for request_type in ("generate_until", "loglikelihood", "loglikelihood_rolling"):
+                setattr(lm, request_type, functools.partial(getattr(lm, request_type), disable_tqdm=True))
         try:
             output = lm_eval.simple_evaluate(
                 model=lm, tasks=[t.eval_name for t in tasks], task_manager=manager,

@@ -42,6 +42,7 @@ def test_finetune_registers_checkpoints_then_eval_and_compare(capsys, tiny_regis
                    "--batch-size", "4", "--json")
     assert zero.code == 0, zero.err
     assert {(s["task"], s["metric"]) for s in zero.json()} == {("element_symbol", "exact_match"), ("country_region", "acc")}
+    assert "Running generate_until" not in zero.err and "Running loglikelihood" not in zero.err  # lm-eval's bars
 
     compare = run_cli(capsys, "eval", "--compare", "--json").json()
     row = [r for r in compare if r["task"] == "element_symbol"][0]
