@@ -136,12 +136,20 @@ def list_tasks() -> list[Task]:
     return [load_task_dir(d) for d in sorted(DATA_DIR.iterdir()) if (d / "meta.json").is_file()]
 
 
+def is_folder(path: str | Path) -> bool:
+    """Whether `path` is a folder; False (not an error) for a name the file system refuses, e.g. too long."""
+    try:
+        return Path(path).expanduser().is_dir()
+    except OSError:
+        return False
+
+
 def get_task(name: str) -> Task:
     """A bundled task by name (`antonyms`) or lm-eval name (`loragen_antonyms`)."""
     # The folder is named after the task: look there first rather than reading all ~120 folders.
     for candidate in (name, name.removeprefix("loragen_")):
         folder = DATA_DIR / candidate
-        if candidate and "/" not in candidate and (folder / "meta.json").is_file():
+        if candidate and "/" not in candidate and is_folder(folder) and (folder / "meta.json").is_file():
             task = load_task_dir(folder)
             if name in (task.name, task.eval_name):
                 return task
@@ -149,8 +157,12 @@ def get_task(name: str) -> Task:
     for task in tasks:
         if name in (task.name, task.eval_name):
             return task
-    known = ", ".join(t.name for t in tasks) or "none"
-    raise NotFound(f"unknown task {quoted(name)}; known tasks: {known}")
+    # ~120 names would make a screenful of one error line: name the likely ones, and where the rest are listed.
+    import difflib
+
+    close = difflib.get_close_matches(name, [t.name for t in tasks], n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise NotFound(f"unknown task {quoted(name)}; {hint}{len(tasks)} bundled tasks: `loragen list suite` lists them")
 
 
 def _absolute_data_files(data_files: Any, base: Path, yaml_path: Path) -> Any:
