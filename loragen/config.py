@@ -59,6 +59,11 @@ def _check_seed(section: str, value: Any) -> None:
         raise LoragenError(f"{section}.seed must be an integer from 0 to {SEED_LIMIT - 1} (got {value!r})")
 
 
+def _check_choice(section: str, name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise LoragenError(f"{section}.{name} must be {' or '.join(choices)} (got {value!r})")
+
+
 def denoiser_channels_problem(channels: Sequence[Any], num_groups: int) -> str | None:
     """Why `channels` cannot be the denoiser's conv widths, or None if they can (see modules/denoiser.py)."""
     widths = list(channels)
@@ -198,24 +203,18 @@ class GeneratorSettings:
             raise LoragenError(f"generator.memory_slots must be >= 0 (got {self.memory_slots!r})")
         _check_positive_number("generator", "learning_rate", self.learning_rate)
         _check_seed("generator", self.seed)
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise LoragenError(f"generator.prediction_type must be {' or '.join(PREDICTION_TYPES)} "
-                               f"(got {self.prediction_type!r})")
-        if self.sample_method not in SAMPLING_METHODS:
-            raise LoragenError(f"generator.sample_method must be {' or '.join(SAMPLING_METHODS)} "
-                               f"(got {self.sample_method!r})")
+        _check_choice("generator", "prediction_type", self.prediction_type, PREDICTION_TYPES)
+        _check_choice("generator", "sample_method", self.sample_method, SAMPLING_METHODS)
         if self.sample_steps > DDPM_TRAIN_TIMESTEPS:
             raise LoragenError(f"generator.sample_steps must be at most {DDPM_TRAIN_TIMESTEPS}, the noise schedule's "
                                f"length (got {self.sample_steps})")
         if not _is_number(self.eta) or not 0.0 <= self.eta <= 1.0:
             raise LoragenError(f"generator.eta must be in [0, 1] (got {self.eta!r})")
-        if not _is_number(self.task_loss_weight) or not 0.0 <= self.task_loss_weight < float("inf"):
+        if not _is_number(self.task_loss_weight) or self.task_loss_weight < 0:  # _is_number: finite
             raise LoragenError(f"generator.task_loss_weight must be a number >= 0 (got {self.task_loss_weight!r})")
         _check_positive_ints("generator", self, ("task_loss_every", "task_examples_per_step",
                                                  "task_descriptions_per_step"))
-        if self.task_loss_timestep not in TASK_LOSS_TIMESTEPS:
-            raise LoragenError(f"generator.task_loss_timestep must be {' or '.join(TASK_LOSS_TIMESTEPS)} "
-                               f"(got {self.task_loss_timestep!r})")
+        _check_choice("generator", "task_loss_timestep", self.task_loss_timestep, TASK_LOSS_TIMESTEPS)
 
     @property
     def steps_per_sample(self) -> int:

@@ -109,6 +109,11 @@ class _BatchOrder:
         self.order = list(state["order"])
 
 
+def pad_token_id(tokenizer) -> int:
+    """What `collate` pads with: the tokenizer's pad token, or 0 for one without (labels mask the padding anyway)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def _save_adapter(peft_model, path: Path) -> None:
     """Write a PEFT folder into place atomically (a half-written checkpoint is never visible)."""
     if path.exists():
@@ -138,7 +143,7 @@ def finetune(model, tokenizer, examples: Sequence[tuple[str, str]], lora: LoraCo
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     order = _BatchOrder(len(examples), config.batch_size, config.seed)
     data = encode_examples(tokenizer, examples)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     keep = set(checkpoint_steps(config))
     losses: dict[int, float] = {}
     start = 0

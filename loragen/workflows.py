@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 from loragen.config import FinetuneConfig, GeneratorSettings, LoraConfig
 from loragen.errors import LoragenError, quoted
+from loragen.evaluation import Score
 from loragen.registry.models import Origin
 from loragen.registry.store import BaseVersionInfo, Registered, Registry, check_name
 
@@ -66,14 +67,19 @@ class BaseLoader:
 
 def find_task(spec: str | Task) -> Task:
     """A bundled task by name, or a task folder laid out like the bundled ones (a Task is returned as it is)."""
-    from loragen.tasks.suite import Task, get_task, load_task_dir
+    from loragen.tasks.suite import Task, get_task, is_folder, load_task_dir
 
     if isinstance(spec, Task):
         return spec
-    if "/" in spec or Path(spec).is_dir():
+    if "/" in spec or is_folder(spec):
         return load_task_dir(spec)
     return get_task(spec)
 
+
+
+def member_tasks(view: dict[str, Any]) -> list[str] | None:
+    """A multi-task adapter's member tasks (from its provenance); None for a single task's adapter."""
+    return (view.get("provenance") or {}).get("member_tasks")
 
 
 def text_encoder(registry: Registry):
@@ -115,7 +121,7 @@ def collect_training_set(registry: Registry, tasks: Sequence[str] | None = None,
     excluded = set(held_out) | (set(split.held_out_tasks) if split is not None else set())
     # A multi-task adapter is no one task's adapter: the generator learns task -> adapter from single tasks only.
     views = [v for v in registry.adapters_for_training(tasks=tasks, bases=bases)
-             if v["task"] not in excluded and not (v.get("provenance") or {}).get("member_tasks")]
+             if v["task"] not in excluded and not member_tasks(v)]
     if not views:
         raise LoragenError("no trained or ingested adapters match: fine-tune some first (loragen finetune --task …)")
     encoder = text_encoder(registry)
@@ -154,7 +160,6 @@ def train(registry: Registry, settings: GeneratorSettings, *, tasks: Sequence[st
     """Train a generator on the registry's adapters and register its checkpoint (`split`: see collect_training_set)."""
     import hashlib
     import json
-    from dataclasses import asdict
 
     from loragen.generator.training import META_FILE, WEIGHTS_FILE, train_generator
 
@@ -409,8 +414,6 @@ def _validation_task(bundled, task_name: str, samples: int, validate_on: str | N
     `validate_on` names a bundled task or a task folder; without it the bundled task the generation is for
     (`bundled`) is used. Decided before any sampling, so a free description with --samples 4 fails at once.
     """
-    from loragen.tasks.suite import get_task, load_task_dir
-
     if samples == 1:
         if validate_on is not None:
             raise LoragenError("--validate-on picks the best of several candidates: use it with --samples 2 or more")
@@ -424,23 +427,14 @@ def _validation_task(bundled, task_name: str, samples: int, validate_on: str | N
                 f"named {quoted(task_name)}: pass --validate-on TASK|FOLDER (a bundled task, or a task folder with "
                 "validation.jsonl), or use --samples 1")
         task = bundled
-    elif "/" in validate_on or _is_folder(validate_on):  # the rule of `finetune --task`
-        task = load_task_dir(validate_on)
     else:
-        task = get_task(validate_on)
+        task = find_task(validate_on)  # the rule of `finetune --task`: a bundled task or a task folder
     if not task.declares_split("validation"):
         raise LoragenError(f"task {task.name!r} ({task.yaml_path()}) declares no validation split in its "
                            "dataset_kwargs.data_files, so its candidates cannot be compared")
     if not task.records("validation"):
         raise LoragenError(f"task {task.name!r} has an empty validation split ({task.dir / 'validation.jsonl'})")
     return task
-
-
-def _is_folder(spec: str) -> bool:
-    try:
-        return Path(spec).expanduser().is_dir()
-    except OSError:  # e.g. a name too long for the file system: then it is no folder
-        return False
 
 
 def _select_on_validation(registry: Registry, base_label: str, task, state_dicts, lora,
@@ -480,7 +474,7 @@ def plan_refresh(registry: Registry, *, base: str | None = None, tasks: Sequence
         newest = versions[label]
         # A multi-task LoRA's group name is no task the generator can be asked for: such a baseline is retrained.
         adapters = [a for a in registry.list_adapters() if a["base"] in versions and (not tasks or a["task"] in tasks)
-                    and not (a.get("provenance") or {}).get("member_tasks")]
+                    and not member_tasks(a)]
         for task in sorted({a["task"] for a in adapters}):
             earlier = [a for a in adapters if a["task"] == task and versions[a["base"]] < newest]
             if not earlier:
@@ -525,9 +519,7 @@ def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None
 
 def _evaluate_refresh(registry: Registry, items: Sequence[RefreshItem], limit: int | None) -> None:
     """Before/after on the new version: the old adapter carried over, zero-shot, the regenerated adapter."""
-    from loragen.errors import NotFound
     from loragen.evaluation import attached, evaluate
-    from loragen.tasks.suite import get_task
 
     by_base: dict[str, list[RefreshItem]] = {}
     for item in items:
@@ -535,9 +527,8 @@ def _evaluate_refresh(registry: Registry, items: Sequence[RefreshItem], limit: i
     for label, group in by_base.items():
         model, tokenizer, _ = load_base(registry, label)
         for item in group:
-            try:
-                task = get_task(item.task)
-            except NotFound:
+            task = _bundled_task(item.task)
+            if task is None:
                 continue  # no bundled data to score it on
             [zero] = evaluate(model, tokenizer, [task], limit=limit)
             registry.record_scores(label, None, [zero], {"refresh": True, "limit": limit})
@@ -580,7 +571,6 @@ def finetune_run_dir(registry: Registry, task_name: str, version: BaseVersionInf
     A multi-task run passes its sorted [member, examples] pairs, which the fingerprint then covers too."""
     import hashlib
     import json
-    from dataclasses import asdict
 
     key = [asdict(config), asdict(lora), num_examples, version.weights_digest]
     if members is not None:  # only then, so single-task folders keep the names earlier runs were saved under
@@ -607,16 +597,8 @@ def finetune_task(registry: Registry, task: str | Task, base_ref: str, lora_conf
     run_dir = finetune_run_dir(registry, task.name, version, lora_config, finetune_config, len(examples))
     base = (loader or BaseLoader(registry)).get(version.label, notify)
     result = finetune(base.model, base.tokenizer, examples, lora_config, finetune_config, run_dir, progress=progress)
-    checkpoints = []
-    for checkpoint in result.checkpoints:
-        registered = registry.ingest(
-            checkpoint.path, version.label, task.name, task.descriptions, origin=Origin.trained,
-            provenance={"run": run_dir.name, "step": checkpoint.step, "steps": finetune_config.steps,
-                        "seed": finetune_config.seed, "learning_rate": finetune_config.learning_rate,
-                        "batch_size": finetune_config.batch_size, "train_examples": len(examples),
-                        "loss": checkpoint.loss, "wall_time_s": round(result.total_train_s, 2)})
-        checkpoints.append(RegisteredCheckpoint(id=registered.id, step=checkpoint.step, loss=checkpoint.loss,
-                                                created=registered.created))
+    checkpoints = _register_checkpoints(registry, result, version, task.name, task.descriptions, run_dir,
+                                        finetune_config, len(examples))
     train_s = result.total_train_s
     if not train_s and checkpoints and not checkpoints[-1].created:
         # A run finished by a loragen that kept no time in its state: the time its registration recorded.
@@ -624,6 +606,24 @@ def finetune_task(registry: Registry, task: str | Task, base_ref: str, lora_conf
     return FinetuneOutcome(task=task.name, base=version.label, run_dir=run_dir, checkpoints=checkpoints,
                            train_examples=len(examples), wall_time_s=result.wall_time_s, train_s=train_s,
                            resumed_from_step=result.resumed_from_step, losses=result.losses)
+
+
+def _register_checkpoints(registry: Registry, result: Any, version: BaseVersionInfo, task_name: str,
+                          descriptions: Sequence[str], run_dir: Path, config: FinetuneConfig, num_examples: int,
+                          group_provenance: dict[str, Any] | None = None) -> list[RegisteredCheckpoint]:
+    """Register a fine-tuning run's kept checkpoints (origin=trained) with the run's provenance; a multi-task run
+    adds its members (`group_provenance`). Registering them again finds each one already there."""
+    checkpoints = []
+    for checkpoint in result.checkpoints:
+        registered = registry.ingest(
+            checkpoint.path, version.label, task_name, descriptions, origin=Origin.trained,
+            provenance={"run": run_dir.name, **(group_provenance or {}), "step": checkpoint.step,
+                        "steps": config.steps, "seed": config.seed, "learning_rate": config.learning_rate,
+                        "batch_size": config.batch_size, "train_examples": num_examples,
+                        "loss": checkpoint.loss, "wall_time_s": round(result.total_train_s, 2)})
+        checkpoints.append(RegisteredCheckpoint(id=registered.id, step=checkpoint.step, loss=checkpoint.loss,
+                                                created=registered.created))
+    return checkpoints
 
 
 # ---------------------------------------------------------------- multi-task fine-tuning
@@ -705,8 +705,7 @@ def finetune_multitask(registry: Registry, tasks: Sequence[str | Task] | str | N
     check_name("task", group)
     if group in member_names or _bundled_task(group):
         raise LoragenError(f"{quoted(group)} is a single task's name: give the group a name of its own")
-    others = [a for a in registry.list_adapters(task=group)
-              if (a.get("provenance") or {}).get("member_tasks") != member_names]
+    others = [a for a in registry.list_adapters(task=group) if member_tasks(a) != member_names]
     if others:
         raise LoragenError(f"task {quoted(group)} already has adapter {others[0]['id']}, which is not a multi-task "
                            "LoRA of these tasks: give the group another --name")
@@ -727,17 +726,10 @@ def finetune_multitask(registry: Registry, tasks: Sequence[str | Task] | str | N
     result = finetune(base.model, base.tokenizer, examples, lora_config, finetune_config, run_dir, progress=progress)
 
     descriptions = [f"A multi-task LoRA trained on the union of {len(members)} tasks: {', '.join(member_names)}."]
-    checkpoints = []
-    for checkpoint in result.checkpoints:
-        registered = registry.ingest(
-            checkpoint.path, version.label, group, descriptions, origin=Origin.trained,
-            provenance={"run": run_dir.name, "member_tasks": member_names, "examples_per_task": counts,
-                        "held_out_excluded": held_out_excluded, "step": checkpoint.step, "steps": finetune_config.steps,
-                        "seed": finetune_config.seed, "learning_rate": finetune_config.learning_rate,
-                        "batch_size": finetune_config.batch_size, "train_examples": len(examples),
-                        "loss": checkpoint.loss, "wall_time_s": round(result.total_train_s, 2)})
-        checkpoints.append(RegisteredCheckpoint(id=registered.id, step=checkpoint.step, loss=checkpoint.loss,
-                                                created=registered.created))
+    checkpoints = _register_checkpoints(
+        registry, result, version, group, descriptions, run_dir, finetune_config, len(examples),
+        group_provenance={"member_tasks": member_names, "examples_per_task": counts,
+                          "held_out_excluded": held_out_excluded})
     return MultitaskOutcome(task=group, base=version.label, run_dir=run_dir, checkpoints=checkpoints,
                             train_examples=len(examples), wall_time_s=result.wall_time_s, train_s=result.total_train_s,
                             resumed_from_step=result.resumed_from_step, losses=result.losses, members=member_names,
@@ -750,7 +742,8 @@ def finetune_multitask(registry: Registry, tasks: Sequence[str | Task] | str | N
 class EvalTarget:
     """What to score: an adapter on its own base version, or (no adapter) a base version zero-shot.
 
-    `tasks` (names, task folders or Tasks) default to the adapter's own task, or for a base the whole bundled suite.
+    `tasks` (names, task folders or Tasks) default to the adapter's own task (a multi-task adapter's members), or
+    for a base the bundled tasks that have adapters on it.
     """
 
     adapter: str | None = None
@@ -759,15 +752,11 @@ class EvalTarget:
 
 
 @dataclass
-class TargetScore:
+class TargetScore(Score):
+    """A score with what was scored: an adapter (on its own base) or the base zero-shot."""
+
     adapter: str | None      # the adapter's id; None for the base zero-shot
     base: str                # NAME@vN it ran on
-    task: str
-    metric: str
-    value: float
-    stderr: float | None
-    num_examples: int
-    split: str
 
     @property
     def target(self) -> str:
@@ -776,16 +765,9 @@ class TargetScore:
 
 def _tasks_with_adapters(registry: Registry, label: str) -> list[str]:
     """The bundled tasks that have an adapter on this base version: what a zero-shot run is compared with."""
-    from loragen.errors import NotFound
-    from loragen.tasks.suite import get_task
-
-    names = []
-    for task in sorted({view["task"] for view in registry.list_adapters(base_ref=label)}):
-        try:
-            names.append(get_task(task).name)
-        except NotFound:
-            continue  # a task of the user's own, without a bundled test split
-    return names
+    names = sorted({view["task"] for view in registry.list_adapters(base_ref=label)})
+    bundled = [_bundled_task(name) for name in names]
+    return [task.name for task in bundled if task is not None]  # a task of the user's own has no bundled test split
 
 
 def evaluate_targets(registry: Registry, targets: Sequence[EvalTarget], *, split: str = "test",
@@ -814,7 +796,7 @@ def evaluate_targets(registry: Registry, targets: Sequence[EvalTarget], *, split
             view = registry.get_adapter(target.adapter)
             # A multi-task adapter's own task is its group name; what it was trained for are its member tasks.
             label, adapter = view["base"], view["id"]
-            default_tasks = list((view.get("provenance") or {}).get("member_tasks") or [view["task"]])
+            default_tasks = list(member_tasks(view) or [view["task"]])
         elif target.base:
             label, adapter = registry.version(target.base).label, None
             default_tasks = _tasks_with_adapters(registry, label)
@@ -843,9 +825,7 @@ def evaluate_targets(registry: Registry, targets: Sequence[EvalTarget], *, split
                 scores = evaluate(model, tokenizer, tasks, split=split, limit=limit, batch_size=batch_size)
             if record:
                 registry.record_scores(label, adapter, scores, stored)
-            results += [TargetScore(adapter=adapter, base=label, task=score.task, metric=score.metric,
-                                    value=score.value, stderr=score.stderr, num_examples=score.num_examples,
-                                    split=score.split) for score in scores]
+            results += [TargetScore(**asdict(score), adapter=adapter, base=label) for score in scores]
     return results
 
 
@@ -857,5 +837,6 @@ def evaluate_adapters(registry: Registry, adapters: Sequence[str], *, tasks: Seq
 
 def evaluate_base(registry: Registry, base_ref: str, *, tasks: Sequence[str | Task] | None = None,
                   **options: Any) -> list[TargetScore]:
-    """Score a base version zero-shot (on the whole bundled suite unless `tasks`); options as evaluate_targets."""
+    """Score a base version zero-shot (on the bundled tasks with adapters on it unless `tasks`); options as
+    evaluate_targets."""
     return evaluate_targets(registry, [EvalTarget(base=base_ref, tasks=tasks)], **options)

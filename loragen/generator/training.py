@@ -282,15 +282,14 @@ class TaskLossStep:
         return self._bases[label]
 
     def example_batch(self, label: str, task: str, sampler: torch.Generator) -> dict[str, torch.Tensor]:
-        from loragen.finetune import collate, encode_examples
+        from loragen.finetune import collate, encode_examples, pad_token_id
 
         _, tokenizer = self.base(label)
         if (label, task) not in self._encoded:
             self._encoded[label, task] = encode_examples(tokenizer, self.examples[task])
         encoded = self._encoded[label, task]
         picks = torch.randint(len(encoded), (self.settings.task_examples_per_step,), generator=sampler).tolist()
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        return collate([encoded[i] for i in picks], pad_id)
+        return collate([encoded[i] for i in picks], pad_token_id(tokenizer))
 
     def __call__(self, model: ORALGenerator, schedule: DDPMSchedule, tokens: torch.Tensor, base_rows: torch.Tensor,
                  positions: tuple[torch.Tensor, torch.Tensor, torch.Tensor], sampler: torch.Generator) -> torch.Tensor:

@@ -110,20 +110,14 @@ def lock_store(session: Session, *, exclusive: bool) -> None:
     each other), so gc never deletes a file that a committed row, or one about to
     commit, points at. SQLite: every transaction here is BEGIN IMMEDIATE (see
     _configure_sqlite), which already excludes every other writer, so beginning it is
-    the lock. PostgreSQL: a transaction-level advisory lock.
+    the lock. PostgreSQL: a transaction-level advisory lock; taking it again in the same
+    transaction (one call per recorded blob) never waits, as a transaction's own locks do
+    not conflict, and all of them end with the transaction.
     """
-    mode = "exclusive" if exclusive else "shared"
     connection = session.connection()  # begins the transaction now (SQLAlchemy begins lazily)
-    transaction, held = session.info.get("store_lock", (None, set()))
-    if transaction is not session.get_transaction():  # held by an earlier transaction of this session: gone
-        transaction, held = session.get_transaction(), set()
-        session.info["store_lock"] = (transaction, held)
-    if mode in held or "exclusive" in held:
-        return
     dialect = connection.dialect.name
     if dialect == "postgresql":
         function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
         connection.exec_driver_sql(f"SELECT {function}({STORE_LOCK_KEY})")
     elif dialect != "sqlite" and exclusive:
         raise LoragenError(f"gc can lock the blob store on SQLite and PostgreSQL only, not {dialect}")
-    held.add(mode)

@@ -51,6 +51,7 @@ from loragen.registry.views import (  # noqa: F401  (parse_base_ref, MIN_ID_PREF
     id_prefix_range,
     no_such_base,
     no_such_version,
+    one_adapter,
     parse_base_ref,
 )
 
@@ -297,11 +298,10 @@ class Registry:
         return self.views.tasks()
 
     def task_descriptions(self, name: str) -> list[str]:
-        with self.session() as s:
-            task = s.scalar(select(TaskRow).where(TaskRow.name == name).options(selectinload(TaskRow.descriptions)))
-            if task is None:
-                raise NotFound(f"no task named {quoted(name)}")
-            return [d.text for d in task.descriptions]
+        found = self.views.tasks(name=name)
+        if not found:
+            raise NotFound(f"no task named {quoted(name)}")
+        return found[0]["descriptions"]
 
     # ---------------------------------------------------------------- adapters
 
@@ -343,13 +343,9 @@ class Registry:
     def _find_adapter(self, s: Session, ref: str) -> Adapter:
         low, high = id_prefix_range(ref)  # a range on the uid's unique index, not a LIKE scan
         in_range = (Adapter.uid >= low, Adapter.uid < high) if high else (Adapter.uid >= low,)
-        matches = s.scalars(select(Adapter).where(*in_range).options(
-            selectinload(Adapter.task), selectinload(Adapter.base_version).selectinload(BaseVersion.base)).limit(2)).all()
-        if not matches:
-            raise NotFound(f"no adapter with id {quoted(low)}")
-        if len(matches) > 1:
-            raise NotFound(f"adapter id {quoted(low)} is ambiguous: give more characters")
-        return matches[0]
+        return one_adapter(s.scalars(select(Adapter).where(*in_range).options(
+            selectinload(Adapter.task), selectinload(Adapter.base_version).selectinload(BaseVersion.base)).limit(2)).all(),
+            low)
 
     def get_adapter(self, ref: str) -> dict[str, Any]:
         """One adapter by id prefix, with its evaluations."""

@@ -66,6 +66,15 @@ def id_prefix_range(ref: str) -> tuple[str, str | None]:
     return ref, carried[:-1] + HEX[HEX.index(carried[-1]) + 1]
 
 
+def one_adapter(matches: Sequence[Any], low: str) -> Any:
+    """The one adapter an id prefix's range matched (fetch at most two); NotFound for none or several."""
+    if not matches:
+        raise NotFound(f"no adapter with id {quoted(low)}")
+    if len(matches) > 1:
+        raise NotFound(f"adapter id {quoted(low)} is ambiguous: give more characters")
+    return matches[0]
+
+
 def adapter_view(uid: str, task: str, base: str, version: int, origin: str, rank: int, alpha: float,
                  target_modules: Any, parameters: int, weights_sha256: str, provenance: Any,
                  created_at: Any) -> dict[str, Any]:
@@ -236,11 +245,7 @@ class Views:
         below, bounds = (" AND a.uid < :high", {"low": low, "high": high}) if high else ("", {"low": low})
         matches = list(self._rows(f"SELECT a.id, a.replaces_id, {_ADAPTER_COLUMNS} FROM {_ADAPTER_JOINS} "
                                   f"WHERE a.uid >= :low{below} LIMIT 2", **bounds))
-        if not matches:
-            raise NotFound(f"no adapter with id {quoted(low)}")
-        if len(matches) > 1:
-            raise NotFound(f"adapter id {quoted(low)} is ambiguous: give more characters")
-        adapter_id, replaces_id, *columns = matches[0]
+        adapter_id, replaces_id, *columns = one_adapter(matches, low)
         view = adapter_view(*columns)
         view["evaluations"] = [
             {"task": task, "metric": metric, "value": value, "examples": examples}
