@@ -90,11 +90,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when the machine is shared)")
     parser.add_argument("--out", type=Path, default=Path("bench/out/corpus_scores.json"))
+    parser.add_argument("--summary", type=Path, default=Path("bench/results/corpus_scores.json"),
+                        help="the committed summary: command, machine and the rows of the tasks asked for")
     args = parser.parse_args()
 
     import torch
 
-    from bench.common import BASE, machine, open_registry
+    from bench.common import BASE, command_line, machine, open_registry, write_json
     from loragen.config import FinetuneConfig, LoraConfig
     from loragen.tasks.split import load_split
     from loragen.tasks.suite import get_task, list_tasks
@@ -110,6 +112,10 @@ def main() -> None:
                        config=config, limit=args.limit or None, min_gain=args.min_gain,
                        held_out=frozenset(load_split().held_out_tasks), extra={"base": version.label})
     weak = [r["task"] for r in rows if not r["learnable"]]
+    asked = {t.name for t in tasks}
+    write_json(args.summary, {"command": command_line(), "machine": machine(), "tasks_total": len(list_tasks()),
+                              "tasks_scored": len([r for r in rows if r["task"] in asked]),
+                              "rows": [r for r in rows if r["task"] in asked]})
     print(f"{len(rows)} tasks scored on {machine()['cpu']}; gain < {args.min_gain} on {len(weak)}: {', '.join(weak)}")
 
 

@@ -281,6 +281,8 @@ def main() -> None:
     if args.baseline:
         trees = {"before": args.baseline.resolve(), **trees}
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    from bench.common import command_line, write_json  # not at the top: the fill subprocess runs without it
+
     report = {"command": command_line(), "machine": machine_facts(), "trees": {k: str(v) for k, v in trees.items()},
               "fill": "bulk insert of adapter rows over a few really ingested adapters' blobs (not N ingest calls)",
               "timing": f"wall clock of `{Path(sys.executable).name} -m loragen …` subprocesses, start-up included; "
@@ -294,17 +296,8 @@ def main() -> None:
             results = time_commands(code, home, facts, runs, home.parent / "work", args.slow)
             report["stages"].append({"tree": label, "size": size, "fill": facts, "load_before": load_before,
                                      "load_after": load_average(), "results": results})
-            _write(args.results, report)
+            write_json(args.results, report)
     _print_table(report)
-
-
-def command_line() -> str:
-    return "python -m bench.bench_registry_scale " + " ".join(sys.argv[1:])
-
-
-def _write(path: Path, report: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _print_table(report: dict) -> None:
