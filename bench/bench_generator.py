@@ -3,8 +3,8 @@
     python -m bench.bench_generator --home bench/out/home --held-out translate_en_pt,element_symbol
 
 Needs the trained adapters that bench/bench_tasks.py registered in --home. In one run:
-  * trains a generator on every task but the held-out ones, each seen task's last
-    description withheld (held-out descriptions);
+  * trains a generator on every task but the held-out ones (--held-out plus the committed split's),
+    each seen task's split-held-out description withheld;
   * per task: generated adapter (seen description / held-out description / held-out task),
     ablations with a random text or random base embedding (ORAL fig. 3), and the
     memorisation baselines of Zeng et al. 2025: (a) nearest training adapter by
@@ -50,6 +50,7 @@ def main() -> None:
     from loragen.config import load_settings
     from loragen.evaluation import attached, comparison, evaluate
     from loragen.generator.training import train_generator
+    from loragen.tasks.split import load_split
     from loragen.tasks.suite import get_task, list_tasks
     from loragen.workflows import (
         LoadedGenerator,
@@ -63,18 +64,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     registry = open_registry(args.home)
     settings = replace(load_settings().generator, steps=args.steps, seed=args.seed)
-    held_out = [t for t in args.held_out.split(",") if t]
     v1 = f"{BASE}@v1"  # the version bench_tasks fine-tuned on (bench_refresh adds evolved ones)
     bundled = {t.name for t in list_tasks()}  # adapters of retired tasks (country_capital) stay out
     everything = collect_training_set(registry, tasks=sorted(bundled), bases=[v1])
     tasks = sorted(everything.task_descriptions)
+    # Held out: the tasks named here plus every task the committed split holds out.
+    split = load_split()
+    held_out = sorted({t for t in args.held_out.split(",") if t} | (set(split.held_out_tasks) & set(tasks)))
     seen = [t for t in tasks if t not in held_out]
 
-    # Training set: seen tasks only, each without its last description.
-    data = collect_training_set(registry, tasks=seen, bases=[v1])
-    withheld = {t: d[-1] for t, d in data.task_descriptions.items() if len(d) > 1}
-    data.task_descriptions = {t: d[:-1] if t in withheld else d for t, d in data.task_descriptions.items()}
-    data.text_embeddings = {t: e[:-1] if t in withheld else e for t, e in data.text_embeddings.items()}
+    # Training set: seen tasks only, each without the description the split holds out.
+    data = collect_training_set(registry, tasks=seen, bases=[v1], split=split)
+    withheld = {t: split.held_out_description(t) for t in data.task_descriptions if t in split.held_out_descriptions}
     began = time.perf_counter()
     key = hashlib.sha256(json.dumps([asdict(settings), held_out]).encode()).hexdigest()[:12]
     checkpoint = train_generator(data, settings, args.home / "runs" / f"bench-generator-{key}")
