@@ -78,6 +78,9 @@ def denoiser_channels_problem(channels: Sequence[Any], num_groups: int) -> str |
     return None
 
 
+# `loragen refresh`: generated candidates drawn beside the carried-over adapter when the task has validation data.
+REFRESH_SAMPLES = 2
+
 @dataclass
 class RegistryConfig:
     home: str = field(default="~/.loragen", metadata={"help": "where the database and the blob store live"})

@@ -23,7 +23,7 @@ EVAL_SPLITS = ("test", "validation")
 # The columns of a comparison: a base zero-shot, then adapters by how they were made.
 # "other_task": an adapter registered for another task (a multi-task group scored on a member, say), so a
 # group's scores never count as the task's own trained adapter.
-COMPARED = ("zero_shot", "trained", "ingested", "generated", "other_task")
+COMPARED = ("zero_shot", "trained", "ingested", "generated", "carried_over", "other_task")
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
-from loragen.config import FinetuneConfig, GeneratorSettings, LoraConfig
+from loragen.config import REFRESH_SAMPLES, FinetuneConfig, GeneratorSettings, LoraConfig
 from loragen.errors import LoragenError, quoted
 from loragen.evaluation import Score
 from loragen.registry.models import Origin
@@ -333,9 +333,66 @@ def generate(registry: Registry, settings: GeneratorSettings, *, task: str, base
     the bundled task the adapter is registered under. Every input is checked before the generator is
     loaded or anything is sampled.
     """
-    import time
+    drawn = _draw(registry, settings, task=task, base_ref=base_ref, seed=seed, samples=samples, name=name,
+                  generator_ref=generator_ref, loaded=loaded, progress=progress, validate_on=validate_on,
+                  select_limit=select_limit)
+    validation = drawn.validation
+    best = 0
+    if validation is not None:
+        model, tokenizer, _ = load_base(registry, drawn.version.label)
+        scores = _validation_scores(model, tokenizer, validation, drawn.folders(registry), select_limit)
+        for candidate, score in zip(drawn.candidates, scores):
+            candidate.score, candidate.metric = score.value, score.metric
+        best = max(range(len(drawn.candidates)), key=lambda i: (drawn.candidates[i].score, -i))
+        drawn.provenance["validation"] = {"task": validation.name, "folder": str(validation.dir),
+                                          "split": "validation", "limit": select_limit}
+    registered = _register_generated(registry, drawn, best, replaces)
+    return GenerateResult(id=registered.id, created=registered.created, task=drawn.task_name,
+                          base=drawn.version.label, condition=drawn.condition, seed=drawn.candidates[best].seed,
+                          generator=drawn.generator.uid[:12], seconds=drawn.seconds, candidates=drawn.candidates,
+                          validated_on=validation.name if validation is not None else None)
 
-    from loragen.adapters import lora_config_dict, write_adapter_folder
+
+@dataclass
+class _Drawn:
+    """Generated candidates for one task on one base version, not yet registered."""
+
+    task_name: str
+    bundled: Any                    # the bundled Task of that name, or None
+    version: BaseVersionInfo
+    condition: str                  # the description the generator was given
+    descriptions: list[str]         # registered with the task when it is new
+    generator: LoadedGenerator
+    candidates: list[Candidate]
+    state_dicts: list[dict]
+    seconds: float
+    provenance: dict[str, Any]
+    new_task: bool                  # the registry has no task of this name yet
+    validation: Any = None          # the Task whose validation split picks among several samples, or None
+    _tmp: Any = None
+
+    def lora_config(self) -> dict[str, Any]:
+        from loragen.adapters import lora_config_dict
+
+        lora = self.generator.checkpoint.lora
+        return lora_config_dict(lora["r"], lora["lora_alpha"], lora["target_modules"])
+
+    def folders(self, registry: Registry) -> list[Path]:
+        """Each candidate as a PEFT folder in a temporary folder of the home (removed with this object)."""
+        from loragen.adapters import write_adapter_folder
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="loragen-candidates-", dir=registry.home)
+        return [write_adapter_folder(Path(self._tmp.name) / f"c{i}", sd, self.lora_config())
+                for i, sd in enumerate(self.state_dicts)]
+
+
+def _draw(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref: str, seed: int, samples: int,
+          name: str | None = None, generator_ref: str | None = None, loaded: LoadedGenerator | None = None,
+          progress: Callable[[int, int], None] | None = None, validate_on: str | None = None,
+          select_limit: int = 50) -> _Drawn:
+    """Check the request (the validation set for several samples included) before loading the generator, then
+    sample `samples` adapters (seeds seed, seed+1, …)."""
+    import time
 
     spec = " ".join(task.split())
     if not spec:
@@ -346,55 +403,53 @@ def generate(registry: Registry, settings: GeneratorSettings, *, task: str, base
         raise LoragenError(f"seed must be between 0 and {MAX_SEED - (samples - 1)} (got {seed})")
     registered_tasks = {t["name"]: t["descriptions"] for t in registry.list_registered_tasks()}
     known = spec in registered_tasks
-    bundled = _bundled_task(spec)
+    described = _bundled_task(spec)  # the spec names a bundled task
     if name is not None:
         task_name = name
     elif known:
         task_name = spec
     else:
-        task_name = bundled.name if bundled else slug(spec)
+        task_name = described.name if described else slug(spec)
     check_name("task", task_name)
-    validation = _validation_task(bundled or _bundled_task(task_name), task_name, samples, validate_on, select_limit)
+    bundled = described or _bundled_task(task_name)
+    validation = _validation_task(bundled, task_name, samples, validate_on, select_limit)
     version = registry.version(base_ref)
 
     generator = loaded or load_generator(registry, generator_ref)
     condition, descriptions = spec, [spec]
     if known:  # the description the generator learnt the task by
         condition = (generator.checkpoint.task_descriptions.get(spec) or registered_tasks[spec] or [spec])[0]
-    elif bundled:  # a bundled task no adapter was made for yet: described as the suite describes it
-        condition, descriptions = bundled.descriptions[0], bundled.descriptions
+    elif described:  # a bundled task no adapter was made for yet: described as the suite describes it
+        condition, descriptions = described.descriptions[0], described.descriptions
     text = text_encoder(registry).encode([condition])[0]
     base = base_condition(registry, version.label)
-    lora = generator.checkpoint.lora
 
     began = time.perf_counter()
     seeds = [seed + i for i in range(samples)]
-    candidates = [Candidate(seed=s) for s in seeds]
     state_dicts = [sample_state_dict(generator, text, base, seed=s, method=settings.sample_method,
                                      steps=settings.sample_steps, eta=settings.eta, progress=progress) for s in seeds]
-    generation_seconds = time.perf_counter() - began
-    best = 0
     provenance = {"generator": generator.uid, "generator_step": generator.checkpoint.training["steps"],
                   "condition": condition, "base": version.label, "method": settings.sample_method,
                   "steps": settings.sample_steps if settings.sample_method == "ddim"
                   else generator.checkpoint.schedule.num_train_timesteps, "eta": settings.eta}
-    if validation is not None:
-        best = _select_on_validation(registry, version.label, validation, state_dicts, lora, candidates, select_limit)
-        provenance["validation"] = {"task": validation.name, "folder": str(validation.dir), "split": "validation",
-                                    "limit": select_limit}
-    chosen = candidates[best]
-    provenance.update(seed=chosen.seed, candidates=[c.__dict__ for c in candidates],
-                      generation_seconds=round(generation_seconds, 3))
+    return _Drawn(task_name=task_name, bundled=bundled, version=version, condition=condition,
+                  descriptions=descriptions, generator=generator, candidates=[Candidate(seed=s) for s in seeds],
+                  state_dicts=state_dicts, seconds=time.perf_counter() - began, provenance=provenance,
+                  new_task=task_name not in registered_tasks, validation=validation)
+
+
+def _register_generated(registry: Registry, drawn: _Drawn, best: int, replaces: str | None,
+                        extra: dict[str, Any] | None = None) -> Registered:
+    from loragen.adapters import write_adapter_folder
+
+    chosen = drawn.candidates[best]
+    provenance = {**drawn.provenance, "seed": chosen.seed, "candidates": [c.__dict__ for c in drawn.candidates],
+                  "generation_seconds": round(drawn.seconds, 3), **(extra or {})}
     with tempfile.TemporaryDirectory(prefix="loragen-generated-", dir=registry.home) as tmp:
-        folder = write_adapter_folder(Path(tmp) / "adapter", state_dicts[best],
-                                      lora_config_dict(lora["r"], lora["lora_alpha"], lora["target_modules"]))
-        registered = registry.ingest(
-            folder, version.label, task_name, descriptions if task_name not in registered_tasks else [],
-            origin=Origin.generated, replaces=replaces, provenance=provenance)
-    return GenerateResult(id=registered.id, created=registered.created, task=task_name, base=version.label,
-                          condition=condition, seed=chosen.seed, generator=generator.uid[:12],
-                          seconds=generation_seconds, candidates=candidates,
-                          validated_on=validation.name if validation is not None else None)
+        folder = write_adapter_folder(Path(tmp) / "adapter", drawn.state_dicts[best], drawn.lora_config())
+        return registry.ingest(folder, drawn.version.label, drawn.task_name,
+                               drawn.descriptions if drawn.new_task else [], origin=Origin.generated,
+                               replaces=replaces, provenance=provenance)
 
 
 def _bundled_task(name: str):
@@ -437,20 +492,16 @@ def _validation_task(bundled, task_name: str, samples: int, validate_on: str | N
     return task
 
 
-def _select_on_validation(registry: Registry, base_label: str, task, state_dicts, lora,
-                          candidates: list[Candidate], limit: int) -> int:
-    from loragen.adapters import lora_config_dict, write_adapter_folder
+def _validation_scores(model, tokenizer, task, folders: Sequence[Path], limit: int) -> list[Score]:
+    """Each adapter folder's score on the task's validation split (the first `limit` examples), on one loaded base."""
     from loragen.evaluation import attached, evaluate
 
-    model, tokenizer, _ = load_base(registry, base_label)
-    with tempfile.TemporaryDirectory(prefix="loragen-candidates-", dir=registry.home) as tmp:
-        for index, (candidate, state_dict) in enumerate(zip(candidates, state_dicts)):
-            folder = write_adapter_folder(Path(tmp) / f"c{index}", state_dict,
-                                          lora_config_dict(lora["r"], lora["lora_alpha"], lora["target_modules"]))
-            with attached(model, folder) as peft_model:
-                [score] = evaluate(peft_model, tokenizer, [task], split="validation", limit=limit)
-            candidate.score, candidate.metric = score.value, score.metric
-    return max(range(len(candidates)), key=lambda i: (candidates[i].score, -i))
+    scores = []
+    for folder in folders:
+        with attached(model, folder) as peft_model:
+            [score] = evaluate(peft_model, tokenizer, [task], split="validation", limit=limit)
+        scores.append(score)
+    return scores
 
 
 @dataclass
@@ -459,10 +510,14 @@ class RefreshItem:
     base: str                      # the newest version, which gets the new adapter
     replaces: str | None           # the adapter it succeeds (on an earlier version)
     replaces_base: str | None
-    action: str                    # "generate", "generated", or "skip: …"
+    action: str                    # "generate"; then "generated" or "carried over"; or "skip: …"
     id: str | None = None
     seconds: float | None = None
-    scores: dict[str, float] = field(default_factory=dict)   # old_on_new / zero_shot / regenerated
+    # How the winner was chosen: "validation" (best of the carried-over adapter and the samples on the task's
+    # validation split), or why not: "no validation data", "not asked (--no-validate)".
+    chosen_by: str | None = None
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # every candidate and its validation score
+    scores: dict[str, float] = field(default_factory=dict)   # with --eval: old_on_new / zero_shot / refreshed
 
 
 def plan_refresh(registry: Registry, *, base: str | None = None, tasks: Sequence[str] | None = None) -> list[RefreshItem]:
@@ -481,8 +536,10 @@ def plan_refresh(registry: Registry, *, base: str | None = None, tasks: Sequence
                 continue
             # The adapter to succeed: from the latest earlier version, the newest one made there.
             predecessor = max(earlier, key=lambda a: (versions[a["base"]], a["created_at"]))
-            existing = [a for a in adapters if a["task"] == task and a["base"] == label and a["origin"] == "generated"]
-            action = f"skip: {existing[-1]['id']} already generated for {label}" if existing else "generate"
+            existing = [a for a in adapters if a["task"] == task and a["base"] == label
+                        and a["origin"] in ("generated", "carried_over")]
+            action = (f"skip: {existing[-1]['id']} already {existing[-1]['origin'].replace('_', ' ')} for {label}"
+                      if existing else "generate")
             items.append(RefreshItem(task=task, base=label, replaces=predecessor["id"], replaces_base=predecessor["base"],
                                      action=action, id=existing[-1]["id"] if existing else None))
     return items
@@ -500,45 +557,97 @@ def _newest_versions(registry: Registry, base: str | None) -> list[str]:
 
 
 def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None = None,
-            tasks: Sequence[str] | None = None, seed: int = 0, evaluate_limit: int | None = None,
-            run_eval: bool = False, progress: Callable[[int, int], None] | None = None) -> list[RefreshItem]:
-    """Generate each task's adapter for the newest base version; idempotent (done tasks are skipped)."""
+            tasks: Sequence[str] | None = None, seed: int = 0, samples: int = REFRESH_SAMPLES, validate: bool = True,
+            select_limit: int = 50, evaluate_limit: int | None = None, run_eval: bool = False,
+            progress: Callable[[int, int], None] | None = None) -> list[RefreshItem]:
+    """Give each task an adapter for the newest base version; idempotent (done tasks are skipped).
+
+    With `validate` and a task that has validation data (a bundled task), the candidates are the predecessor
+    carried over unchanged and `samples` generated adapters; the best on the new version's validation split
+    wins, a tie going to the carried-over one (the known quantity). A carried-over winner is registered as the
+    new version's adapter (origin carried_over, `replaces` lineage); either way the provenance lists every
+    candidate's score. Without validation data, or with validate=False, one generated sample is registered.
+    """
+    if samples < 1:
+        raise LoragenError(f"samples must be at least 1 (got {samples})")
+    if select_limit < 1:
+        raise LoragenError(f"the selection limit must be at least 1 validation example (got {select_limit})")
     items = plan_refresh(registry, base=base, tasks=tasks)
     todo = [item for item in items if item.action == "generate"]
     generator = load_generator(registry) if todo else None  # once, not once per task
-    for index, item in enumerate(todo):
-        result = generate(registry, settings, task=item.task, base_ref=item.base, seed=seed, replaces=item.replaces,
-                          loaded=generator)
-        item.action, item.id, item.seconds = "generated", result.id, round(result.seconds, 3)
+    loader = BaseLoader(registry)
+    for index, item in enumerate(sorted(todo, key=lambda i: i.base)):  # grouped by base: one load each
+        validation = _refresh_validation(item.task) if validate else None
+        item.chosen_by = ("validation" if validation is not None
+                          else "no validation data" if validate else "not asked (--no-validate)")
+        drawn = _draw(registry, settings, task=item.task, base_ref=item.base, seed=seed,
+                      samples=samples if validation is not None else 1, loaded=generator)
+        item.seconds = round(drawn.seconds, 3)
+        if validation is None:
+            registered = _register_generated(registry, drawn, 0, item.replaces, {"refresh": {"chosen_by": item.chosen_by}})
+            item.action, item.id = "generated", registered.id
+        else:
+            item.action, item.id, item.candidates = _refresh_by_validation(registry, loader, item, drawn, validation,
+                                                                           select_limit)
         if progress:
             progress(index + 1, len(todo))
     if run_eval:
-        _evaluate_refresh(registry, [item for item in items if item.id], evaluate_limit)
+        _evaluate_refresh(registry, [item for item in items if item.id], evaluate_limit, loader)
     return items
 
 
-def _evaluate_refresh(registry: Registry, items: Sequence[RefreshItem], limit: int | None) -> None:
-    """Before/after on the new version: the old adapter carried over, zero-shot, the regenerated adapter."""
+def _refresh_validation(task_name: str):
+    """The bundled task of that name if it has validation examples to choose by, else None."""
+    task = _bundled_task(task_name)
+    if task is None or not task.declares_split("validation") or not task.records("validation"):
+        return None
+    return task
+
+
+def _refresh_by_validation(registry: Registry, loader: BaseLoader, item: RefreshItem, drawn: _Drawn, validation,
+                           limit: int) -> tuple[str, str, list[dict[str, Any]]]:
+    """Score the carried-over predecessor and the generated samples on the new version; register the winner."""
+    model, tokenizer, _ = loader.get(item.base)
+    folders = [registry.adapter_folder(item.replaces)] + drawn.folders(registry)
+    scores = _validation_scores(model, tokenizer, validation, folders, limit)
+    candidates = [{"kind": "carried_over", "adapter": item.replaces, "from_base": item.replaces_base}]
+    candidates += [{"kind": "generated", "seed": c.seed} for c in drawn.candidates]
+    for candidate, score in zip(candidates, scores):
+        candidate.update(score=score.value, metric=score.metric)
+    for candidate, row in zip(drawn.candidates, candidates[1:]):
+        candidate.score, candidate.metric = row["score"], row["metric"]
+    best = max(range(len(candidates)), key=lambda i: (candidates[i]["score"], -i))  # ties: the earlier, carried over first
+    record = {"refresh": {"chosen_by": "validation", "winner": candidates[best]["kind"], "candidates": candidates,
+                          "validation": {"task": validation.name, "split": "validation", "limit": limit}}}
+    if best > 0:
+        registered = _register_generated(registry, drawn, best - 1, item.replaces, record)
+        return "generated", registered.id, candidates
+    old = registry.adapter_files(item.replaces)[2]
+    registered = registry.ingest(folders[0], item.base, item.task, [], origin=Origin.carried_over,
+                                 replaces=item.replaces,
+                                 provenance={"carried_over_from": old["uid"], "from_base": item.replaces_base,
+                                             "base": item.base, **record})
+    return "carried over", registered.id, candidates
+
+
+def _evaluate_refresh(registry: Registry, items: Sequence[RefreshItem], limit: int | None, loader: BaseLoader) -> None:
+    """Before/after on the new version: the old adapter carried over, zero-shot, and the refreshed adapter."""
     from loragen.evaluation import attached, evaluate
 
-    by_base: dict[str, list[RefreshItem]] = {}
-    for item in items:
-        by_base.setdefault(item.base, []).append(item)
-    for label, group in by_base.items():
-        model, tokenizer, _ = load_base(registry, label)
-        for item in group:
-            task = _bundled_task(item.task)
-            if task is None:
-                continue  # no bundled data to score it on
-            [zero] = evaluate(model, tokenizer, [task], limit=limit)
-            registry.record_scores(label, None, [zero], {"refresh": True, "limit": limit})
-            item.scores["zero_shot"] = zero.value
-            for key, ref in (("old_on_new", item.replaces), ("regenerated", item.id)):
-                with attached(model, registry.adapter_folder(ref)) as peft_model:
-                    [score] = evaluate(peft_model, tokenizer, [task], limit=limit)
-                item.scores[key] = score.value
-            # Stored under the regenerated adapter only: the old one belongs to another version.
-            registry.record_scores(label, item.id, [score], {"refresh": True, "limit": limit})
+    for item in sorted(items, key=lambda i: i.base):
+        task = _bundled_task(item.task)
+        if task is None:
+            continue  # no bundled data to score it on
+        model, tokenizer, _ = loader.get(item.base)
+        [zero] = evaluate(model, tokenizer, [task], limit=limit)
+        registry.record_scores(item.base, None, [zero], {"refresh": True, "limit": limit})
+        item.scores["zero_shot"] = zero.value
+        for key, ref in (("old_on_new", item.replaces), ("refreshed", item.id)):
+            with attached(model, registry.adapter_folder(ref)) as peft_model:
+                [score] = evaluate(peft_model, tokenizer, [task], limit=limit)
+            item.scores[key] = score.value
+        # Stored under the refreshed adapter only: the old one belongs to another version.
+        registry.record_scores(item.base, item.id, [score], {"refresh": True, "limit": limit})
 
 
 # ---------------------------------------------------------------- fine-tuning

@@ -1,6 +1,10 @@
-"""loragen refresh on tiny models: lineage, idempotence, dry run, before/after scores."""
+"""loragen refresh on tiny models: lineage, idempotence, dry run, before/after scores, and the choice on validation
+between the carried-over adapter and generated samples."""
 
 import pytest
+
+import loragen.workflows
+from loragen.evaluation import Score
 
 from tests.helpers import registry_with_adapters, run_cli
 
@@ -21,11 +25,11 @@ def test_dry_run_plans_and_changes_nothing(capsys, evolved_registry):
         ("element_symbol", "tiny@v2", "generate", evolved_registry["element_symbol"]),
         ("shout", "tiny@v2", "generate", evolved_registry["shout"])}
     assert run_cli(capsys, "list", "--base", "tiny@v2", "--json").json() == []
-    assert "would be generated (dry run)" in run_cli(capsys, "refresh", "--dry-run").out
+    assert "2 adapter(s) would be made (dry run)" in run_cli(capsys, "refresh", "--dry-run").out
 
 
 def test_refresh_registers_lineage_and_is_idempotent(capsys, evolved_registry):
-    first = run_cli(capsys, "refresh", "--json")
+    first = run_cli(capsys, "refresh", "--no-validate", "--json")
     assert first.code == 0, first.err
     items = {item["task"]: item for item in first.json()}
     assert {item["action"] for item in items.values()} == {"generated"}
@@ -33,17 +37,18 @@ def test_refresh_registers_lineage_and_is_idempotent(capsys, evolved_registry):
         shown = run_cli(capsys, "show", items[task]["id"], "--json").json()
         assert shown["base"] == "tiny@v2" and shown["origin"] == "generated" and shown["replaces"] == old_id
         assert shown["provenance"]["base"] == "tiny@v2"
+    assert {item["chosen_by"] for item in items.values()} == {"not asked (--no-validate)"}
     second = run_cli(capsys, "refresh", "--json").json()
     assert all(item["action"].startswith("skip") for item in second)
     assert len(run_cli(capsys, "list", "--base", "tiny@v2", "--json").json()) == 2
-    assert "0 adapter(s) generated, 2 already up to date" in run_cli(capsys, "refresh").out
+    assert "0 adapter(s) generated, 0 carried over, 2 already up to date" in run_cli(capsys, "refresh").out
 
 
 def test_refresh_eval_reports_before_and_after(capsys, evolved_registry):
-    result = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--eval", "--limit", "2", "--json")
+    result = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--no-validate", "--eval", "--limit", "2", "--json")
     assert result.code == 0, result.err
     [item] = result.json()
-    assert set(item["scores"]) == {"old_on_new", "zero_shot", "regenerated"}
+    assert set(item["scores"]) == {"old_on_new", "zero_shot", "refreshed"}
     assert all(0 <= v <= 1 for v in item["scores"].values())
     compare = {r["task"]: r for r in run_cli(capsys, "eval", "--compare", "--json").json() if r["base"] == "tiny@v2"}
     assert compare["element_symbol"]["generated"]["n"] == 1 and compare["element_symbol"]["zero_shot"]["n"] == 1
@@ -52,3 +57,90 @@ def test_refresh_eval_reports_before_and_after(capsys, evolved_registry):
 def test_refresh_of_an_unknown_base_is_a_clear_error(capsys, evolved_registry):
     result = run_cli(capsys, "refresh", "--base", "nope")
     assert result.code == 1 and "no base model named 'nope'" in result.err
+
+
+def _scores_by_candidate(monkeypatch, values):
+    """Validation scores fixed per candidate, in the order refresh scores them: carried over, then each sample."""
+    calls = []
+
+    def fixed(model, tokenizer, task, folders, limit):
+        calls.append([str(f) for f in folders])
+        return [Score(task=task.name, metric="exact_match", value=v, stderr=None, num_examples=limit, split="validation")
+                for v in values[:len(folders)]]
+
+    monkeypatch.setattr(loragen.workflows, "_validation_scores", fixed)
+    return calls
+
+
+def _weights_sha(capsys, adapter_id):
+    return run_cli(capsys, "show", adapter_id, "--json").json()["weights_sha256"]
+
+
+def test_carried_over_adapter_is_kept_when_it_wins_on_validation(capsys, monkeypatch, evolved_registry):
+    calls = _scores_by_candidate(monkeypatch, [0.9, 0.2, 0.4])
+    result = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--json")
+    assert result.code == 0, result.err
+    [item] = result.json()
+    assert len(calls) == 1 and len(calls[0]) == 3  # the carried-over adapter and two samples, scored once each
+    assert item["action"] == "carried over" and item["chosen_by"] == "validation"
+    old = evolved_registry["element_symbol"]
+    shown = run_cli(capsys, "show", item["id"], "--json").json()
+    assert shown["base"] == "tiny@v2" and shown["origin"] == "carried_over" and shown["replaces"] == old
+    assert shown["weights_sha256"] == _weights_sha(capsys, old)  # the same weights, now registered for v2
+    refresh = shown["provenance"]["refresh"]
+    assert refresh["winner"] == "carried_over" and refresh["validation"]["task"] == "element_symbol"
+    assert [(c["kind"], c["score"]) for c in refresh["candidates"]] == [
+        ("carried_over", 0.9), ("generated", 0.2), ("generated", 0.4)]
+    assert [c.get("seed") for c in refresh["candidates"]] == [None, 0, 1]
+    again = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--json").json()
+    assert again[0]["action"].startswith("skip: ") and "already carried over" in again[0]["action"]
+    table = run_cli(capsys, "refresh", "--tasks", "element_symbol").out
+    assert "0 carried over, 1 already up to date" in table
+
+
+def test_a_generated_sample_is_registered_when_it_wins(capsys, monkeypatch, evolved_registry):
+    _scores_by_candidate(monkeypatch, [0.3, 0.2, 0.7])
+    result = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--seed", "5")
+    assert result.code == 0, result.err
+    assert "carried 0.300 · 0.200 0.700*" in result.out and "1 adapter(s) generated, 0 carried over" in result.out
+    [new] = run_cli(capsys, "list", "--base", "tiny@v2", "--json").json()
+    shown = run_cli(capsys, "show", new["id"], "--json").json()
+    assert shown["origin"] == "generated" and shown["replaces"] == evolved_registry["element_symbol"]
+    assert shown["provenance"]["seed"] == 6  # the second sample (seeds 5, 6) won
+    assert shown["provenance"]["refresh"]["winner"] == "generated"
+    assert [c["score"] for c in shown["provenance"]["refresh"]["candidates"]] == [0.3, 0.2, 0.7]
+
+
+def test_a_tie_keeps_the_carried_over_adapter(capsys, monkeypatch, evolved_registry):
+    _scores_by_candidate(monkeypatch, [0.5, 0.5, 0.5])
+    [item] = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--json").json()
+    assert item["action"] == "carried over"
+
+
+def test_no_validate_and_tasks_without_validation_data_score_nothing(capsys, monkeypatch, evolved_registry):
+    calls = _scores_by_candidate(monkeypatch, [1.0, 0.0, 0.0])
+    items = {i["task"]: i for i in run_cli(capsys, "refresh", "--json").json()}
+    # "shout" was ingested under a name no bundled task has: there is nothing to validate on.
+    assert items["shout"]["chosen_by"] == "no validation data" and items["shout"]["action"] == "generated"
+    assert items["shout"]["candidates"] == [] and len(calls) == 1  # only element_symbol was scored
+    assert items["element_symbol"]["action"] == "carried over"
+
+
+def test_no_validate_registers_one_sample_without_evaluating(capsys, monkeypatch, evolved_registry):
+    calls = _scores_by_candidate(monkeypatch, [1.0, 0.0, 0.0])
+    [item] = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--no-validate", "--json").json()
+    assert calls == [] and item["action"] == "generated" and item["chosen_by"] == "not asked (--no-validate)"
+
+
+@pytest.mark.slow
+def test_validation_through_lm_eval_records_every_candidate(capsys, evolved_registry):
+    """Unpatched: real lm-eval scores on the tiny v2; the registered winner is the best (ties: carried over)."""
+    result = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--samples", "2", "--select-limit", "2", "--json")
+    assert result.code == 0, result.err
+    [item] = result.json()
+    scores = [c["score"] for c in item["candidates"]]
+    assert len(scores) == 3 and all(0.0 <= s <= 1.0 for s in scores)
+    expected = "carried over" if scores[0] >= max(scores[1:]) else "generated"
+    assert item["action"] == expected
+    shown = run_cli(capsys, "show", item["id"], "--json").json()
+    assert [c["score"] for c in shown["provenance"]["refresh"]["candidates"]] == scores

@@ -62,7 +62,7 @@ TABLE_ROWS = 50  # a terminal's worth; --all, --json and -q give every row
 def list_cmd(what: str = typer.Argument("adapters", help="adapters, bases, tasks, suite or generators."),
              task: Optional[str] = typer.Option(None, "--task", help="Only this task's adapters."),
              base: Optional[str] = typer.Option(None, "--base", help="Only adapters of this base version."),
-             origin: Optional[str] = typer.Option(None, "--origin", help="trained, ingested or generated."),
+             origin: Optional[str] = typer.Option(None, "--origin", help="trained, ingested, generated or carried_over."),
              show_all: bool = typer.Option(False, "--all", help="Every adapter in the table, not only the newest."),
              limit: int = typer.Option(TABLE_ROWS, "--limit",
                                        help="Adapters in the table (the newest); --json and -q list them all."),
@@ -76,8 +76,10 @@ def list_cmd(what: str = typer.Argument("adapters", help="adapters, bases, tasks
         rows = state.views.tasks()
         render(rows, as_json=as_json, quiet=quiet, columns=TASK_COLUMNS, key="name", summary=f"{len(rows)} task(s)")
     elif what in ("adapters", "adapter"):
-        if origin and origin not in ("trained", "ingested", "generated"):
-            raise typer.BadParameter("--origin must be trained, ingested or generated")
+        from loragen.registry.views import ORIGINS
+
+        if origin and origin not in ORIGINS:
+            raise typer.BadParameter(f"--origin must be one of {', '.join(ORIGINS)}")
         if limit < 1:  # checked here, not with min=1: a bounded int costs a pydantic import (see loragen/cli)
             raise typer.BadParameter("--limit must be at least 1")
         _list_adapters(task, base, origin, None if show_all else limit, as_json, quiet)

@@ -27,6 +27,7 @@ COMPARE_COLUMNS = [
     Column("TRAINED", lambda r: _fmt(r["trained"]), "right"),
     Column("INGESTED", lambda r: _fmt(r["ingested"]), "right"),
     Column("GENERATED", lambda r: _fmt(r["generated"]), "right"),
+    Column("CARRIED OVER", lambda r: _fmt(r["carried_over"]), "right"),  # kept by refresh for a new version
     Column("OTHER TASK'S", lambda r: _fmt(r["other_task"]), "right"),  # e.g. a multi-task group on a member
 ]
 SCORE_COLUMNS = [

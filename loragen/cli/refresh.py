@@ -1,4 +1,5 @@
-"""`loragen refresh`: a base moved on; regenerate every task's adapter for its newest version."""
+"""`loragen refresh`: a base moved on; give every task an adapter for its newest version, never worse than carrying
+the old one over where the task has validation data to tell."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import typer
 
 from loragen.cli.context import state
 from loragen.cli.render import Column, StepProgress, render
+from loragen.config import REFRESH_SAMPLES
 
 
 def _score(item: dict, key: str) -> Optional[str]:
@@ -15,14 +17,34 @@ def _score(item: dict, key: str) -> Optional[str]:
     return None if value is None else f"{value:.3f}"
 
 
+def _candidates(item: dict) -> Optional[str]:
+    """'carried 0.620 · 0.580 0.600*': the carried-over score, then each generated sample's; * marks the winner."""
+    if not item["candidates"]:
+        return None
+    best = max(range(len(item["candidates"])), key=lambda i: (item["candidates"][i]["score"], -i))
+    cells = [f"{c['score']:.3f}{'*' if i == best else ''}" for i, c in enumerate(item["candidates"])]
+    return f"carried {cells[0]} · {' '.join(cells[1:])}"
+
+
 def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this base (its newest version)."),
             tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these tasks (comma-separated)."),
             dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be generated; change nothing."),
-            run_eval: bool = typer.Option(False, "--eval", help="Score old-on-new, zero-shot and regenerated with lm-eval."),
+            samples: int = typer.Option(
+                REFRESH_SAMPLES, "--samples", min=1,
+                help="Generated candidates beside the carried-over adapter; the best on validation wins."),
+            no_validate: bool = typer.Option(
+                False, "--no-validate", help="Register one generated sample without scoring any candidate."),
+            select_limit: int = typer.Option(50, "--select-limit", min=1, help="Validation examples per candidate."),
+            run_eval: bool = typer.Option(False, "--eval", help="Score old-on-new, zero-shot and refreshed with lm-eval."),
             limit: Optional[int] = typer.Option(None, "--limit", help="Examples per task for --eval (settings: eval.limit)."),
             seed: int = typer.Option(0, help="Sampling seed."),
             as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
-    """Generate, for the newest version of each base, an adapter for every task it had before (with lineage)."""
+    """Give every task an adapter for the newest version of each base (with lineage).
+
+    For a task with validation data the candidates are its previous adapter carried over unchanged and
+    --samples generated ones, scored on the new version: the best is registered (a tie keeps the carried-over
+    one), and every candidate's score goes into its provenance.
+    """
     from loragen import workflows
 
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
@@ -31,8 +53,9 @@ def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this b
         items = workflows.plan_refresh(registry, base=base, tasks=task_list)
     else:
         planned = sum(item.action == "generate" for item in workflows.plan_refresh(registry, base=base, tasks=task_list))
-        with StepProgress("regenerating", max(1, planned)) as bar:
+        with StepProgress("refreshing", max(1, planned)) as bar:
             items = workflows.refresh(registry, state.settings.generator, base=base, tasks=task_list, seed=seed,
+                                      samples=samples, validate=not no_validate, select_limit=select_limit,
                                       run_eval=run_eval, evaluate_limit=limit if limit is not None else state.settings.eval.limit,
                                       progress=lambda done, total: bar.update(done, total))
     rows = [item.__dict__ for item in items]
@@ -40,11 +63,15 @@ def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this b
                Column("REPLACES", lambda r: f"{r['replaces']} ({r['replaces_base']})"),
                Column("ACTION", lambda r: r["action"]), Column("ID", lambda r: r["id"]),
                Column("SECONDS", lambda r: r["seconds"], "right")]
+    if not dry_run:
+        columns += [Column("CHOSEN BY", lambda r: r["chosen_by"]), Column("VALIDATION", _candidates)]
     if run_eval and not dry_run:
         columns += [Column("OLD ON NEW", lambda r: _score(r, "old_on_new"), "right"),
                     Column("ZERO-SHOT", lambda r: _score(r, "zero_shot"), "right"),
-                    Column("REGENERATED", lambda r: _score(r, "regenerated"), "right")]
-    done = sum(r["action"] == "generated" for r in rows)
-    summary = (f"{sum(r['action'] == 'generate' for r in rows)} adapter(s) would be generated (dry run)" if dry_run
-               else f"{done} adapter(s) generated, {len(rows) - done} already up to date")
+                    Column("REFRESHED", lambda r: _score(r, "refreshed"), "right")]
+    generated = sum(r["action"] == "generated" for r in rows)
+    carried = sum(r["action"] == "carried over" for r in rows)
+    summary = (f"{sum(r['action'] == 'generate' for r in rows)} adapter(s) would be made (dry run)" if dry_run
+               else f"{generated} adapter(s) generated, {carried} carried over, "
+                    f"{len(rows) - generated - carried} already up to date")
     render(rows, as_json=as_json, columns=columns, key="task", summary=summary)

@@ -35,6 +35,9 @@ class Origin(str, enum.Enum):
     trained = "trained"      # fine-tuned by `loragen finetune`
     ingested = "ingested"    # brought in from a PEFT folder
     generated = "generated"  # produced by the generator
+    # `refresh` kept an earlier version's adapter for a new version (it won on validation). Stored as a
+    # VARCHAR(20) without a CHECK constraint (native_enum=False), so the new value needs no migration.
+    carried_over = "carried_over"
 
 
 class Blob(Base):

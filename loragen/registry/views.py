@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 MIN_ID_PREFIX = 4
 HEX = "0123456789abcdef"
-ORIGINS = ("trained", "ingested", "generated")  # loragen.registry.models.Origin's values
+ORIGINS = ("trained", "ingested", "generated", "carried_over")  # loragen.registry.models.Origin's values
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
 
