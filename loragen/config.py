@@ -166,6 +166,9 @@ class GeneratorSettings:
     anchor: bool = field(default=True, metadata={"help": "tokenize the residual from the mean training adapter"})
     permutation_states: bool = field(default=False, metadata={"help": "learn one state per training adapter (RPG)"})
     memory_slots: int = field(default=16, metadata={"help": "per-token prototype tables mixed by the condition (0: off)"})
+    memory_code_dim: int = field(default=0, metadata={
+        "help": "> 0: factorised memory, a per-token code of this width times per-slot maps (size linear in the "
+                "adapter with a small constant); 0: a full table per slot"})
     direct_readout: bool = field(default=True, metadata={"help": "time-gated linear path prototype -> denoiser output"})
     steps: int = field(default=800, metadata={"help": "training steps"})
     batch_size: int = field(default=4, metadata={"help": "adapters per step"})
@@ -204,6 +207,8 @@ class GeneratorSettings:
         _check_bools("generator", self, ("anchor", "permutation_states", "direct_readout"))
         if not _is_int(self.memory_slots) or self.memory_slots < 0:
             raise LoragenError(f"generator.memory_slots must be >= 0 (got {self.memory_slots!r})")
+        if not _is_int(self.memory_code_dim) or self.memory_code_dim < 0:
+            raise LoragenError(f"generator.memory_code_dim must be >= 0 (got {self.memory_code_dim!r})")
         _check_positive_number("generator", "learning_rate", self.learning_rate)
         _check_seed("generator", self.seed)
         _check_choice("generator", "prediction_type", self.prediction_type, PREDICTION_TYPES)

@@ -30,8 +30,10 @@ def _training_set(tiny_base, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", [{"memory_slots": 0, "direct_readout": False},
-                                     {"memory_slots": 4, "direct_readout": True, "prototype_dim": 32}],
-                         ids=["mamba-only", "with-token-memory"])
+                                     {"memory_slots": 4, "direct_readout": True, "prototype_dim": 32},
+                                     {"memory_slots": 4, "memory_code_dim": 8, "direct_readout": True,
+                                      "prototype_dim": 32}],
+                         ids=["mamba-only", "with-token-memory", "with-factorised-memory"])
 def test_tiny_generator_overfits_two_adapters_and_regenerates_them(tiny_base, tmp_path, variant):
     from loragen.generator.training import train_generator
     from loragen.workflows import LoadedGenerator, sample_state_dict
@@ -291,3 +293,39 @@ def test_a_generator_trained_on_another_base_embedding_format_is_refused(capsys,
     refused = run_cli(capsys, "generate", "--task", "upper", "--base", "tiny")
     assert refused.code == 1 and "trained on base embeddings of format" in refused.err
     assert refused.err.count("\n") == 1
+
+
+def test_factorised_memory_is_linear_in_tokens_with_a_small_constant_and_starts_silent():
+    """The proposal's arithmetic (docs/token-memory-proposal.md) on the modules themselves, at a 7B r64 shape."""
+    import torch
+
+    from loragen.generator.model import FactorisedTokenMemory, TokenMemory
+
+    slots, prototype, code = 16, 1024, 64
+
+    def size(module):
+        return sum(p.numel() for name, p in module.named_parameters() if not name.startswith("mixture"))
+
+    small, large = (FactorisedTokenMemory(slots, n, 32, prototype, code) for n in (1_000, 2_000))
+    assert size(large) - size(small) == 1_000 * code  # each further token costs its code row only
+    tokens_7b = 156_160  # Llama-2-7B r64 on every linear layer, 1024 values a token
+    factorised = tokens_7b * code + slots * code * prototype
+    assert factorised * 4 / 2**20 < 50                          # about 44 MB of float32
+    assert slots * tokens_7b * prototype * 4 / 2**30 > 9        # the full tables: about 10 GB
+    full = TokenMemory(slots, 1_000, 32, prototype)
+    assert size(full) == slots * 1_000 * prototype
+    condition = torch.randn(3, 32)
+    assert torch.count_nonzero(small(condition)) == 0  # adds nothing before training
+    small(condition).sum().backward()
+    assert small.maps.grad is not None and small.maps.grad.abs().sum() > 0  # yet the maps learn from step one
+    assert small.per_token_parameters() == [small.codes]
+
+
+def test_checkpoint_configs_without_a_code_width_load_as_full_tables():
+    from loragen.generator.model import GeneratorConfig, TokenMemory, token_memory
+
+    config = dict(token_size=4, d_model=8, n_layers=1, d_state=2, prototype_dim=4, denoiser_channels=[8],
+                  direct_readout=False, memory_slots=2, num_tokens=3, text_dim=4, base_dim=4,
+                  num_permutation_states=0, num_module_types=64)
+    loaded = GeneratorConfig.from_dict(config)
+    assert loaded.memory_code_dim == 0 and isinstance(token_memory(loaded), TokenMemory)

@@ -43,6 +43,7 @@ class GeneratorConfig:
     denoiser_channels: tuple[int, ...]
     direct_readout: bool              # denoiser adds a time-gated linear readout of the prototype
     memory_slots: int                 # learned per-token prototype tables mixed by the condition (0: off)
+    memory_code_dim: int              # > 0: the factorised memory (per-token code of this width x per-slot map)
     num_tokens: int                   # tokens per adapter (sizes the memory tables; 0 without them)
     text_dim: int                     # task-text embedding size
     base_dim: int                     # base-model embedding size
@@ -57,6 +58,8 @@ class GeneratorConfig:
                 raise ValueError(f"GeneratorConfig.{name} must be positive (got {getattr(self, name)})")
         if self.num_permutation_states < 0 or self.memory_slots < 0:
             raise ValueError("GeneratorConfig.num_permutation_states and memory_slots must be >= 0")
+        if self.memory_code_dim < 0:
+            raise ValueError("GeneratorConfig.memory_code_dim must be >= 0")
         if self.memory_slots and self.num_tokens <= 0:
             raise ValueError("GeneratorConfig.num_tokens must be set when memory_slots is on")
         if self.d_model % 2:
@@ -69,8 +72,9 @@ class GeneratorConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GeneratorConfig:
-        """As `to_dict` wrote it; older checkpoints also carry `max_layers`, which nothing ever read."""
-        return cls(**{key: value for key, value in data.items() if key != "max_layers"})
+        """As `to_dict` wrote it; older checkpoints also carry `max_layers`, which nothing ever read, and predate
+        the factorised memory (their tables are the full kind: memory_code_dim 0)."""
+        return cls(**{"memory_code_dim": 0, **{key: value for key, value in data.items() if key != "max_layers"}})
 
 
 def generator_config_from_settings(settings: GeneratorSettings, layout: LoraLayout, *, text_dim: int, base_dim: int,
@@ -81,7 +85,8 @@ def generator_config_from_settings(settings: GeneratorSettings, layout: LoraLayo
         token_size=settings.token_size, d_model=settings.d_model, n_layers=settings.n_layers,
         d_state=settings.d_state, prototype_dim=settings.prototype_dim,
         denoiser_channels=tuple(settings.denoiser_channels), direct_readout=settings.direct_readout,
-        memory_slots=settings.memory_slots, num_tokens=layout.num_tokens if settings.memory_slots else 0,
+        memory_slots=settings.memory_slots, memory_code_dim=settings.memory_code_dim if settings.memory_slots else 0,
+        num_tokens=layout.num_tokens if settings.memory_slots else 0,
         text_dim=text_dim, base_dim=base_dim,
         num_permutation_states=num_adapters if settings.permutation_states else 0,
         # At least 64 rows, as every checkpoint so far; rows a layout does not use are never read.
@@ -164,6 +169,47 @@ class TokenMemory(nn.Module):
         weights = torch.softmax(self.mixture(condition), dim=-1)
         return torch.einsum("bk,klp->blp", weights, self.tables)
 
+    def per_token_parameters(self) -> list[nn.Parameter]:
+        """Parameters whose rows see a gradient only when their token is drawn (trained at a larger step)."""
+        return [self.tables]
+
+
+class FactorisedTokenMemory(nn.Module):
+    """The token memory at a small constant per adapter value: a per-token code E (num_tokens x code_dim) shared by
+    every slot, times per-slot maps M_k (code_dim x prototype_dim) mixed by the condition:
+
+        memory[b, l] = E[l] @ (sum_k w_k(c_b) M_k)
+
+    Size: num_tokens x code_dim + slots x code_dim x prototype_dim, instead of slots x num_tokens x prototype_dim
+    (docs/token-memory-proposal.md: 44 MB instead of 10.2 GB for a 7B r64 adapter). The task-dependent part,
+    E (M(c1) - M(c2)), has rank <= code_dim over tokens; the full tables give rank <= slots. E starts random and
+    M at zero, so the memory adds nothing at first and M still gets a gradient.
+    """
+
+    def __init__(self, slots: int, num_tokens: int, d_model: int, prototype_dim: int, code_dim: int):
+        super().__init__()
+        self.codes = nn.Parameter(torch.randn(num_tokens, code_dim) / math.sqrt(code_dim))
+        self.maps = nn.Parameter(torch.zeros(slots, code_dim, prototype_dim))
+        self.mixture = nn.Linear(d_model, slots)
+
+    def forward(self, condition: torch.Tensor) -> torch.Tensor:
+        """(B, d_model) projected condition -> (B, num_tokens, prototype_dim)."""
+        weights = torch.softmax(self.mixture(condition), dim=-1)
+        mixed = torch.einsum("bk,kdp->bdp", weights, self.maps)     # mix the small maps, not whole tables
+        return torch.einsum("ld,bdp->blp", self.codes, mixed)
+
+    def per_token_parameters(self) -> list[nn.Parameter]:
+        return [self.codes]  # the maps see a gradient every step
+
+
+def token_memory(config: GeneratorConfig) -> TokenMemory | FactorisedTokenMemory | None:
+    if not config.memory_slots:
+        return None
+    if config.memory_code_dim:
+        return FactorisedTokenMemory(config.memory_slots, config.num_tokens, config.d_model, config.prototype_dim,
+                                     config.memory_code_dim)
+    return TokenMemory(config.memory_slots, config.num_tokens, config.d_model, config.prototype_dim)
+
 
 class ORALGenerator(nn.Module):
     def __init__(self, config: GeneratorConfig):
@@ -175,8 +221,7 @@ class ORALGenerator(nn.Module):
                                    if config.num_permutation_states else None)
         self.backbone = MambaStack(MambaConfig(d_model=config.d_model, n_layers=config.n_layers, d_state=config.d_state))
         self.to_prototype = nn.Linear(config.d_model, config.prototype_dim)
-        self.memory = (TokenMemory(config.memory_slots, config.num_tokens, config.d_model, config.prototype_dim)
-                       if config.memory_slots else None)
+        self.memory = token_memory(config)
         self.denoiser = TokenDenoiser(DenoiserConfig(token_size=config.token_size, prototype_dim=config.prototype_dim,
                                                      channels=config.denoiser_channels,
                                                      direct_readout=config.direct_readout))

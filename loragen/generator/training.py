@@ -315,17 +315,17 @@ class TaskLossStep:
                          timestep=self.settings.task_loss_timestep, clean=tokens[rows_t], generator=sampler)
 
 
-# The memory tables are per-token parameters that see a gradient only when their token is
-# drawn for the loss (tokens_per_step of batch x tokens), so they learn at a larger step.
+# The memory's per-token parameters (the full tables, or the factorised memory's codes) see a gradient only
+# when their token is drawn for the loss (tokens_per_step of batch x tokens), so they learn at a larger step.
 MEMORY_LR_SCALE = 30.0
 
 
 def _parameter_groups(model: ORALGenerator) -> list[dict[str, Any]]:
     if model.memory is None:
         return [{"params": list(model.parameters()), "lr_scale": 1.0}]
-    tables = model.memory.tables
-    others = [p for p in model.parameters() if p is not tables]
-    return [{"params": others, "lr_scale": 1.0}, {"params": [tables], "lr_scale": MEMORY_LR_SCALE}]
+    per_token = model.memory.per_token_parameters()
+    others = [p for p in model.parameters() if all(p is not q for q in per_token)]
+    return [{"params": others, "lr_scale": 1.0}, {"params": per_token, "lr_scale": MEMORY_LR_SCALE}]
 
 
 def mean_adapter(adapters: Sequence[TrainingAdapter]) -> dict[str, torch.Tensor]:
