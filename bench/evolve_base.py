@@ -1,18 +1,25 @@
-"""Evolved versions of the bundled SmolLM2 for issue 4, made as ORAL made theirs: continued pretraining.
+"""The version ladder of the bundled SmolLM2 (issue 12): evolved versions made by different kinds of evolution.
 
-    python -m bench.evolve_base --home bench/out/home --steps 100
+    python -m bench.evolve_base --home bench/out/home            # every rung of LADDER, resuming the made ones
+    python -m bench.evolve_base --home bench/out/home --upto 4   # v2..v4 only
 
-Starting from the newest registered version of smollm2-135m, every weight of the
-model is trained with the causal-LM loss on a real text corpus from a Debian
-package, the GNU Collaborative International Dictionary of English
-(`apt-get install dict-gcide`, /usr/share/dictd/gcide.dict.dz), and the result is
-registered with `base update` as the next version. The dictionary is alphabetical;
-each version reads its own slice of it (v2 the first half, v3 the second), so the
-versions drift in different directions, the way a base model's releases are
-trained on new data. Same seed and same corpus give the same weights.
+Each rung starts from the version before it (a chain, as a base's releases are), trains every weight with the
+causal-LM loss on a real text from a Debian package, and is registered with `base update` (which refuses a
+version whose linear shapes differ). The kinds:
 
-Writes the evolved model as a Hugging Face folder under bench/out/evolved/vN and
-prints the loss curve; bench/out/evolve.json keeps the record.
+  continued pretraining   plain text: the GNU Collaborative International Dictionary of English
+                          (dict-gcide; v2 and v3, one half each, as issue 4 made them), WordNet's glosses
+                          (wordnet-base), FreeDict dictionaries (dict-freedict-*)
+  instruction             a chat-format update: WordNet words asked about and glossed, through the tokenizer's
+                          chat template (as ORAL's AlpacaGPT4/GPT4LLM versions are instruction data)
+
+Rungs have a role: `train` versions carry the generator's training adapters; `near` is an unseen version of a
+kind the training versions have; `far` is an unseen version trained harder on another language, meant to
+break carried-over adapters. A rung already registered with the same recipe is skipped; one registered with
+another recipe stops the run. Same seed and same corpus give the same weights.
+
+Writes each version as a Hugging Face folder under bench/out/evolved/vN; bench/out/evolve.json keeps the record
+(loss curve ends, seconds, and the distance from the parent: relative weight change and base-embedding distance).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import argparse
 import gzip
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +36,8 @@ import torch
 from bench.common import BASE, command_line, git_revision, machine, open_registry, write_json
 
 GCIDE = Path("/usr/share/dictd/gcide.dict.dz")
+DICTD = Path("/usr/share/dictd")
+WORDNET = Path("/usr/share/wordnet")
 # Lines that carry no language: source tags and the database's own header entries.
 _NOISE = re.compile(r"^\s*(\[[^\]]*\]\s*)+$|^00-database")
 
@@ -49,6 +59,123 @@ def corpus_slices(path: Path = GCIDE, parts: int = 2) -> list[str]:
             current.append(line.strip())
     size = len(paragraphs) // parts
     return ["\n".join(paragraphs[i * size:(i + 1) * size]) for i in range(parts)]
+
+
+def wordnet_glosses(folder: Path = WORDNET) -> list[tuple[str, str]]:
+    """(word, gloss) for every synset of WordNet's data files, in file order (words with '_' spelled with spaces)."""
+    if not (folder / "data.noun").is_file():
+        raise SystemExit(f"{folder}/data.noun is missing: install it with `apt-get install wordnet-base`")
+    pairs = []
+    for part in ("noun", "verb", "adj", "adv"):
+        for line in (folder / f"data.{part}").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("  ") or " | " not in line:
+                continue  # the licence header, or a line without a gloss
+            fields, gloss = line.split(" | ", 1)
+            word = fields.split()[4].replace("_", " ")
+            pairs.append((word, gloss.strip()))
+    return pairs
+
+
+_B64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
+
+
+def _dictd_number(text: str) -> int:
+    """dictd's index numbers: base64 digits, most significant first."""
+    value = 0
+    for char in text:
+        value = value * 64 + _B64[char]
+    return value
+
+
+def freedict_text(pair: str, folder: Path = DICTD) -> str:
+    """A FreeDict dictionary's entries as text, one per line, found through its .index (byte offset and length
+    of each entry in the uncompressed .dict); the 00-database* entries (licence, metadata) are dropped."""
+    path, index = folder / f"freedict-{pair}.dict.dz", folder / f"freedict-{pair}.index"
+    if not path.is_file() or not index.is_file():
+        raise SystemExit(f"{path} is missing: install it with `apt-get install dict-freedict-{pair}`")
+    with gzip.open(path, "rb") as handle:
+        data = handle.read()
+    entries, seen = [], set()
+    for line in index.read_text(encoding="utf-8", errors="replace").splitlines():
+        headword, offset, length = line.split("\t")[:3]
+        if headword.startswith("00database") or headword.startswith("00-database") or (offset, length) in seen:
+            continue
+        seen.add((offset, length))  # several headwords may point at one entry
+        start = _dictd_number(offset)
+        entry = data[start:start + _dictd_number(length)].decode("utf-8", errors="replace")
+        entries.append(" ".join(entry.split()))
+    return "\n".join(entries)
+
+
+# A rung reads at most steps x batch x length tokens (51,200 at the defaults): the first few million characters
+# of a corpus are plenty, and tokenizing FreeDict's German (92 MB) whole would take minutes. (GCIDE's halves
+# are read whole, as issue 4's versions were, so those versions stay the same.)
+MAX_CORPUS_CHARS = 4_000_000
+
+
+def corpus_text(corpus: str, tokenizer) -> str:
+    """The text a rung trains on: "gcide:K/N", "wordnet_glosses", "wordnet_chat" or "freedict:PAIR[+PAIR]"."""
+    if corpus.startswith("gcide:"):
+        part, parts = (int(x) for x in corpus.split(":", 1)[1].split("/"))
+        return corpus_slices(parts=parts)[part - 1]
+    return _other_corpus(corpus, tokenizer)[:MAX_CORPUS_CHARS]
+
+
+def _other_corpus(corpus: str, tokenizer) -> str:
+    if corpus == "wordnet_glosses":
+        return "\n".join(f"{word}: {gloss}" for word, gloss in wordnet_glosses())
+    if corpus == "wordnet_chat":
+        return "\n".join(tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"What does the word '{word}' mean?"},
+             {"role": "assistant", "content": gloss}], tokenize=False) for word, gloss in wordnet_glosses())
+    if corpus.startswith("freedict:"):
+        return "\n".join(freedict_text(pair) for pair in corpus.split(":", 1)[1].split("+"))
+    raise SystemExit(f"unknown corpus {corpus!r}")
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One evolved version: how it is made from the version before it, and what it is for."""
+
+    version: int
+    kind: str            # "continued pretraining" or "instruction"
+    corpus: str          # see corpus_text
+    label: str           # the corpus as the note names it
+    steps: int
+    learning_rate: float
+    role: str            # "train", "near" or "far"
+
+    def note(self, parent: str, batch_size: int, length: int, seed: int) -> str:
+        """The `base update` note: the recipe in words (v2 and v3 keep issue 4's wording, so they are reused)."""
+        return (f"{self.kind} of {parent}: {self.label}, {self.steps} steps of {batch_size}x{length} tokens, "
+                f"lr {self.learning_rate}, seed {seed}")
+
+
+LADDER = (
+    Rung(2, "continued pretraining", "gcide:1/2", "GCIDE slice 1/2", 100, 1e-4, "train"),
+    Rung(3, "continued pretraining", "gcide:2/2", "GCIDE slice 2/2", 100, 1e-4, "train"),
+    Rung(4, "continued pretraining", "wordnet_glosses", "WordNet glosses", 100, 1e-4, "train"),
+    Rung(5, "instruction", "wordnet_chat", "WordNet words asked and glossed in the chat template", 100, 1e-4, "train"),
+    Rung(6, "continued pretraining", "freedict:deu-eng", "FreeDict German-English", 100, 1e-4, "near"),
+    # Far: another language, five times the learning rate, three times the steps.
+    Rung(7, "continued pretraining", "freedict:lat-eng+cym-eng", "FreeDict Latin- and Welsh-English", 300, 5e-4, "far"),
+)
+
+
+def weight_distance(parent: dict, child: dict) -> float:
+    """||child - parent|| / ||parent|| over every floating-point weight the two share."""
+    change = total = 0.0
+    for name, weight in parent.items():
+        if name in child and weight.is_floating_point():
+            change += (child[name].float() - weight.float()).pow(2).sum().item()
+            total += weight.float().pow(2).sum().item()
+    return (change / total) ** 0.5
+
+
+def register_rung(registry, folder: Path, note: str, base: str = BASE):
+    """`base update` of `base` to the folder: a version whose linear shapes differ is refused there, with one
+    line, before anything is registered."""
+    return registry.update_base(base, str(folder), note)
 
 
 def token_blocks(tokenizer, text: str, length: int) -> torch.Tensor:
@@ -105,54 +232,70 @@ def save_hf_folder(model, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def make_rung(registry, rung: Rung, *, batch_size: int, length: int, seed: int, out: Path, base: str = BASE,
+              log=print) -> dict:
+    """Train and register one rung of `base` from the version before it; returns its record."""
+    from loragen.workflows import base_condition, load_base
+
+    versions = sorted(row["version"] for row in registry.list_bases() if row["base"] == base)
+    if versions[-1] != rung.version - 1:
+        raise SystemExit(f"{base} is at v{versions[-1]}; expected v{rung.version - 1} before making v{rung.version}")
+    model, tokenizer, parent = load_base(registry, f"{base}@v{rung.version - 1}")
+    parent_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    blocks = token_blocks(tokenizer, corpus_text(rung.corpus, tokenizer), length)
+    log(f"v{rung.version} ({rung.role}): {rung.kind} of {parent.label} on {rung.label} ({len(blocks)} rows of "
+        f"{length} tokens)")
+    began = time.perf_counter()
+    losses = continue_pretraining(model, blocks, steps=rung.steps, batch_size=batch_size,
+                                  learning_rate=rung.learning_rate, seed=seed, log=log)
+    seconds = time.perf_counter() - began
+    folder = out / f"v{rung.version}"
+    save_hf_folder(model, tokenizer, folder)
+    registered = register_rung(registry, folder, rung.note(parent.label, batch_size, length, seed), base)
+    child = f"{base}@v{rung.version}"
+    record = {"version": rung.version, "role": rung.role, "kind": rung.kind, "corpus": rung.label,
+              "parent": parent.label, "rows": len(blocks), "steps": rung.steps, "learning_rate": rung.learning_rate,
+              "first_loss": losses[0], "last_loss": sum(losses[-10:]) / len(losses[-10:]),
+              "seconds": round(seconds, 1), "id": registered.id,
+              "weight_change_vs_parent": round(weight_distance(parent_weights, model.state_dict()), 6),
+              "base_embedding_distance_vs_parent": round(
+                  (base_condition(registry, child) - base_condition(registry, parent.label)).norm().item(), 4)}
+    log(f"registered {child} ({registered.id}); {seconds:.0f} s, weights moved "
+        f"{record['weight_change_vs_parent']:.4%} of their norm")
+    return record
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, default=Path("bench/out/home"))
-    parser.add_argument("--versions", type=int, default=2, help="evolved versions to make (v2, v3, ...)")
-    parser.add_argument("--steps", type=int, default=100, help="training steps per version")
+    parser.add_argument("--upto", type=int, default=LADDER[-1].version, help="make the rungs up to this version")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--length", type=int, default=128, help="tokens per row")
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="rung vN trains with seed + N - 2")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/out/evolve.json"))
     args = parser.parse_args()
 
-    from loragen.workflows import load_base
-
     torch.set_num_threads(args.threads)
     registry = open_registry(args.home)
-    slices = corpus_slices(parts=args.versions)
-    records = []
-    for index, text in enumerate(slices):
-        versions = sorted(row["version"] for row in registry.list_bases() if row["base"] == BASE)
-        target = index + 2
-        if target in versions:
-            print(f"{BASE}@v{target} is already registered; skipped")
+    earlier = {r["version"]: r for r in __import__("json").loads(args.out.read_text()).get("versions", [])} \
+        if args.out.is_file() else {}
+    notes = {row["version"]: row.get("note", "") for row in registry.list_bases() if row["base"] == BASE}
+    records = dict(earlier)
+    for rung in (r for r in LADDER if r.version <= args.upto):
+        seed = args.seed + rung.version - 2
+        if rung.version in notes:
+            expected = rung.note(f"{BASE}@v{rung.version - 1}", args.batch_size, args.length, seed)
+            if notes[rung.version] != expected:
+                raise SystemExit(f"{BASE}@v{rung.version} is registered with another recipe ({notes[rung.version]!r}); "
+                                 f"this ladder makes it as {expected!r}: use another --home")
+            print(f"{BASE}@v{rung.version} is already registered; skipped", flush=True)
             continue
-        if versions[-1] != target - 1:
-            raise SystemExit(f"{BASE} is at v{versions[-1]}; expected v{target - 1} before making v{target}")
-        model, tokenizer, parent = load_base(registry, f"{BASE}@v{target - 1}")
-        blocks = token_blocks(tokenizer, text, args.length)
-        print(f"v{target}: continued pretraining of {parent.label} on GCIDE slice {index + 1}/{len(slices)} "
-              f"({len(blocks)} rows of {args.length} tokens)", flush=True)
-        began = time.perf_counter()
-        losses = continue_pretraining(model, blocks, steps=args.steps, batch_size=args.batch_size,
-                                      learning_rate=args.lr, seed=args.seed + index,
-                                      log=lambda line: print(line, flush=True))
-        seconds = time.perf_counter() - began
-        folder = Path("bench/out/evolved") / f"v{target}"
-        save_hf_folder(model, tokenizer, folder)
-        note = (f"continued pretraining of {parent.label}: GCIDE slice {index + 1}/{len(slices)}, {args.steps} steps of "
-                f"{args.batch_size}x{args.length} tokens, lr {args.lr}, seed {args.seed + index}")
-        registered = registry.update_base(BASE, str(folder), note)
-        print(f"registered {BASE}@v{target} ({registered.id}); {seconds:.0f} s", flush=True)
-        records.append({"version": target, "parent": parent.label, "slice": index + 1, "rows": len(blocks),
-                        "first_loss": losses[0], "last_loss": sum(losses[-10:]) / len(losses[-10:]),
-                        "seconds": round(seconds, 1), "note": note})
-        del model
-    write_json(args.out, {"command": command_line(), "machine": machine(), "revision": git_revision(),
-                          "settings": vars(args), "versions": records})
+        records[rung.version] = make_rung(registry, rung, batch_size=args.batch_size, length=args.length, seed=seed,
+                                          out=Path("bench/out/evolved"), log=lambda line: print(line, flush=True))
+        write_json(args.out, {"command": command_line(), "machine": machine(), "revision": git_revision(),
+                              "settings": {k: str(v) for k, v in vars(args).items()},
+                              "versions": [records[v] for v in sorted(records)]})
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ import pytest
 
 import loragen.workflows
 from loragen.evaluation import Score
-
 from tests.helpers import registry_with_adapters, run_cli
 
 

@@ -1,0 +1,89 @@
+"""bench/evolve_base.py's version ladder: its recipe, its corpus readers, and one rung made on a tiny base."""
+
+import gzip
+
+import pytest
+
+from bench import evolve_base
+from bench.evolve_base import LADDER, Rung, make_rung, register_rung, weight_distance, wordnet_glosses
+from loragen.errors import LoragenError
+
+
+def test_ladder_has_six_versions_of_several_kinds_and_two_unseen_ones_last():
+    versions = [r.version for r in LADDER]
+    assert versions == list(range(2, 2 + len(LADDER))) and len(LADDER) >= 6  # a chain from v1
+    assert {r.kind for r in LADDER} == {"continued pretraining", "instruction"}
+    roles = [r.role for r in LADDER]
+    assert roles.count("near") == 1 and roles.count("far") == 1
+    assert roles[-2:] == ["near", "far"]  # the unseen versions come after every training version
+    assert 1 + roles.count("train") >= 4  # v1 and the train rungs carry adapters
+    far = next(r for r in LADDER if r.role == "far")
+    assert all(far.learning_rate * far.steps > r.learning_rate * r.steps for r in LADDER if r is not far)
+
+
+def test_issue_4s_versions_keep_their_notes_so_a_registry_that_has_them_reuses_them():
+    assert LADDER[0].note("smollm2-135m@v1", 4, 128, 0) == (
+        "continued pretraining of smollm2-135m@v1: GCIDE slice 1/2, 100 steps of 4x128 tokens, lr 0.0001, seed 0")
+
+
+def test_wordnet_glosses_and_freedict_text_are_read_from_the_package_files(tmp_path, monkeypatch):
+    (tmp_path / "data.noun").write_text(
+        "  1 This software and database is being provided\n"
+        "00001740 03 n 01 entity 0 003 ~ 00001930 n 0000 | that which is perceived to have its own existence\n"
+        "00002137 03 n 02 abstraction 0 abstract_entity 0 010 | a general concept formed by extracting features\n")
+    for part in ("verb", "adj", "adv"):
+        (tmp_path / f"data.{part}").write_text("")
+    assert wordnet_glosses(tmp_path) == [("entity", "that which is perceived to have its own existence"),
+                                         ("abstraction", "a general concept formed by extracting features")]
+    # A dictd pair: the .dict (gzip) and an index of headword, byte offset and length in dictd's base64 digits.
+    body = "00-database-info\nThis is the header\n\nmore licence\nHaus /haʊs/\nhouse\nBaum\ntree\n".encode()
+    with gzip.open(tmp_path / "freedict-xxx-eng.dict.dz", "wb") as handle:
+        handle.write(body)
+    haus, baum = body.index("Haus".encode()), body.index(b"Baum")
+
+    def b64(number):
+        digits = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        return digits[number // 64] + digits[number % 64]
+
+    (tmp_path / "freedict-xxx-eng.index").write_text(
+        f"00databaseinfo\t{b64(0)}\t{b64(haus)}\nBaum\t{b64(baum)}\t{b64(len(body) - baum)}\n"
+        f"Haus\t{b64(haus)}\t{b64(baum - haus)}\nHäuser\t{b64(haus)}\t{b64(baum - haus)}\n")
+    assert evolve_base.freedict_text("xxx-eng", tmp_path) == "Baum tree\nHaus /haʊs/ house"
+    with pytest.raises(SystemExit, match="apt-get install dict-freedict-yyy-eng"):
+        evolve_base.freedict_text("yyy-eng", tmp_path)
+
+
+@pytest.mark.slow
+def test_a_rung_on_a_tiny_base_is_registered_with_its_recipe_and_the_same_seed_gives_the_same_weights(
+        tmp_path, tiny_base, monkeypatch):
+    from loragen.config import RegistryConfig
+    from loragen.registry.store import Registry
+    from loragen.workflows import load_base
+
+    monkeypatch.setattr(evolve_base, "corpus_text", lambda corpus, tokenizer: "the quick brown fox jumps. " * 40)
+    rung = Rung(2, "continued pretraining", "toy", "a toy text", steps=3, learning_rate=1e-3, role="train")
+    weights = []
+    for attempt in range(2):
+        registry = Registry(RegistryConfig(home=str(tmp_path / f"home{attempt}")))
+        registry.add_base("tiny", str(tiny_base))
+        record = make_rung(registry, rung, batch_size=2, length=16, seed=0, out=tmp_path / f"evolved{attempt}",
+                           base="tiny", log=lambda line: None)
+        [v2] = [row for row in registry.list_bases() if row["name"] == "tiny@v2"]
+        assert v2["parent"] == "tiny@v1" and v2["note"] == rung.note("tiny@v1", 2, 16, 0)
+        assert record["weight_change_vs_parent"] > 0 and record["base_embedding_distance_vs_parent"] > 0
+        weights.append(load_base(registry, "tiny@v2").model.state_dict())
+    assert weight_distance(weights[0], weights[1]) == 0.0
+
+
+def test_a_version_whose_linear_shapes_differ_is_refused_and_nothing_is_registered(tmp_path, tiny_base):
+    from loragen.config import RegistryConfig
+    from loragen.registry.store import Registry
+    from tests.tiny import make_tiny_llama
+
+    registry = Registry(RegistryConfig(home=str(tmp_path / "home")))
+    registry.add_base("tiny", str(tiny_base))
+    wider = make_tiny_llama(tmp_path / "wider", hidden=48)
+    with pytest.raises(LoragenError) as refused:
+        register_rung(registry, wider, "a wider model is no evolved version", base="tiny")
+    assert "\n" not in str(refused.value)
+    assert [row["name"] for row in registry.list_bases()] == ["tiny@v1"]
