@@ -521,7 +521,8 @@ class RefreshItem:
 
 
 def plan_refresh(registry: Registry, *, base: str | None = None, tasks: Sequence[str] | None = None) -> list[RefreshItem]:
-    """For the newest version of each base (or `base`): every task that has an adapter on an earlier version."""
+    """For the newest version of each base (or of `base`, or the version `base` names as NAME@vN): every task that
+    has an adapter on an earlier version."""
     items = []
     for label in _newest_versions(registry, base):
         name, _ = label.split("@")
@@ -547,8 +548,13 @@ def plan_refresh(registry: Registry, *, base: str | None = None, tasks: Sequence
 
 def _newest_versions(registry: Registry, base: str | None) -> list[str]:
     rows = registry.list_bases()
+    if base and "@" in base:  # one version, e.g. a release between others whose adapters are wanted too
+        label = registry.version(base).label
+        if label.endswith("@v1"):
+            raise LoragenError(f"{label} is the first version: there is nothing earlier to refresh from")
+        return [label]
     if base:
-        return [registry.version(base.split("@")[0]).label]
+        return [registry.version(base).label]
     newest: dict[str, dict] = {}
     for row in rows:
         if row["base"] not in newest or row["version"] > newest[row["base"]]["version"]:

@@ -143,3 +143,16 @@ def test_validation_through_lm_eval_records_every_candidate(capsys, evolved_regi
     assert item["action"] == expected
     shown = run_cli(capsys, "show", item["id"], "--json").json()
     assert [c["score"] for c in shown["provenance"]["refresh"]["candidates"]] == scores
+
+
+def test_refresh_to_a_named_version_takes_the_latest_earlier_adapter(capsys, evolved_registry, tmp_path):
+    from tests.tiny import make_tiny_llama
+
+    v3 = make_tiny_llama(tmp_path / "v3", seed=3)
+    assert run_cli(capsys, "base", "update", "tiny", "--from", v3).code == 0
+    plan = run_cli(capsys, "refresh", "--base", "tiny@v2", "--dry-run", "--json").json()
+    assert {(p["base"], p["replaces_base"]) for p in plan} == {("tiny@v2", "tiny@v1")}
+    newest = run_cli(capsys, "refresh", "--base", "tiny", "--dry-run", "--json").json()
+    assert {p["base"] for p in newest} == {"tiny@v3"}
+    first = run_cli(capsys, "refresh", "--base", "tiny@v1", "--dry-run")
+    assert first.code == 1 and "tiny@v1 is the first version" in first.err

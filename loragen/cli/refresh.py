@@ -26,7 +26,7 @@ def _candidates(item: dict) -> Optional[str]:
     return f"carried {cells[0]} · {' '.join(cells[1:])}"
 
 
-def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this base (its newest version)."),
+def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this base (its newest version), or NAME@vN."),
             tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these tasks (comma-separated)."),
             dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be generated; change nothing."),
             samples: int = typer.Option(
