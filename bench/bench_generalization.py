@@ -30,7 +30,6 @@ import argparse
 import hashlib
 import json
 import random
-import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -38,14 +37,13 @@ from pathlib import Path
 from bench.bench_corpus import DEFAULT_OUT as CORPUS_OUT
 from bench.bench_corpus import DEFAULT_RUNS as CORPUS_RUNS
 from bench.bench_corpus import MIN_GAIN
-from bench.common import BASE, command_line, git_revision, machine, write_json
+from bench.common import BASE, bootstrap_ci, command_line, git_revision, machine, mean_or_none, write_json
 
 STAGES = ("corpus", "register", "multitask", "generators", "adapters", "evaluate", "summary")
 COLUMNS = ("zero_shot", "finetuned", "multitask", "mean_adapter", "nearest_task", "generated_diffusion",
            "generated", "random_description", "heldout_description")
 GENERATED = ("generated_diffusion", "generated", "random_description", "heldout_description")
 MULTITASK_NAME = "multitask-seen"
-BOOTSTRAP_SAMPLES = 2000
 
 
 @dataclass(frozen=True)
@@ -349,20 +347,20 @@ class Bench:
             out = {"tasks": len(tasks), "scored": sum(1 for t in tasks if t in table)}
             for column in COLUMNS:
                 values = [table[t][column] for t in tasks if column in table.get(t, {})]
-                out[column] = _mean(values)
-                out[f"{column}_ci95"] = _bootstrap_ci(values, self.args.seed)
+                out[column] = mean_or_none(values)
+                out[f"{column}_ci95"] = bootstrap_ci(values, self.args.seed)
                 out[f"{column}_n"] = len(values)
             both = [t for t in tasks if {"generated", "multitask"} <= set(table.get(t, {}))]
-            out["generated_minus_multitask_ci95"] = _bootstrap_ci(
+            out["generated_minus_multitask_ci95"] = bootstrap_ci(
                 [table[t]["generated"] - table[t]["multitask"] for t in both], self.args.seed)
             above = [t for t in tasks if {"generated", "zero_shot"} <= set(table.get(t, {}))]
             out["generated_above_zero_shot"] = sum(table[t]["generated"] > table[t]["zero_shot"] for t in above)
             out["generated_above_zero_shot_of"] = len(above)
             ratios = [table[t]["generated"] / table[t]["finetuned"] for t in tasks
                       if {"generated", "finetuned"} <= set(table.get(t, {})) and table[t]["finetuned"] > 0]
-            out["generated_over_finetuned"] = _mean(ratios)
+            out["generated_over_finetuned"] = mean_or_none(ratios)
             ablation = [t for t in tasks if {"generated", "random_description"} <= set(table.get(t, {}))]
-            out["random_description_minus_generated"] = _mean(
+            out["random_description_minus_generated"] = mean_or_none(
                 [table[t]["random_description"] - table[t]["generated"] for t in ablation])
             return out
 
@@ -382,8 +380,8 @@ class Bench:
             "tasks_total": len(all_tasks), "families": len(families),
             "training_tasks": len(self.training_tasks()) if all(t in corpus for t in self.plan.training) else None,
             "held_out": held_out, "seen": seen,
-            "generation_s_mean": _mean(generation_s), "generation_s_max": max(generation_s, default=None),
-            "finetune_s_mean": _mean([corpus[t]["finetune_s"] for t in self.plan.corpus if t in corpus]),
+            "generation_s_mean": mean_or_none(generation_s), "generation_s_max": max(generation_s, default=None),
+            "finetune_s_mean": mean_or_none([corpus[t]["finetune_s"] for t in self.plan.corpus if t in corpus]),
             "generators": {c: {k: v for k, v in g.items() if k not in ("tasks",)} for c, g in generators_made.items()},
             "settings": {"eval": self.eval_settings(), "corpus": self.corpus_settings(),
                          "multitask": asdict(self.multitask_config)},
@@ -442,21 +440,6 @@ def _every(interval: int, label: str):
             extra = f" loss {rest[0]:.4f}" if rest else ""
             print(f"{label}: step {step}/{total}{extra}", flush=True)
     return progress
-
-
-def _mean(values) -> float | None:
-    values = list(values)
-    return round(statistics.fmean(values), 4) if values else None
-
-
-def _bootstrap_ci(values, seed: int, samples: int = BOOTSTRAP_SAMPLES) -> list[float] | None:
-    """95% percentile interval of the mean, resampling tasks with replacement."""
-    values = list(values)
-    if len(values) < 2:
-        return None
-    rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(samples))
-    return [round(means[int(0.025 * samples)], 4), round(means[int(0.975 * samples) - 1], 4)]
 
 
 def _plot(summary: dict, path: Path, held_out: tuple[str, ...]) -> None:

@@ -1,138 +1,291 @@
-"""Issue 4's headline experiment: refresh every task's adapter for an unseen evolved version of SmolLM2.
+"""Issue 12's benchmark: refresh on the version ladder, against carrying the old adapter over and fine-tuning.
 
-    python -m bench.evolve_base --home bench/out/home          # makes smollm2-135m@v2 and @v3 first
-    python -m bench.bench_refresh --home bench/out/home
+    python -m bench.evolve_base --home bench/out/home          # the ladder first (v2..v7, bench/evolve_base.py)
+    python -m bench.bench_refresh --home bench/out/home        # every stage, resuming what is done
 
-In one run, on the registry at --home (which bench_tasks.py filled with v1 adapters):
-  1. fine-tunes each task on v2 (the generator's second version to learn from);
-  2. trains a generator on the v1 and v2 adapters (v3 is never seen);
-  3. `refresh`es to v3 (the library call behind `loragen refresh`), timed;
-  4. fine-tunes each task directly on v3 (the ceiling), timed;
-  5. scores on v3: zero-shot, the v2 adapter carried over unchanged, the regenerated
-     adapter and the v3 fine-tuned adapter.
-Steps already done in an earlier run are reused (fine-tuning runs resume or are
-skipped; the generator run resumes). The table prints and goes to bench/out/refresh.json.
+The ladder's rungs say which versions train the generator (v1 and the `train` rungs) and which are unseen
+(`near`, `far`). Stages, each resumable (results under --work, a finished piece never recomputed):
+
+  finetune   each task on every training version, registered (the generator's data), and on each unseen
+             version into run folders only (the ceiling: never registered, so refresh never carries it over)
+  generator  a generator trained on the training versions' adapters (workflows.train; unseen versions never seen)
+  refresh    per unseen version, far first, so both step from the last training version's adapter:
+             the regenerated adapter (one sample, no selection: what `refresh --no-validate` registers), timed,
+             written to a folder; then `refresh` with validation (registered), timed
+  evaluate   per task and unseen version on the test split: zero_shot, carried_over, regenerated,
+             refresh_validated, finetuned
+  summary    means with bootstrap 95% intervals per unseen version, a PNG, bench/results/refresh.json
+
+Noise, for "refresh with validation is never below carried over": a task's difference counts as a loss only
+when it is below -2 standard errors of the difference of two proportions on the same n test examples.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
+from bench.common import BASE, bootstrap_ci, command_line, git_revision, machine, mean_or_none, write_json
 
-from bench.common import BASE, command_line, git_revision, machine, open_registry, write_json
-
-# The tasks where fine-tuning clearly beats zero-shot on v1 (BENCHMARKS.md, issue 3): on the
-# translations a LoRA adds at most 0.10, too little to tell carried-over from regenerated.
+STAGES = ("finetune", "generator", "refresh", "evaluate", "summary")
+COLUMNS = ("zero_shot", "carried_over", "regenerated", "refresh_validated", "finetuned")
+# Tasks where fine-tuning clearly beats zero-shot on v1 (BENCHMARKS.md, issue 3).
 DEFAULT_TASKS = "antonyms,country_region,element_symbol,hypernym_choice,noun_singular,verb_base_form"
+
+
+class Bench:
+    def __init__(self, args):
+        from bench.common import open_registry
+        from bench.evolve_base import LADDER
+        from loragen.config import FinetuneConfig, LoraConfig, load_settings
+
+        self.args = args
+        self.work = Path(args.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.registry = open_registry(Path(args.home), add_bundled=args.base == BASE)
+        self.tasks = [t for t in args.tasks.split(",") if t]
+        # The ladder's roles, unless given (tests use a tiny base with versions of their own).
+        self.train_versions = ([f"{args.base}@v{v}" for v in args.train_versions.split(",")] if args.train_versions
+                               else [f"{BASE}@v1"] + [f"{BASE}@v{r.version}" for r in LADDER if r.role == "train"])
+        self.unseen = ({"near": f"{args.base}@v{args.near}", "far": f"{args.base}@v{args.far}"}
+                       if args.near and args.far else
+                       {r.role: f"{BASE}@v{r.version}" for r in LADDER if r.role in ("near", "far")})
+        have = {row["name"] for row in self.registry.list_bases()}
+        missing = [v for v in self.train_versions + list(self.unseen.values()) if v not in have]
+        if missing:
+            raise SystemExit(f"{', '.join(missing)} not registered in {args.home}: run `python -m bench.evolve_base "
+                             f"--home {args.home}` first")
+        self.lora = LoraConfig()
+        self.finetune_config = FinetuneConfig(steps=args.finetune_steps, batch_size=8, learning_rate=args.lr,
+                                              checkpoints=1, checkpoint_every=args.finetune_steps, seed=args.seed)
+        self.settings = replace(load_settings().generator, seed=args.seed,
+                                steps=args.generator_steps or load_settings().generator.steps)
+        self._loader = None
+
+    @property
+    def loader(self):
+        from loragen.workflows import BaseLoader
+
+        self._loader = self._loader or BaseLoader(self.registry)
+        return self._loader
+
+    def read(self, name, default):
+        path = self.work / name
+        return json.loads(path.read_text()) if path.is_file() else default
+
+    def write(self, name, payload) -> None:
+        path = self.work / name
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(payload, indent=2) + "\n")
+        partial.replace(path)
+
+    # ---------------------------------------------------------------- stages
+
+    def finetune(self) -> None:
+        from loragen.finetune import finetune
+        from loragen.tasks.suite import get_task
+        from loragen.workflows import finetune_task
+
+        done = self.read("finetune.json", {})
+        for version in self.train_versions:
+            for task in self.tasks:
+                outcome = finetune_task(self.registry, task, version, self.lora, self.finetune_config,
+                                        loader=self.loader)
+                done.setdefault(version, {})[task] = {"adapter": outcome.checkpoints[-1].id, "train_s": outcome.train_s}
+                self.write("finetune.json", done)
+                print(f"finetune: {task} on {version} ({outcome.train_s:.0f} s)", flush=True)
+        for role, version in self.unseen.items():
+            base = self.loader.get(version)
+            for task in self.tasks:
+                run_dir = self.work / "ceiling-runs" / f"{task}__{version.replace('@', '_')}"
+                result = finetune(base.model, base.tokenizer, get_task(task).examples("train"), self.lora,
+                                  self.finetune_config, run_dir)
+                done.setdefault(version, {})[task] = {"folder": str(result.checkpoints[-1].path),
+                                                      "train_s": result.total_train_s}
+                self.write("finetune.json", done)
+                print(f"finetune: {task} on {version} ({role}, ceiling, {result.total_train_s:.0f} s)", flush=True)
+
+    def generator(self) -> None:
+        from loragen.workflows import train
+
+        made = self.read("generator.json", {})
+        if made.get("settings") == asdict(self.settings) and made.get("bases") == self.train_versions:
+            print(f"generator: already trained ({made['id']})", flush=True)
+            return
+        registered, summary = train(self.registry, self.settings, tasks=self.tasks, bases=self.train_versions)
+        self.write("generator.json", {"id": registered.id, "settings": asdict(self.settings),
+                                      "bases": self.train_versions, "adapters": summary["adapters"],
+                                      "final_loss": summary["final_loss"], "wall_time_s": summary["wall_time_s"]})
+        print(f"generator: {registered.id}, {summary['adapters']} adapters, {summary['wall_time_s']:.0f} s", flush=True)
+
+    def refresh(self) -> None:
+        from loragen.adapters import write_adapter_folder
+        from loragen.workflows import draw, load_generator, plan_refresh, refresh
+
+        made = self.read("refreshed.json", {})
+        generator = load_generator(self.registry, self.read("generator.json", {})["id"])
+        for role in ("far", "near"):  # far first: both then step from the last training version
+            version = self.unseen[role]
+            if version in made:
+                print(f"refresh: {version} already done", flush=True)
+                continue
+            plan = {item.task: item for item in plan_refresh(self.registry, base=version, tasks=self.tasks)}
+            regenerated, seconds = {}, 0.0
+            for task in self.tasks:
+                drawn = draw(self.registry, self.settings, task=task, base_ref=version, seed=self.args.seed, samples=1,
+                             loaded=generator)
+                folder = self.work / "regenerated" / version.replace("@", "_") / task
+                if not folder.exists():
+                    write_adapter_folder(folder, drawn.state_dicts[0], drawn.lora_config())
+                regenerated[task] = {"folder": str(folder), "generate_s": round(drawn.seconds, 3),
+                                     "carried_over": plan[task].replaces, "from_base": plan[task].replaces_base}
+                seconds += drawn.seconds
+            began = time.perf_counter()
+            items = refresh(self.registry, self.settings, base=version, tasks=self.tasks, seed=self.args.seed,
+                            samples=self.args.samples, select_limit=self.args.select_limit)
+            validated_s = time.perf_counter() - began
+            made[version] = {"role": role, "regenerate_all_s": round(seconds, 2), "refresh_validated_s": round(validated_s, 1),
+                             "tasks": {task: {**regenerated[task], "refresh_validated": item.id, "action": item.action,
+                                              "candidates": item.candidates}
+                                       for task, item in ((i.task, i) for i in items)}}
+            self.write("refreshed.json", made)
+            print(f"refresh: {version} ({role}) regenerated {len(self.tasks)} in {seconds:.1f} s, validated refresh "
+                  f"{validated_s:.0f} s: " + ", ".join(f"{i.task} {i.action}" for i in items), flush=True)
+
+    def evaluate(self) -> None:
+        from loragen.evaluation import attached, evaluate
+        from loragen.tasks.suite import get_task
+
+        finetuned, refreshed = self.read("finetune.json", {}), self.read("refreshed.json", {})
+        scores = self.read("scores.json", {"limit": self.args.limit, "rows": []})
+        done = {(r["version"], r["task"], r["column"]) for r in scores["rows"]}
+        for version in self.unseen.values():
+            model, tokenizer, _ = self.loader.get(version)
+            for task_name in self.tasks:
+                task = get_task(task_name)
+                made = refreshed[version]["tasks"][task_name]
+                folders = {"carried_over": self.registry.adapter_folder(made["carried_over"]),
+                           "regenerated": made["folder"],
+                           "refresh_validated": self.registry.adapter_folder(made["refresh_validated"]),
+                           "finetuned": finetuned[version][task_name]["folder"]}
+                for column in COLUMNS:
+                    if (version, task_name, column) in done:
+                        continue
+                    if column == "zero_shot":
+                        [score] = evaluate(model, tokenizer, [task], limit=self.args.limit)
+                    else:
+                        with attached(model, folders[column]) as peft_model:
+                            [score] = evaluate(peft_model, tokenizer, [task], limit=self.args.limit)
+                    scores["rows"].append({"version": version, "task": task_name, "column": column,
+                                           "value": score.value, "examples": score.num_examples})
+                    self.write("scores.json", scores)
+                print(f"evaluate: {task_name} on {version}: " + " ".join(
+                    f"{r['column']}={r['value']:.3f}" for r in scores["rows"]
+                    if r["version"] == version and r["task"] == task_name), flush=True)
+
+    def summary(self) -> dict:
+        scores = self.read("scores.json", {"rows": []})
+        finetuned, refreshed = self.read("finetune.json", {}), self.read("refreshed.json", {})
+        table: dict[tuple[str, str], dict[str, float]] = {}
+        examples: dict[tuple[str, str], int] = {}
+        for row in scores["rows"]:
+            table.setdefault((row["version"], row["task"]), {})[row["column"]] = row["value"]
+            examples[(row["version"], row["task"])] = row["examples"]
+        out = {"command": command_line(), "machine": machine(), "revision": git_revision(),
+               "versions": len(self.train_versions) + len(self.unseen), "train_versions": self.train_versions,
+               "tasks": self.tasks}
+        for role, version in self.unseen.items():
+            cells = {t: table.get((version, t), {}) for t in self.tasks}
+            group = {"version": version}
+            for column in COLUMNS:
+                values = [c[column] for c in cells.values() if column in c]
+                group[column] = mean_or_none(values)
+                group[f"{column}_ci95"] = bootstrap_ci(values, self.args.seed)
+            pairs = [t for t, c in cells.items() if {"refresh_validated", "carried_over"} <= set(c)]
+            group["refresh_validated_below_carried_over_beyond_noise"] = [
+                t for t in pairs if _below_noise(cells[t]["refresh_validated"], cells[t]["carried_over"],
+                                                 examples[(version, t)])]
+            group["regenerated_over_finetuned"] = (round(group["regenerated"] / group["finetuned"], 4)
+                                                   if group["regenerated"] is not None and group["finetuned"] else None)
+            made = refreshed.get(version, {})
+            group["refresh_seconds"] = made.get("regenerate_all_s")
+            group["refresh_validated_seconds"] = made.get("refresh_validated_s")
+            group["finetune_seconds"] = round(sum(v["train_s"] for v in finetuned.get(version, {}).values()), 1)
+            group["winners"] = {t: v["action"] for t, v in made.get("tasks", {}).items()}
+            group["per_task"] = cells
+            out[role] = group
+        write_json(Path(self.args.summary), out)
+        if scores["rows"]:
+            _plot(out, Path(self.args.summary).with_suffix(".png"))
+        for role in self.unseen:
+            g = out[role]
+            print(f"{role} ({g['version']}): " + "  ".join(f"{c} {g[c]}" for c in COLUMNS) +
+                  f"  refresh {g['refresh_seconds']} s vs fine-tune {g['finetune_seconds']} s", flush=True)
+        return out
+
+
+def _below_noise(a: float, b: float, n: int) -> bool:
+    """a below b by more than 2 standard errors of the difference of two proportions on n examples each."""
+    error = ((a * (1 - a) + b * (1 - b)) / max(1, n)) ** 0.5
+    return a - b < -2 * error
+
+
+def _plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    roles = [r for r in ("near", "far") if r in summary]
+    fig, axis = plt.subplots(figsize=(6, 4))
+    for column, label in (("zero_shot", "zero-shot"), ("carried_over", "carried over"), ("regenerated", "regenerated"),
+                          ("finetuned", "fine-tuned (ceiling)")):
+        axis.plot([summary[r]["version"] for r in roles], [summary[r][column] or 0 for r in roles], "o-", label=label)
+    axis.set_ylabel("mean test score over tasks")
+    axis.set_title("Unseen versions of the ladder")
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--home", type=Path, default=Path("bench/out/home"))
+    parser.add_argument("--stages", default="all", help=f"comma-separated: {','.join(STAGES)} (default all)")
+    parser.add_argument("--home", default="bench/out/home")
+    parser.add_argument("--work", default="bench/out/refresh")
     parser.add_argument("--tasks", default=DEFAULT_TASKS)
+    parser.add_argument("--base", default=BASE, help="tests: a tiny base in --home, with the three options below")
+    parser.add_argument("--train-versions", default="", help="tests: comma-separated version numbers (default: LADDER)")
+    parser.add_argument("--near", type=int, default=0, help="tests: the near unseen version number")
+    parser.add_argument("--far", type=int, default=0, help="tests: the far unseen version number")
     parser.add_argument("--finetune-steps", type=int, default=120)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--generator-steps", type=int, default=None, help="default: loragen.toml's")
+    parser.add_argument("--samples", type=int, default=2, help="generated candidates in the validated refresh")
+    parser.add_argument("--select-limit", type=int, default=50, help="validation examples per candidate")
     parser.add_argument("--limit", type=int, default=100, help="test examples per evaluation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("bench/out/refresh.json"))
+    parser.add_argument("--summary", default="bench/results/refresh.json")
     args = parser.parse_args()
+    stages = STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(","))
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        parser.error(f"unknown stage {unknown[0]!r}: choose from {', '.join(STAGES)}")
 
-    from loragen.config import FinetuneConfig, LoraConfig, load_settings
-    from loragen.evaluation import attached, evaluate
-    from loragen.tasks.suite import get_task
-    from loragen.workflows import BaseLoader, finetune_task, refresh, train
+    import torch
 
     torch.set_num_threads(args.threads)
-    registry = open_registry(args.home)
-    versions = sorted(row["version"] for row in registry.list_bases() if row["base"] == BASE)
-    if versions[-1] < 3:
-        raise SystemExit(f"{BASE} has versions {versions}; run `python -m bench.evolve_base` first to make v2 and v3")
-    seen, unseen = [f"{BASE}@v1", f"{BASE}@v2"], f"{BASE}@v3"
-    tasks = [get_task(name) for name in args.tasks.split(",")]
-    names = [t.name for t in tasks]
-    lora = LoraConfig()
-    # The settings bench_tasks used for the v1 adapters, so every version's adapters are made alike.
-    finetune_config = FinetuneConfig(steps=args.finetune_steps, batch_size=8, learning_rate=2e-3, checkpoints=5,
-                                     checkpoint_every=10, seed=args.seed)
-
-    print(f"1. fine-tune {len(tasks)} tasks on {seen[1]}", flush=True)
-    loader = BaseLoader(registry)
-    for task in tasks:
-        outcome = finetune_task(registry, task, seen[1], lora, finetune_config, loader=loader)
-        print(f"   {task.name:18s} {outcome.train_s:6.1f} s", flush=True)
-
-    print(f"2. train the generator on {', '.join(seen)}", flush=True)
-    settings = load_settings().generator
-    settings = replace(settings, seed=args.seed, steps=args.generator_steps or settings.steps)
-    earlier = [g for g in registry.list_generators() if sorted(g["tasks"]) == sorted(names) and g["bases"] == seen]
-    if earlier:  # trained by an earlier run of this benchmark: reuse it (refresh takes the newest generator)
-        generator, summary = earlier[-1], {"adapters": earlier[-1]["adapters"], "final_loss": earlier[-1]["final_loss"],
-                                           "reused": True}
-        print(f"   reusing generator {generator['id']} (final loss {generator['final_loss']:.4f})", flush=True)
-    else:
-        registered, summary = train(registry, settings, tasks=names, bases=seen)
-        generator = {"id": registered.id}
-        print(f"   generator {registered.id}: {summary['adapters']} adapters, final loss {summary['final_loss']:.4f}, "
-              f"{summary['wall_time_s']:.0f} s", flush=True)
-
-    print(f"3. refresh to {unseen}", flush=True)
-    began = time.perf_counter()
-    items = refresh(registry, settings, base=BASE, tasks=names, seed=args.seed, validate=False)  # one sample, no selection
-    refresh_s = time.perf_counter() - began
-    if any(item.action != "generated" for item in items):
-        refresh_s = None  # some were made by an earlier run ("skip: ..."): this time is not the whole refresh
-    print(f"   {len(items)} adapters in {refresh_s if refresh_s is None else round(refresh_s, 1)} s", flush=True)
-
-    print(f"4. fine-tune {len(tasks)} tasks on {unseen} (the ceiling)", flush=True)
-    ceiling, finetune_s = {}, {}
-    for task in tasks:
-        outcome = finetune_task(registry, task, unseen, lora, finetune_config, loader=loader)
-        ceiling[task.name], finetune_s[task.name] = outcome.checkpoints[-1].id, outcome.train_s
-        print(f"   {task.name:18s} {finetune_s[task.name]:6.1f} s", flush=True)
-
-    print(f"5. score on {unseen}", flush=True)
-    # Not through evaluate_targets: the carried-over adapter runs on a version it was not made for, and
-    # these scores stay out of the registry's comparison (as refresh --eval keeps them out).
-    model, tokenizer, _ = loader.get(unseen)
-    rows = []
-    for item in items:
-        task = get_task(item.task)
-        [zero] = evaluate(model, tokenizer, [task], limit=args.limit)
-        row = {"task": task.name, "metric": zero.metric, "examples": zero.num_examples, "zero_shot": zero.value,
-               "carried_over": item.replaces, "regenerated": item.id, "finetuned": ceiling[task.name]}
-        for column in ("carried_over", "regenerated", "finetuned"):
-            with attached(model, registry.adapter_folder(row[column])) as peft_model:
-                [score] = evaluate(peft_model, tokenizer, [task], limit=args.limit)
-            row[column] = {"adapter": row[column], "score": score.value}
-        row["v1_zero_shot"] = _v1_zero_shot(registry, task.name)
-        rows.append(row)
-        print(f"   {task.name:18s} zero-shot {zero.value:.3f}  carried over {row['carried_over']['score']:.3f}  "
-              f"regenerated {row['regenerated']['score']:.3f}  fine-tuned {row['finetuned']['score']:.3f}", flush=True)
-
-    finetune_all = sum(finetune_s.values())
-    totals = {"refresh_s": None if refresh_s is None else round(refresh_s, 1), "finetune_all_s": round(finetune_all, 1),
-              "speedup": None if refresh_s is None else round(finetune_all / refresh_s, 1)}
-    for column in ("zero_shot", "carried_over", "regenerated", "finetuned"):
-        values = [r[column] if column == "zero_shot" else r[column]["score"] for r in rows]
-        totals[f"mean_{column}"] = round(sum(values) / len(values), 4)
-    print(totals)
-    write_json(args.out, {"command": command_line(), "machine": machine(), "revision": git_revision(),
-                          "settings": vars(args), "generator": {**generator, **summary}, "rows": rows,
-                          "summary": totals})
-
-
-def _v1_zero_shot(registry, task: str) -> float | None:
-    """The task's zero-shot score on v1, as bench_tasks recorded it (to show how far v3 drifted)."""
-    from loragen.evaluation import comparison
-
-    rows = [r for r in comparison(registry.eval_results())
-            if r["task"] == task and r["base"] == f"{BASE}@v1" and r["zero_shot"]]
-    return rows[-1]["zero_shot"]["mean"] if rows else None
+    bench = Bench(args)
+    for stage in stages:
+        began = time.perf_counter()
+        print(f"== {stage}", flush=True)
+        getattr(bench, stage)()
+        print(f"== {stage} done in {time.perf_counter() - began:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

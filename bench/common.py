@@ -97,3 +97,24 @@ def git_revision() -> str:
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def mean_or_none(values) -> float | None:
+    """The mean rounded to 4 places, or None for no values."""
+    import statistics
+
+    values = list(values)
+    return round(statistics.fmean(values), 4) if values else None
+
+
+def bootstrap_ci(values, seed: int, samples: int = 2000) -> list[float] | None:
+    """95% percentile interval of the mean, resampling the values (tasks) with replacement; None below 2 values."""
+    import random
+    import statistics
+
+    values = list(values)
+    if len(values) < 2:
+        return None
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(samples))
+    return [round(means[int(0.025 * samples)], 4), round(means[int(0.975 * samples) - 1], 4)]

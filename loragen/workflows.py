@@ -333,7 +333,7 @@ def generate(registry: Registry, settings: GeneratorSettings, *, task: str, base
     the bundled task the adapter is registered under. Every input is checked before the generator is
     loaded or anything is sampled.
     """
-    drawn = _draw(registry, settings, task=task, base_ref=base_ref, seed=seed, samples=samples, name=name,
+    drawn = draw(registry, settings, task=task, base_ref=base_ref, seed=seed, samples=samples, name=name,
                   generator_ref=generator_ref, loaded=loaded, progress=progress, validate_on=validate_on,
                   select_limit=select_limit)
     validation = drawn.validation
@@ -354,7 +354,7 @@ def generate(registry: Registry, settings: GeneratorSettings, *, task: str, base
 
 
 @dataclass
-class _Drawn:
+class Drawn:
     """Generated candidates for one task on one base version, not yet registered."""
 
     task_name: str
@@ -386,10 +386,10 @@ class _Drawn:
                 for i, sd in enumerate(self.state_dicts)]
 
 
-def _draw(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref: str, seed: int, samples: int,
+def draw(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref: str, seed: int, samples: int,
           name: str | None = None, generator_ref: str | None = None, loaded: LoadedGenerator | None = None,
           progress: Callable[[int, int], None] | None = None, validate_on: str | None = None,
-          select_limit: int = 50) -> _Drawn:
+          select_limit: int = 50) -> Drawn:
     """Check the request (the validation set for several samples included) before loading the generator, then
     sample `samples` adapters (seeds seed, seed+1, …)."""
     import time
@@ -432,13 +432,13 @@ def _draw(registry: Registry, settings: GeneratorSettings, *, task: str, base_re
                   "condition": condition, "base": version.label, "method": settings.sample_method,
                   "steps": settings.sample_steps if settings.sample_method == "ddim"
                   else generator.checkpoint.schedule.num_train_timesteps, "eta": settings.eta}
-    return _Drawn(task_name=task_name, bundled=bundled, version=version, condition=condition,
+    return Drawn(task_name=task_name, bundled=bundled, version=version, condition=condition,
                   descriptions=descriptions, generator=generator, candidates=[Candidate(seed=s) for s in seeds],
                   state_dicts=state_dicts, seconds=time.perf_counter() - began, provenance=provenance,
                   new_task=task_name not in registered_tasks, validation=validation)
 
 
-def _register_generated(registry: Registry, drawn: _Drawn, best: int, replaces: str | None,
+def _register_generated(registry: Registry, drawn: Drawn, best: int, replaces: str | None,
                         extra: dict[str, Any] | None = None) -> Registered:
     from loragen.adapters import write_adapter_folder
 
@@ -586,7 +586,7 @@ def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None
         validation = _refresh_validation(item.task) if validate else None
         item.chosen_by = ("validation" if validation is not None
                           else "no validation data" if validate else "not asked (--no-validate)")
-        drawn = _draw(registry, settings, task=item.task, base_ref=item.base, seed=seed,
+        drawn = draw(registry, settings, task=item.task, base_ref=item.base, seed=seed,
                       samples=samples if validation is not None else 1, loaded=generator)
         item.seconds = round(drawn.seconds, 3)
         if validation is None:
@@ -610,7 +610,7 @@ def _refresh_validation(task_name: str):
     return task
 
 
-def _refresh_by_validation(registry: Registry, loader: BaseLoader, item: RefreshItem, drawn: _Drawn, validation,
+def _refresh_by_validation(registry: Registry, loader: BaseLoader, item: RefreshItem, drawn: Drawn, validation,
                            limit: int) -> tuple[str, str, list[dict[str, Any]]]:
     """Score the carried-over predecessor and the generated samples on the new version; register the winner."""
     model, tokenizer, _ = loader.get(item.base)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.bench_generalization import COLUMNS, _bootstrap_ci, make_plan
+from bench.bench_generalization import COLUMNS, make_plan
+from bench.common import bootstrap_ci
 from loragen.tasks.split import load_split
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,11 +30,11 @@ def test_plan_follows_the_split():
 
 
 def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_tasks():
-    few = _bootstrap_ci([0.1, 0.5, 0.9], seed=0)
-    many = _bootstrap_ci([0.1, 0.5, 0.9] * 20, seed=0)
+    few = bootstrap_ci([0.1, 0.5, 0.9], seed=0)
+    many = bootstrap_ci([0.1, 0.5, 0.9] * 20, seed=0)
     assert few[0] < 0.5 < few[1] and many[0] < 0.5 < many[1]
     assert many[1] - many[0] < few[1] - few[0]
-    assert _bootstrap_ci([0.3], seed=0) is None
+    assert bootstrap_ci([0.3], seed=0) is None
 
 
 def _run(args, cwd):

@@ -1,0 +1,67 @@
+"""bench/bench_refresh.py end to end on a tiny base with a four-version ladder of its own, then resumed."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.bench_refresh import COLUMNS, _below_noise
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_difference_counts_as_a_loss_only_beyond_two_standard_errors():
+    assert not _below_noise(0.48, 0.50, 100)   # 2 points on 100 examples is noise
+    assert _below_noise(0.30, 0.50, 100)
+    assert not _below_noise(0.50, 0.30, 100)   # above is never a loss
+    assert _below_noise(0.0, 1.0, 1)
+
+
+def _run(args, cwd, home):
+    """The benchmark in a process of its own, reading the generator settings of `home`'s loragen.toml."""
+    done = subprocess.run([sys.executable, "-m", "bench.bench_refresh", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "LORAGEN_HOME": str(home)}, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_every_stage_on_a_tiny_ladder_then_a_resumed_run_changes_nothing(tmp_path, tiny_base):
+    from loragen.config import RegistryConfig
+    from loragen.registry.store import Registry
+    from tests.helpers import TINY_GENERATOR
+    from tests.tiny import make_tiny_llama
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    registry = Registry(RegistryConfig(home=str(home)))
+    registry.add_base("tiny", str(tiny_base))
+    for version in (2, 3, 4):
+        registry.update_base("tiny", str(make_tiny_llama(tmp_path / f"v{version}", seed=version)), f"v{version}")
+    (home / "loragen.toml").write_text("[generator]\n" + "\n".join(
+        f"{k} = {json.dumps(v)}" for k, v in TINY_GENERATOR.items()) + "\n")
+    summary = tmp_path / "summary.json"
+    args = ["--home", str(home), "--work", str(work), "--base", "tiny", "--train-versions", "1,2", "--near", "3",
+            "--far", "4", "--tasks", "element_symbol,noun_singular", "--finetune-steps", "2", "--generator-steps", "4",
+            "--samples", "2", "--select-limit", "2", "--limit", "3", "--threads", "1", "--summary", str(summary)]
+    _run(args, tmp_path, home)
+    result = json.loads(summary.read_text())
+    assert result["versions"] == 4 and result["train_versions"] == ["tiny@v1", "tiny@v2"]
+    for role, version in (("near", "tiny@v3"), ("far", "tiny@v4")):
+        group = result[role]
+        assert group["version"] == version
+        assert all(0.0 <= group[column] <= 1.0 for column in COLUMNS)
+        assert set(group["winners"].values()) <= {"generated", "carried over"}
+        assert group["refresh_seconds"] > 0 and group["finetune_seconds"] > 0
+    refreshed = json.loads((work / "refreshed.json").read_text())
+    # Both unseen versions refreshed from the last training version, never from each other.
+    assert {t["from_base"] for v in refreshed.values() for t in v["tasks"].values()} == {"tiny@v2"}
+    # The ceilings on unseen versions were never registered (refresh could otherwise carry them over).
+    assert not [a for a in registry.list_adapters() if a["base"] in ("tiny@v3", "tiny@v4") and a["origin"] == "trained"]
+    assert summary.with_suffix(".png").stat().st_size > 1000
+    scores = (work / "scores.json").read_text()
+    again = _run(args, tmp_path, home)
+    assert "already trained" in again and "already done" in again
+    assert (work / "scores.json").read_text() == scores
