@@ -161,20 +161,25 @@ def test_generate_without_a_generator_is_a_clear_error(capsys, tiny_base):
 
 
 @pytest.mark.slow
-def test_data_parallel_training_with_two_cpu_processes(capsys, tiny_base, tmp_path, isolated_home):
-    """`loragen train --nproc 2` runs torchrun with gloo; both ranks end with the same weights."""
+@pytest.mark.parametrize("task_loss", [False, True], ids=["diffusion", "with-task-loss"])
+def test_data_parallel_training_with_two_cpu_processes(capsys, tiny_base, tmp_path, isolated_home, task_loss):
+    """`loragen train --nproc 2` runs torchrun with gloo; both ranks end with the same weights, also when the task
+    loss (which runs the generator outside its loss forward) adds its gradients."""
     import json
     import os
     import subprocess
     import sys
 
-    registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home, ["upper", "lower"], steps=4)
+    extra = dict(task_loss_weight=1.0, task_loss_every=2, task_examples_per_step=2) if task_loss else {}
+    registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home, ["element_symbol", "noun_singular"], steps=4,
+                           **extra)
     env = dict(os.environ, LORAGEN_HOME=str(isolated_home), OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-m", "loragen", "train", "--nproc", "2", "--json"], env=env,
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout)
     assert summary["world_size"] == 2
+    assert (summary["final_task_loss"] is not None) == task_loss
     digests = summary["weights_sha256_per_rank"]
     assert len(digests) == 2 and digests[0] == digests[1]
     assert [g["id"] for g in run_cli(capsys, "list", "generators", "--json").json()] == [summary["id"]]

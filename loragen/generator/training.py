@@ -179,16 +179,15 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
     torch.manual_seed(settings.seed)
     model = ORALGenerator(config)
     model.condition.fit_base_scaling(torch.stack(list(base_table.values())))
-    trainable = model
-    if distributed:
-        # Same initial weights on every rank (seeded above), gradients averaged by DDP.
-        trainable = torch.nn.parallel.DistributedDataParallel(model)
+    # Data-parallel: the same initial weights on every rank (seeded above), and after each backward every gradient
+    # is averaged over the ranks (average_gradients). Not DistributedDataParallel: it averages only what flows
+    # through its wrapper's forward, and the task loss runs the model outside that forward.
     optimizer = torch.optim.AdamW(_parameter_groups(model), lr=settings.learning_rate, weight_decay=0.0)
     sampler = torch.Generator().manual_seed(settings.seed * 1000 + process_rank)
     train_settings = asdict(settings)
     fingerprint = {"settings": train_settings, "adapters": [a.uid for a in data.adapters], "world": world}
     start, losses, task_losses = 0, [], []
-    task_loss_step = TaskLossStep(data, settings, layout, stats, anchor, distributed) if settings.task_loss_weight else None
+    task_loss_step = TaskLossStep(data, settings, layout, stats, anchor) if settings.task_loss_weight else None
     state_path = run_dir / STATE_FILE
     if state_path.is_file():
         state = torch_load_state(state_path, STATE_KEYS)
@@ -214,7 +213,7 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
         picks = torch.randint(len(data.adapters), (settings.batch_size,), generator=sampler)
         text = torch.stack([_pick_description(data.text_embeddings[data.adapters[i].task], sampler) for i in picks.tolist()])
         state_ids = picks if config.num_permutation_states else None
-        loss = trainable(schedule, tokens[picks], masks[picks], positions, text, base_rows[picks], state_ids,
+        loss = model(schedule, tokens[picks], masks[picks], positions, text, base_rows[picks], state_ids,
                          settings.tokens_per_step, sampler)
         diffusion = loss.item()
         if task_loss_step is not None and step % settings.task_loss_every == 0:
@@ -223,6 +222,8 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
             loss = loss + settings.task_loss_weight * on_task
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if distributed:
+            average_gradients(model, world)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         losses.append(diffusion)
@@ -247,6 +248,18 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
         weights={k: v.detach().clone() for k, v in model.state_dict().items()}, anchor=anchor)
 
 
+def average_gradients(model: torch.nn.Module, world: int) -> None:
+    """Replace each gradient by its mean over the ranks, one all-reduce per parameter. A parameter without a
+    gradient on this rank (its rows were not drawn) takes part with zeros, so every rank makes the same calls."""
+    import torch.distributed as dist
+
+    for parameter in model.parameters():
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+        dist.all_reduce(parameter.grad)
+        parameter.grad /= world
+
+
 class TaskLossStep:
     """One task-loss term per call: `batch_size` adapters of tasks that have examples, each under
     `task_descriptions_per_step` of its task's descriptions, each generated adapter scored by its
@@ -257,10 +270,7 @@ class TaskLossStep:
     """
 
     def __init__(self, data: TrainingSet, settings: GeneratorSettings, layout: LoraLayout, stats: NormStats,
-                 anchor: dict[str, torch.Tensor], distributed: bool):
-        if distributed:
-            raise LoragenError("the task loss does not run data-parallel yet: train with --nproc 1, "
-                               "or set generator.task_loss_weight = 0")
+                 anchor: dict[str, torch.Tensor]):
         self.examples = {task: list(pairs) for task, pairs in data.task_examples.items() if pairs}
         self.with_examples = [i for i, a in enumerate(data.adapters) if a.task in self.examples]
         if not self.with_examples:
