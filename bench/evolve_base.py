@@ -19,7 +19,8 @@ break carried-over adapters. A rung already registered with the same recipe is s
 another recipe stops the run. Same seed and same corpus give the same weights.
 
 Writes each version as a Hugging Face folder under bench/out/evolved/vN; bench/out/evolve.json keeps the record
-(loss curve ends, seconds, and the distance from the parent: relative weight change and base-embedding distance).
+(loss curve ends, seconds, and the distance from the parent: relative weight change, base-embedding distance,
+and the mean validation zero-shot over a few tasks before and after).
 """
 
 from __future__ import annotations
@@ -232,9 +233,21 @@ def save_hf_folder(model, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def mean_zero_shot(model, tokenizer, tasks: list[str], limit: int) -> float | None:
+    """The mean validation score of the model alone over `tasks` (none: None)."""
+    from loragen.evaluation import evaluate
+    from loragen.tasks.suite import get_task
+
+    if not tasks:
+        return None
+    scores = evaluate(model, tokenizer, [get_task(t) for t in tasks], split="validation", limit=limit)
+    return round(sum(s.value for s in scores) / len(scores), 4)
+
+
 def make_rung(registry, rung: Rung, *, batch_size: int, length: int, seed: int, out: Path, base: str = BASE,
-              log=print) -> dict:
-    """Train and register one rung of `base` from the version before it; returns its record."""
+              zero_shot_tasks: list[str] = (), zero_shot_limit: int = 50, log=print) -> dict:
+    """Train and register one rung of `base` from the version before it; returns its record, with the mean
+    validation zero-shot over `zero_shot_tasks` before and after (how far the version moved for users)."""
     from loragen.workflows import base_condition, load_base
 
     versions = sorted(row["version"] for row in registry.list_bases() if row["base"] == base)
@@ -242,6 +255,7 @@ def make_rung(registry, rung: Rung, *, batch_size: int, length: int, seed: int, 
         raise SystemExit(f"{base} is at v{versions[-1]}; expected v{rung.version - 1} before making v{rung.version}")
     model, tokenizer, parent = load_base(registry, f"{base}@v{rung.version - 1}")
     parent_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    zero_shot_before = mean_zero_shot(model, tokenizer, list(zero_shot_tasks), zero_shot_limit)
     blocks = token_blocks(tokenizer, corpus_text(rung.corpus, tokenizer), length)
     log(f"v{rung.version} ({rung.role}): {rung.kind} of {parent.label} on {rung.label} ({len(blocks)} rows of "
         f"{length} tokens)")
@@ -257,6 +271,8 @@ def make_rung(registry, rung: Rung, *, batch_size: int, length: int, seed: int, 
               "parent": parent.label, "rows": len(blocks), "steps": rung.steps, "learning_rate": rung.learning_rate,
               "first_loss": losses[0], "last_loss": sum(losses[-10:]) / len(losses[-10:]),
               "seconds": round(seconds, 1), "id": registered.id,
+              "zero_shot_tasks": list(zero_shot_tasks), "zero_shot_parent": zero_shot_before,
+              "zero_shot": mean_zero_shot(model, tokenizer, list(zero_shot_tasks), zero_shot_limit),
               "weight_change_vs_parent": round(weight_distance(parent_weights, model.state_dict()), 6),
               "base_embedding_distance_vs_parent": round(
                   (base_condition(registry, child) - base_condition(registry, parent.label)).norm().item(), 4)}
@@ -273,6 +289,9 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128, help="tokens per row")
     parser.add_argument("--seed", type=int, default=0, help="rung vN trains with seed + N - 2")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--zero-shot-tasks", default="antonyms,country_region,element_symbol,hypernym_choice,"
+                        "noun_singular,verb_base_form", help="validation zero-shot before and after each rung")
+    parser.add_argument("--zero-shot-limit", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("bench/out/evolve.json"))
     args = parser.parse_args()
 
@@ -292,7 +311,9 @@ def main() -> None:
             print(f"{BASE}@v{rung.version} is already registered; skipped", flush=True)
             continue
         records[rung.version] = make_rung(registry, rung, batch_size=args.batch_size, length=args.length, seed=seed,
-                                          out=Path("bench/out/evolved"), log=lambda line: print(line, flush=True))
+                                          out=Path("bench/out/evolved"),
+                                          zero_shot_tasks=[t for t in args.zero_shot_tasks.split(",") if t],
+                                          zero_shot_limit=args.zero_shot_limit, log=lambda line: print(line, flush=True))
         write_json(args.out, {"command": command_line(), "machine": machine(), "revision": git_revision(),
                               "settings": {k: str(v) for k, v in vars(args).items()},
                               "versions": [records[v] for v in sorted(records)]})

@@ -67,7 +67,8 @@ def test_a_rung_on_a_tiny_base_is_registered_with_its_recipe_and_the_same_seed_g
         registry = Registry(RegistryConfig(home=str(tmp_path / f"home{attempt}")))
         registry.add_base("tiny", str(tiny_base))
         record = make_rung(registry, rung, batch_size=2, length=16, seed=0, out=tmp_path / f"evolved{attempt}",
-                           base="tiny", log=lambda line: None)
+                           base="tiny", zero_shot_tasks=["element_symbol"], zero_shot_limit=2, log=lambda line: None)
+        assert 0 <= record["zero_shot_parent"] <= 1 and 0 <= record["zero_shot"] <= 1
         [v2] = [row for row in registry.list_bases() if row["name"] == "tiny@v2"]
         assert v2["parent"] == "tiny@v1" and v2["note"] == rung.note("tiny@v1", 2, 16, 0)
         assert record["weight_change_vs_parent"] > 0 and record["base_embedding_distance_vs_parent"] > 0
