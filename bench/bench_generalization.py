@@ -246,26 +246,34 @@ class Bench:
         lora = lora_config_dict(self.lora.r, self.lora.alpha, list(self.lora.target_modules))
 
         shared = manifest.setdefault("_shared", {})
-        if "multitask" not in shared:
-            target = folder / "_shared" / "multitask"
-            self.registry.export(self.read("multitask.json", {})["id"], target)
-            shared["multitask"] = {"path": str(target)}
-        if "mean_adapter" not in shared:
-            target = folder / "_shared" / "mean_adapter"
+        multitask_id = self.read("multitask.json", {}).get("id")
+        if multitask_id is None:
+            raise SystemExit("the multi-task LoRA is not trained yet: run --stages multitask first")
+        if shared.get("multitask", {}).get("id") != multitask_id:
+            target = _emptied(folder / "_shared" / "multitask")  # a kill mid-export, or an older multi-task LoRA
+            self.registry.export(multitask_id, target)
+            shared["multitask"] = {"path": str(target), "id": multitask_id}
+            self.write("adapters.json", manifest)
+        if shared.get("mean_adapter", {}).get("of") != tasks:
+            target = _emptied(folder / "_shared" / "mean_adapter")
             weights = [TrainingAdapter(uid=t, task=t, base=self.version,
                                        state_dict=load_weights(self.corpus_adapter(t) / "adapter_model.safetensors"))
                        for t in tasks]
             write_adapter_folder(target, mean_adapter(weights), lora)
-            shared["mean_adapter"] = {"path": str(target), "of": len(weights)}
-        self.write("adapters.json", manifest)
+            shared["mean_adapter"] = {"path": str(target), "of": tasks}
+            self.write("adapters.json", manifest)
+        # What every task's adapters are made from; a task whose record names anything else is made again.
+        fingerprint = {"generators": {c: g.uid for c, g in generators.items()}, "multitask": multitask_id,
+                       "training_tasks": tasks, "corpus": self.corpus_settings(), "seed": self.args.seed}
 
         # The nearest training task of a description: cosine to the mean of that task's training descriptions.
         task_texts = {t: torch.nn.functional.normalize(encoder.encode(self.split.training_descriptions(get_task(t)))
                                                        .mean(0), dim=0) for t in tasks}
         for task_name in self.plan.evaluated:
-            made = manifest.setdefault(task_name, {})
-            if len(made) == len(self.columns(task_name)) - 1:  # every column but zero_shot
-                continue
+            made = manifest.get(task_name, {})
+            if made.get("_made_from") == fingerprint and len(made) == len(self.columns(task_name)):
+                continue  # every column but zero_shot, plus _made_from
+            made = manifest[task_name] = {"_made_from": fingerprint}
             task = get_task(task_name)
             description = self.description(task)
             made["finetuned"] = {"path": str(self.corpus_adapter(task_name))}
@@ -288,11 +296,7 @@ class Bench:
                                                method=settings.sample_method, steps=settings.sample_steps,
                                                eta=settings.eta)
                 seconds = time.perf_counter() - began
-                target = folder / task_name / column
-                if target.exists():  # a kill between writing the folder and the manifest: write it again
-                    import shutil
-
-                    shutil.rmtree(target)
+                target = _emptied(folder / task_name / column)  # a kill before the manifest, or an older adapter
                 write_adapter_folder(target, state_dict, lora)
                 made[column] = {"path": str(target), "generator": generator.uid, "description": text_of,
                                 "seed": self.args.seed, "generate_s": round(seconds, 3)}
@@ -307,6 +311,9 @@ class Bench:
         scores = self.read("scores.json", {"settings": self.eval_settings(), "rows": []})
         if scores["settings"] != self.eval_settings():
             raise SystemExit(f"{self.path('scores.json')} holds scores of other evaluation settings: move it away")
+        # A score counts only for the adapter it was made on: rows of adapters made again since are dropped.
+        scores["rows"] = [r for r in scores["rows"]
+                          if r["column"] == "zero_shot" or r.get("made_from") == manifest.get(r["task"], {}).get("_made_from")]
         done = {(r["task"], r["column"]) for r in scores["rows"]}
         model, tokenizer = self.base()
         for task_name in self.plan.evaluated:
@@ -324,7 +331,8 @@ class Bench:
                         [score] = evaluate(peft_model, tokenizer, [task], limit=self.args.limit or None)
                 scores["rows"].append({"task": task_name, "column": column, "value": score.value,
                                        "metric": score.metric, "examples": score.num_examples,
-                                       "eval_s": round(time.perf_counter() - began, 1)})
+                                       "eval_s": round(time.perf_counter() - began, 1),
+                                       "made_from": None if column == "zero_shot" else manifest[task_name]["_made_from"]})
                 self.write("scores.json", scores)
             print(f"evaluate: {task_name} " + " ".join(
                 f"{r['column']}={r['value']:.3f}" for r in scores["rows"] if r["task"] == task_name), flush=True)
@@ -366,13 +374,12 @@ class Bench:
 
         held_out = group(self.plan.held_out)
         held_out["tasks_list"] = list(self.plan.held_out)
-        held_out["tasks"] = len(self.plan.held_out)
         held_out["families_unseen"] = list(self.plan.held_out_families)
         held_out["unseen_families"] = group(unseen_family)
         held_out["siblings_in_seen_families"] = group([t for t in self.plan.held_out if t not in unseen_family])
         seen = group(self.plan.seen_sample)
         generation_s = [c["generate_s"] for t, made in manifest.items() if t != "_shared"
-                        for c in made.values() if "generate_s" in c]
+                        for c in made.values() if isinstance(c, dict) and "generate_s" in c]
         missing = [[t, c] for t in self.plan.evaluated for c in self.columns(t) if c not in table.get(t, {})]
         summary = {
             "command": command_line(), "machine": machine(), "revision": git_revision(),
@@ -421,6 +428,15 @@ class Bench:
         return {"split": "test", "limit": self.args.limit or None, "base": self.version}
 
 
+def _emptied(folder: Path) -> Path:
+    """`folder`, removed if it exists (writers here refuse a non-empty target)."""
+    import shutil
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    return folder
+
+
 class _Preloaded:
     """A BaseLoader stand-in that hands out the base this benchmark already loaded."""
 
@@ -453,8 +469,8 @@ def _plot(summary: dict, path: Path, held_out: tuple[str, ...]) -> None:
     fig, axis = plt.subplots(figsize=(max(6, 0.45 * len(tasks)), 4))
     width = 0.27
     for i, (column, label) in enumerate(columns):
-        values = [summary["per_task"][t].get(column, 0.0) for t in tasks]
-        axis.bar([x + (i - 1) * width for x in range(len(tasks))], values, width, label=label)
+        scored = [(x, summary["per_task"][t][column]) for x, t in enumerate(tasks) if column in summary["per_task"][t]]
+        axis.bar([x + (i - 1) * width for x, _ in scored], [v for _, v in scored], width, label=label)
     axis.set_xticks(range(len(tasks)))
     axis.set_xticklabels(tasks, rotation=70, ha="right", fontsize=7)
     axis.set_ylabel("test score")

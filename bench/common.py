@@ -87,8 +87,13 @@ def command_line() -> str:
 
 
 def write_json(path: Path, payload: dict) -> None:
+    """Through a temporary file and a rename, so a kill mid-write leaves the previous file whole (benchmarks read
+    their own results back when they resume)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    partial.replace(path)
 
 
 def git_revision() -> str:

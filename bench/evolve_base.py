@@ -1,7 +1,7 @@
 """The version ladder of the bundled SmolLM2 (issue 12): evolved versions made by different kinds of evolution.
 
-    python -m bench.evolve_base --home bench/out/home            # every rung of LADDER, resuming the made ones
-    python -m bench.evolve_base --home bench/out/home --upto 4   # v2..v4 only
+    python -m bench.evolve_base                # every rung of LADDER in bench/out/ladder/home, resuming the made ones
+    python -m bench.evolve_base --upto 4       # v2..v4 only
 
 Each rung starts from the version before it (a chain, as a base's releases are), trains every weight with the
 causal-LM loss on a real text from a Debian package, and is registered with `base update` (which refuses a
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -248,7 +249,7 @@ def make_rung(registry, rung: Rung, *, batch_size: int, length: int, seed: int, 
               zero_shot_tasks: list[str] = (), zero_shot_limit: int = 50, log=print) -> dict:
     """Train and register one rung of `base` from the version before it; returns its record, with the mean
     validation zero-shot over `zero_shot_tasks` before and after (how far the version moved for users)."""
-    from loragen.workflows import base_condition, load_base
+    from loragen.workflows import load_base
 
     versions = sorted(row["version"] for row in registry.list_bases() if row["base"] == base)
     if versions[-1] != rung.version - 1:
@@ -266,24 +267,51 @@ def make_rung(registry, rung: Rung, *, batch_size: int, length: int, seed: int, 
     folder = out / f"v{rung.version}"
     save_hf_folder(model, tokenizer, folder)
     registered = register_rung(registry, folder, rung.note(parent.label, batch_size, length, seed), base)
-    child = f"{base}@v{rung.version}"
     record = {"version": rung.version, "role": rung.role, "kind": rung.kind, "corpus": rung.label,
               "parent": parent.label, "rows": len(blocks), "steps": rung.steps, "learning_rate": rung.learning_rate,
               "first_loss": losses[0], "last_loss": sum(losses[-10:]) / len(losses[-10:]),
               "seconds": round(seconds, 1), "id": registered.id,
-              "zero_shot_tasks": list(zero_shot_tasks), "zero_shot_parent": zero_shot_before,
-              "zero_shot": mean_zero_shot(model, tokenizer, list(zero_shot_tasks), zero_shot_limit),
-              "weight_change_vs_parent": round(weight_distance(parent_weights, model.state_dict()), 6),
-              "base_embedding_distance_vs_parent": round(
-                  (base_condition(registry, child) - base_condition(registry, parent.label)).norm().item(), 4)}
-    log(f"registered {child} ({registered.id}); {seconds:.0f} s, weights moved "
-        f"{record['weight_change_vs_parent']:.4%} of their norm")
+              **distances(registry, base, rung.version, parent_weights, zero_shot_before, model, tokenizer,
+                          zero_shot_tasks, zero_shot_limit)}
+    log(f"registered {registered.id}; {seconds:.0f} s, weights moved {record['weight_change_vs_parent']:.4%} of "
+        "their norm")
     return record
+
+
+def distances(registry, base: str, version: int, parent_weights: dict, zero_shot_parent: float | None, model,
+              tokenizer, zero_shot_tasks, zero_shot_limit: int) -> dict:
+    """How far version `version` (loaded as `model`) moved from its parent: relative weight change, base-embedding
+    distance, and the mean validation zero-shot before and after."""
+    from loragen.workflows import base_condition
+
+    child, parent = f"{base}@v{version}", f"{base}@v{version - 1}"
+    return {"zero_shot_tasks": list(zero_shot_tasks), "zero_shot_parent": zero_shot_parent,
+            "zero_shot": mean_zero_shot(model, tokenizer, list(zero_shot_tasks), zero_shot_limit),
+            "weight_change_vs_parent": round(weight_distance(parent_weights, model.state_dict()), 6),
+            "base_embedding_distance_vs_parent": round(
+                (base_condition(registry, child) - base_condition(registry, parent)).norm().item(), 4)}
+
+
+def describe_registered(registry, rung: Rung, *, base: str = BASE, zero_shot_tasks=(), zero_shot_limit: int = 50) -> dict:
+    """The record of a rung registered without one (made by issue 4's script, or killed before its record was
+    written): its distances from the parent, measured on the registered weights (no training)."""
+    from loragen.workflows import load_base
+
+    parent_model, tokenizer, _ = load_base(registry, f"{base}@v{rung.version - 1}")
+    parent_weights = {k: v.detach().clone() for k, v in parent_model.state_dict().items()}
+    zero_shot_parent = mean_zero_shot(parent_model, tokenizer, list(zero_shot_tasks), zero_shot_limit)
+    del parent_model
+    model, tokenizer, _ = load_base(registry, f"{base}@v{rung.version}")
+    return {"version": rung.version, "role": rung.role, "kind": rung.kind, "corpus": rung.label,
+            "parent": f"{base}@v{rung.version - 1}", "steps": rung.steps, "learning_rate": rung.learning_rate,
+            "measured_after_registration": True,
+            **distances(registry, base, rung.version, parent_weights, zero_shot_parent, model, tokenizer,
+                        zero_shot_tasks, zero_shot_limit)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--home", type=Path, default=Path("bench/out/home"))
+    parser.add_argument("--home", type=Path, default=Path("bench/out/ladder/home"), help="the ladder's own registry")
     parser.add_argument("--upto", type=int, default=LADDER[-1].version, help="make the rungs up to this version")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--length", type=int, default=128, help="tokens per row")
@@ -297,10 +325,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     registry = open_registry(args.home)
-    earlier = {r["version"]: r for r in __import__("json").loads(args.out.read_text()).get("versions", [])} \
-        if args.out.is_file() else {}
+    records = {r["version"]: r for r in json.loads(args.out.read_text()).get("versions", [])} if args.out.is_file() else {}
     notes = {row["version"]: row.get("note", "") for row in registry.list_bases() if row["base"] == BASE}
-    records = dict(earlier)
+    zero_shot_tasks = [t for t in args.zero_shot_tasks.split(",") if t]
     for rung in (r for r in LADDER if r.version <= args.upto):
         seed = args.seed + rung.version - 2
         if rung.version in notes:
@@ -308,12 +335,17 @@ def main() -> None:
             if notes[rung.version] != expected:
                 raise SystemExit(f"{BASE}@v{rung.version} is registered with another recipe ({notes[rung.version]!r}); "
                                  f"this ladder makes it as {expected!r}: use another --home")
-            print(f"{BASE}@v{rung.version} is already registered; skipped", flush=True)
-            continue
-        records[rung.version] = make_rung(registry, rung, batch_size=args.batch_size, length=args.length, seed=seed,
-                                          out=Path("bench/out/evolved"),
-                                          zero_shot_tasks=[t for t in args.zero_shot_tasks.split(",") if t],
-                                          zero_shot_limit=args.zero_shot_limit, log=lambda line: print(line, flush=True))
+            if "weight_change_vs_parent" in records.get(rung.version, {}):
+                print(f"{BASE}@v{rung.version} is already registered; skipped", flush=True)
+                continue
+            print(f"{BASE}@v{rung.version} is registered without a record: measuring it", flush=True)
+            records[rung.version] = describe_registered(registry, rung, zero_shot_tasks=zero_shot_tasks,
+                                                        zero_shot_limit=args.zero_shot_limit)
+        else:
+            records[rung.version] = make_rung(registry, rung, batch_size=args.batch_size, length=args.length,
+                                              seed=seed, out=Path("bench/out/evolved"), zero_shot_tasks=zero_shot_tasks,
+                                              zero_shot_limit=args.zero_shot_limit,
+                                              log=lambda line: print(line, flush=True))
         write_json(args.out, {"command": command_line(), "machine": machine(), "revision": git_revision(),
                               "settings": {k: str(v) for k, v in vars(args).items()},
                               "versions": [records[v] for v in sorted(records)]})

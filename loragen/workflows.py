@@ -358,7 +358,6 @@ class Drawn:
     """Generated candidates for one task on one base version, not yet registered."""
 
     task_name: str
-    bundled: Any                    # the bundled Task of that name, or None
     version: BaseVersionInfo
     condition: str                  # the description the generator was given
     descriptions: list[str]         # registered with the task when it is new
@@ -432,7 +431,7 @@ def draw(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref
                   "condition": condition, "base": version.label, "method": settings.sample_method,
                   "steps": settings.sample_steps if settings.sample_method == "ddim"
                   else generator.checkpoint.schedule.num_train_timesteps, "eta": settings.eta}
-    return Drawn(task_name=task_name, bundled=bundled, version=version, condition=condition,
+    return Drawn(task_name=task_name, version=version, condition=condition,
                   descriptions=descriptions, generator=generator, candidates=[Candidate(seed=s) for s in seeds],
                   state_dicts=state_dicts, seconds=time.perf_counter() - began, provenance=provenance,
                   new_task=task_name not in registered_tasks, validation=validation)
@@ -517,6 +516,7 @@ class RefreshItem:
     # validation split), or why not: "no validation data", "not asked (--no-validate)".
     chosen_by: str | None = None
     candidates: list[dict[str, Any]] = field(default_factory=list)  # every candidate and its validation score
+    winner: int | None = None      # the index in `candidates` of the one registered (0: the carried-over adapter)
     scores: dict[str, float] = field(default_factory=dict)   # with --eval: old_on_new / zero_shot / refreshed
 
 
@@ -549,10 +549,10 @@ def plan_refresh(registry: Registry, *, base: str | None = None, tasks: Sequence
 def _newest_versions(registry: Registry, base: str | None) -> list[str]:
     rows = registry.list_bases()
     if base and "@" in base:  # one version, e.g. a release between others whose adapters are wanted too
-        label = registry.version(base).label
-        if label.endswith("@v1"):
-            raise LoragenError(f"{label} is the first version: there is nothing earlier to refresh from")
-        return [label]
+        version = registry.version(base)
+        if version.version == 1:
+            raise LoragenError(f"{version.label} is the first version: there is nothing earlier to refresh from")
+        return [version.label]
     if base:
         return [registry.version(base).label]
     newest: dict[str, dict] = {}
@@ -574,7 +574,7 @@ def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None
     new version's adapter (origin carried_over, `replaces` lineage); either way the provenance lists every
     candidate's score. Without validation data, or with validate=False, one generated sample is registered.
     """
-    if samples < 1:
+    if samples < 1:  # checked here too: a task without validation data draws one sample whatever `samples` says
         raise LoragenError(f"samples must be at least 1 (got {samples})")
     if select_limit < 1:
         raise LoragenError(f"the selection limit must be at least 1 validation example (got {select_limit})")
@@ -593,8 +593,8 @@ def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None
             registered = _register_generated(registry, drawn, 0, item.replaces, {"refresh": {"chosen_by": item.chosen_by}})
             item.action, item.id = "generated", registered.id
         else:
-            item.action, item.id, item.candidates = _refresh_by_validation(registry, loader, item, drawn, validation,
-                                                                           select_limit)
+            item.action, item.id, item.candidates, item.winner = _refresh_by_validation(
+                registry, loader, item, drawn, validation, select_limit)
         if progress:
             progress(index + 1, len(todo))
     if run_eval:
@@ -611,7 +611,7 @@ def _refresh_validation(task_name: str):
 
 
 def _refresh_by_validation(registry: Registry, loader: BaseLoader, item: RefreshItem, drawn: Drawn, validation,
-                           limit: int) -> tuple[str, str, list[dict[str, Any]]]:
+                           limit: int) -> tuple[str, str, list[dict[str, Any]], int]:
     """Score the carried-over predecessor and the generated samples on the new version; register the winner."""
     model, tokenizer, _ = loader.get(item.base)
     folders = [registry.adapter_folder(item.replaces)] + drawn.folders(registry)
@@ -627,13 +627,15 @@ def _refresh_by_validation(registry: Registry, loader: BaseLoader, item: Refresh
                           "validation": {"task": validation.name, "split": "validation", "limit": limit}}}
     if best > 0:
         registered = _register_generated(registry, drawn, best - 1, item.replaces, record)
-        return "generated", registered.id, candidates
+        return "generated", registered.id, candidates, best
     old = registry.adapter_files(item.replaces)[2]
+    # What drew the generated candidates it beat (generator, condition, sampler), so the comparison can be redone.
+    drew = {key: drawn.provenance[key] for key in ("generator", "generator_step", "condition", "method", "steps", "eta")}
     registered = registry.ingest(folders[0], item.base, item.task, [], origin=Origin.carried_over,
                                  replaces=item.replaces,
                                  provenance={"carried_over_from": old["uid"], "from_base": item.replaces_base,
-                                             "base": item.base, **record})
-    return "carried over", registered.id, candidates
+                                             "base": item.base, "candidates_drawn_by": drew, **record})
+    return "carried over", registered.id, candidates, 0
 
 
 def _evaluate_refresh(registry: Registry, items: Sequence[RefreshItem], limit: int | None, loader: BaseLoader) -> None:

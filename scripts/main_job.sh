@@ -25,7 +25,8 @@ loragen finetune --tasks "$(IFS=,; echo "${SEEN[*]}")" --name "$GROUP" --exclude
 loragen train --split --steps 300
 loragen generate --task "Give the past participle of an English verb." --name "$HELD_OUT" --base "$BASE" --seed 0
 loragen eval --base "$BASE" --tasks "$HELD_OUT" --limit 50
-loragen eval "$(loragen list --task "$HELD_OUT" -q | tail -1)" "$(loragen list --task "$GROUP" -q | tail -1)" \
+loragen eval "$(loragen list --task "$HELD_OUT" --origin generated --base "$BASE" -q | tail -1)" \
+  "$(loragen list --task "$GROUP" --base "$BASE" -q | tail -1)" \
   --tasks "$HELD_OUT" --limit 50
 loragen eval --compare
 loragen list

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from loragen.config import GeneratorSettings
+from loragen.generator.model import FactorisedTokenMemory, TokenMemory
 from tests.helpers import TINY_GENERATOR, registry_with_adapters, run_cli
 from tests.tiny import make_lora
 
@@ -41,7 +42,11 @@ def test_tiny_generator_overfits_two_adapters_and_regenerates_them(tiny_base, tm
     data = _training_set(tiny_base, tmp_path)
     settings = GeneratorSettings(**dict(TINY, steps=600, **variant))
     checkpoint = train_generator(data, settings, tmp_path / "run")
+    # Saved and loaded again: the memory's kind and code width travel with the checkpoint.
+    checkpoint = type(checkpoint).load(checkpoint.save(tmp_path / "saved"))
     generator = LoadedGenerator(uid="x", checkpoint=checkpoint, model=checkpoint.build_model())
+    expected = {0: type(None), 4: FactorisedTokenMemory if variant.get("memory_code_dim") else TokenMemory}
+    assert isinstance(generator.model.memory, expected[variant["memory_slots"]])
     base = data.base_embeddings["tiny@v1"]
     for index, adapter in enumerate(data.adapters):
         text = data.text_embeddings[adapter.task][0]
@@ -301,11 +306,8 @@ def test_a_generator_trained_on_another_base_embedding_format_is_refused(capsys,
 
 
 def test_factorised_memory_is_linear_in_tokens_with_a_small_constant_and_starts_silent():
-    """The proposal's arithmetic (docs/token-memory-proposal.md) on the modules themselves, at a 7B r64 shape."""
-    import torch
-
-    from loragen.generator.model import FactorisedTokenMemory, TokenMemory
-
+    """docs/token-memory-proposal.md's arithmetic, counted on the modules: a factorised memory built at a 7B r64
+    adapter's token count, against the full tables' per-token cost measured on a small one."""
     slots, prototype, code = 16, 1024, 64
 
     def size(module):
@@ -314,11 +316,11 @@ def test_factorised_memory_is_linear_in_tokens_with_a_small_constant_and_starts_
     small, large = (FactorisedTokenMemory(slots, n, 32, prototype, code) for n in (1_000, 2_000))
     assert size(large) - size(small) == 1_000 * code  # each further token costs its code row only
     tokens_7b = 156_160  # Llama-2-7B r64 on every linear layer, 1024 values a token
-    factorised = tokens_7b * code + slots * code * prototype
-    assert factorised * 4 / 2**20 < 50                          # about 44 MB of float32
-    assert slots * tokens_7b * prototype * 4 / 2**30 > 9        # the full tables: about 10 GB
-    full = TokenMemory(slots, 1_000, 32, prototype)
-    assert size(full) == slots * 1_000 * prototype
+    factorised_7b = size(FactorisedTokenMemory(slots, tokens_7b, 32, prototype, code))
+    full_per_token = size(TokenMemory(slots, 1_000, 32, prototype)) // 1_000
+    assert factorised_7b * 4 < 50 * 2**20                       # about 44 MB of float32
+    assert full_per_token * tokens_7b * 4 > 9 * 2**30           # the full tables: about 10 GB
+    assert factorised_7b / (tokens_7b * prototype) < 0.1        # under 0.1 memory values per adapter value
     condition = torch.randn(3, 32)
     assert torch.count_nonzero(small(condition)) == 0  # adds nothing before training
     small(condition).sum().backward()

@@ -116,7 +116,7 @@ def test_a_tie_keeps_the_carried_over_adapter(capsys, monkeypatch, evolved_regis
     assert item["action"] == "carried over"
 
 
-def test_no_validate_and_tasks_without_validation_data_score_nothing(capsys, monkeypatch, evolved_registry):
+def test_a_task_without_validation_data_gets_one_unscored_sample(capsys, monkeypatch, evolved_registry):
     calls = _scores_by_candidate(monkeypatch, [1.0, 0.0, 0.0])
     items = {i["task"]: i for i in run_cli(capsys, "refresh", "--json").json()}
     # "shout" was ingested under a name no bundled task has: there is nothing to validate on.

@@ -21,8 +21,7 @@ def _candidates(item: dict) -> Optional[str]:
     """'carried 0.620 · 0.580 0.600*': the carried-over score, then each generated sample's; * marks the winner."""
     if not item["candidates"]:
         return None
-    best = max(range(len(item["candidates"])), key=lambda i: (item["candidates"][i]["score"], -i))
-    cells = [f"{c['score']:.3f}{'*' if i == best else ''}" for i, c in enumerate(item["candidates"])]
+    cells = [f"{c['score']:.3f}{'*' if i == item['winner'] else ''}" for i, c in enumerate(item["candidates"])]
     return f"carried {cells[0]} · {' '.join(cells[1:])}"
 
 

@@ -249,8 +249,9 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
 
 
 def average_gradients(model: torch.nn.Module, world: int) -> None:
-    """Replace each gradient by its mean over the ranks, one all-reduce per parameter. A parameter without a
-    gradient on this rank (its rows were not drawn) takes part with zeros, so every rank makes the same calls."""
+    """Replace each gradient by its mean over the ranks, one all-reduce per parameter. A parameter this step left
+    without a gradient on this rank (not used at all, e.g. a permutation state) takes part with zeros so every rank
+    makes the same calls; AdamW then still moves it by its momentum, where one process would have skipped it."""
     import torch.distributed as dist
 
     for parameter in model.parameters():
