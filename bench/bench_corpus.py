@@ -51,7 +51,9 @@ def score_tasks(model, tokenizer, tasks, *, out: Path, runs: Path, lora, config,
             continue
         began = time.perf_counter()
         [zero] = evaluate(model, tokenizer, [task], split="validation", limit=limit, batch_size=batch_size)
-        run_dir = runs / f"{task.name}-s{config.seed}-n{config.steps}"
+        # Named by everything that changes the weights, so other settings never resume (or reuse) this run.
+        run_dir = runs / (f"{task.name}-s{config.seed}-n{config.steps}-lr{config.learning_rate}-b{config.batch_size}"
+                          f"-r{lora.r}-{(extra or {}).get('base', 'base').replace('@', '_')}")
         result = finetune(model, tokenizer, task.examples("train"), lora, config, run_dir)
         with attached(model, result.checkpoints[-1].path) as peft_model:
             [trained] = evaluate(peft_model, tokenizer, [task], split="validation", limit=limit, batch_size=batch_size)
