@@ -21,9 +21,9 @@ def test_ladder_has_six_versions_of_several_kinds_and_two_unseen_ones_last():
     assert all(far.learning_rate * far.steps > r.learning_rate * r.steps for r in LADDER if r is not far)
 
 
-def test_issue_4s_versions_keep_their_notes_so_a_registry_that_has_them_reuses_them():
+def test_issue_4s_versions_keep_their_recipe_and_note_so_a_registry_that_has_them_reuses_them():
     assert LADDER[0].note("smollm2-135m@v1", 4, 128, 0) == (
-        "continued pretraining of smollm2-135m@v1: GCIDE slice 1/2, 100 steps of 4x128 tokens, lr 0.0001, seed 0")
+        "continued pretraining of smollm2-135m@v1: GCIDE slice 1/2, 120 steps of 4x128 tokens, lr 0.0002, seed 0")
 
 
 def test_wordnet_glosses_and_freedict_text_are_read_from_the_package_files(tmp_path, monkeypatch):
