@@ -76,11 +76,10 @@ def _read_rows(path: Path) -> list[dict]:
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    """Write all rows through a temporary file, so a kill mid-write leaves the previous file whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
-    partial.replace(path)
+    """Write all rows at once (write_json: a kill mid-write leaves the previous file whole)."""
+    from bench.common import write_json
+
+    write_json(path, {"rows": rows})
 
 
 def main() -> None:

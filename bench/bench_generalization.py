@@ -37,7 +37,17 @@ from pathlib import Path
 from bench.bench_corpus import DEFAULT_OUT as CORPUS_OUT
 from bench.bench_corpus import DEFAULT_RUNS as CORPUS_RUNS
 from bench.bench_corpus import MIN_GAIN
-from bench.common import BASE, bootstrap_ci, command_line, git_revision, machine, mean_or_none, write_json
+from bench.common import (
+    BASE,
+    bootstrap_ci,
+    chosen_stages,
+    command_line,
+    git_revision,
+    machine,
+    mean_or_none,
+    run_stages,
+    write_json,
+)
 
 STAGES = ("corpus", "register", "multitask", "generators", "adapters", "evaluate", "summary")
 COLUMNS = ("zero_shot", "finetuned", "multitask", "mean_adapter", "nearest_task", "generated_diffusion",
@@ -131,11 +141,7 @@ class Bench:
         return json.loads(file.read_text()) if file.is_file() else default
 
     def write(self, name: str, payload) -> None:
-        """Through a temporary file, so a kill mid-write leaves the previous file whole."""
-        file = self.path(name)
-        partial = file.with_name(file.name + ".partial")
-        partial.write_text(json.dumps(payload, indent=2) + "\n")
-        partial.replace(file)
+        write_json(self.path(name), payload)  # atomic: a kill mid-write leaves the previous file whole
 
     def corpus_rows(self) -> dict[str, dict]:
         """The corpus stage's rows for this run's settings, by task."""
@@ -519,10 +525,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when the machine is shared)")
     parser.add_argument("--summary", default="bench/results/generalization.json")
     args = parser.parse_args()
-    stages = STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(","))
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        parser.error(f"unknown stage {unknown[0]!r}: choose from {', '.join(STAGES)}")
+    stages = chosen_stages(parser, args.stages, STAGES)
 
     import torch
 
@@ -533,11 +536,7 @@ def main() -> None:
     plan = make_plan(split, training_limit=args.training_limit, held_out_limit=args.held_out_limit,
                      seen_limit=args.seen_limit)
     bench = Bench(args, plan, split)
-    for stage in stages:
-        began = time.perf_counter()
-        print(f"== {stage}", flush=True)
-        getattr(bench, stage)()
-        print(f"== {stage} done in {time.perf_counter() - began:.0f} s", flush=True)
+    run_stages(bench, stages)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,17 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from bench.common import BASE, bootstrap_ci, command_line, git_revision, machine, mean_or_none, write_json
+from bench.common import (
+    BASE,
+    bootstrap_ci,
+    chosen_stages,
+    command_line,
+    git_revision,
+    machine,
+    mean_or_none,
+    run_stages,
+    write_json,
+)
 
 STAGES = ("finetune", "generator", "refresh", "evaluate", "summary")
 COLUMNS = ("zero_shot", "carried_over", "regenerated", "refresh_validated", "finetuned")
@@ -79,10 +89,7 @@ class Bench:
         return json.loads(path.read_text()) if path.is_file() else default
 
     def write(self, name, payload) -> None:
-        path = self.work / name
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps(payload, indent=2) + "\n")
-        partial.replace(path)
+        write_json(self.work / name, payload)  # atomic: a kill mid-write leaves the previous file whole
 
     # ---------------------------------------------------------------- stages
 
@@ -291,20 +298,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--summary", default="bench/results/refresh.json")
     args = parser.parse_args()
-    stages = STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(","))
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        parser.error(f"unknown stage {unknown[0]!r}: choose from {', '.join(STAGES)}")
+    stages = chosen_stages(parser, args.stages, STAGES)
 
     import torch
 
     torch.set_num_threads(args.threads)
     bench = Bench(args)
-    for stage in stages:
-        began = time.perf_counter()
-        print(f"== {stage}", flush=True)
-        getattr(bench, stage)()
-        print(f"== {stage} done in {time.perf_counter() - began:.0f} s", flush=True)
+    run_stages(bench, stages)
 
 
 if __name__ == "__main__":

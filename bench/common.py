@@ -123,3 +123,21 @@ def bootstrap_ci(values, seed: int, samples: int = 2000) -> list[float] | None:
     rng = random.Random(seed)
     means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(samples))
     return [round(means[int(0.025 * samples)], 4), round(means[int(0.975 * samples) - 1], 4)]
+
+
+def chosen_stages(parser, value: str, stages: tuple[str, ...]) -> tuple[str, ...]:
+    """`--stages` of a staged benchmark: "all" or a comma-separated list of `stages`; a usage error otherwise."""
+    chosen = stages if value == "all" else tuple(s.strip() for s in value.split(","))
+    unknown = [s for s in chosen if s not in stages]
+    if unknown:
+        parser.error(f"unknown stage {unknown[0]!r}: choose from {', '.join(stages)}")
+    return chosen
+
+
+def run_stages(bench, stages: tuple[str, ...]) -> None:
+    """Call the benchmark object's method of each stage in turn, printing each stage's wall time."""
+    for stage in stages:
+        began = time.perf_counter()
+        print(f"== {stage}", flush=True)
+        getattr(bench, stage)()
+        print(f"== {stage} done in {time.perf_counter() - began:.0f} s", flush=True)
