@@ -14,7 +14,8 @@ fixed sample of seen tasks is evaluated. Stages, each resumable (its results are
   multitask   one LoRA on the union of the same training tasks (workflows.finetune_multitask)
   generators  two generators through workflows.train with the split: diffusion loss only, and diffusion + task loss
   adapters    every column's adapter for each evaluated task, as PEFT folders (generation time recorded)
-  evaluate    each (task, column) on the test split, --limit examples, one score at a time
+  evaluate    each (task, column) on the test split, --limit examples, one score at a time (--shard K/N: run
+              N processes, one per K; they share scores.json)
   summary     means with bootstrap 95% intervals, a PNG, bench/results/generalization.json
 
 Columns: zero_shot; finetuned (the task's own corpus adapter: for a held-out task only the ceiling); multitask;
@@ -310,22 +311,27 @@ class Bench:
             print(f"adapters: {task_name} (nearest training task: {nearest})", flush=True)
 
     def evaluate(self) -> None:
+        """Score each (task, column) of this process's shard; shards run as separate processes share scores.json,
+        each adding its rows under a file lock (two 1-thread processes beat one 2-thread process on this machine)."""
         from loragen.evaluation import attached, evaluate
         from loragen.tasks.suite import get_task
 
         manifest = self.read("adapters.json", {})
-        scores = self.read("scores.json", {"settings": self.eval_settings(), "rows": []})
-        if scores["settings"] != self.eval_settings():
-            raise SystemExit(f"{self.path('scores.json')} holds scores of other evaluation settings: move it away")
-        # A score counts only for the adapter it was made on: rows of adapters made again since are dropped.
-        scores["rows"] = [r for r in scores["rows"]
-                          if r["column"] == "zero_shot" or r.get("made_from") == manifest.get(r["task"], {}).get("_made_from")]
+        with self.scores_lock():
+            scores = self.read("scores.json", {"settings": self.eval_settings(), "rows": []})
+            if scores["settings"] != self.eval_settings():
+                raise SystemExit(f"{self.path('scores.json')} holds scores of other evaluation settings: move it away")
+            # A score counts only for the adapter it was made on: rows of adapters made again since are dropped.
+            scores["rows"] = [r for r in scores["rows"] if r["column"] == "zero_shot"
+                              or r.get("made_from") == manifest.get(r["task"], {}).get("_made_from")]
+            self.write("scores.json", scores)
         done = {(r["task"], r["column"]) for r in scores["rows"]}
+        index, count = self.shard
         model, tokenizer = self.base()
-        for task_name in self.plan.evaluated:
+        for task_name in self.plan.evaluated[index - 1::count]:
             task = get_task(task_name)
             for column in self.columns(task_name):
-                if (task_name, column) in done:
+                if (task_name, column) in done or column not in self.evaluated_columns:
                     continue
                 if column != "zero_shot" and column not in manifest.get(task_name, {}):
                     raise SystemExit(f"no {column} adapter for {task_name} yet: run --stages adapters first")
@@ -335,13 +341,29 @@ class Bench:
                 else:
                     with attached(model, manifest[task_name][column]["path"]) as peft_model:
                         [score] = evaluate(peft_model, tokenizer, [task], limit=self.args.limit or None)
-                scores["rows"].append({"task": task_name, "column": column, "value": score.value,
-                                       "metric": score.metric, "examples": score.num_examples,
-                                       "eval_s": round(time.perf_counter() - began, 1),
-                                       "made_from": None if column == "zero_shot" else manifest[task_name]["_made_from"]})
-                self.write("scores.json", scores)
+                row = {"task": task_name, "column": column, "value": score.value, "metric": score.metric,
+                       "examples": score.num_examples, "eval_s": round(time.perf_counter() - began, 1),
+                       "made_from": None if column == "zero_shot" else manifest[task_name]["_made_from"]}
+                with self.scores_lock():  # re-read: another shard may have added rows since
+                    scores = self.read("scores.json", scores)
+                    scores["rows"].append(row)
+                    self.write("scores.json", scores)
             print(f"evaluate: {task_name} " + " ".join(
                 f"{r['column']}={r['value']:.3f}" for r in scores["rows"] if r["task"] == task_name), flush=True)
+
+    def scores_lock(self):
+        from filelock import FileLock
+
+        self.work.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.path("scores.json.lock")), timeout=600)
+
+    @property
+    def evaluated_columns(self) -> tuple[str, ...]:
+        return parse_columns(self.args.columns)
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        return parse_shard(self.args.shard)
 
     def summary(self) -> dict:
         from loragen.tasks.suite import get_task, list_tasks
@@ -434,6 +456,28 @@ class Bench:
         return {"split": "test", "limit": self.args.limit or None, "base": self.version}
 
 
+def parse_columns(text: str) -> tuple[str, ...]:
+    """'all' or a comma-separated list of COLUMNS."""
+    if text == "all":
+        return COLUMNS
+    columns = tuple(c.strip() for c in text.split(",") if c.strip())
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown or not columns:
+        raise SystemExit(f"--columns takes 'all' or some of {','.join(COLUMNS)} (got {text!r})")
+    return columns
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'K/N' -> (K, N) with 1 <= K <= N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"--shard takes K/N, e.g. 1/2 (got {text!r})") from None
+    if not 1 <= index <= count:
+        raise SystemExit(f"--shard K/N needs 1 <= K <= N (got {text!r})")
+    return index, count
+
+
 def _emptied(folder: Path) -> Path:
     """`folder`, removed if it exists (writers here refuse a non-empty target)."""
     import shutil
@@ -521,11 +565,17 @@ def main() -> None:
     parser.add_argument("--training-limit", type=int, default=0, help="tests: train on this many seen tasks")
     parser.add_argument("--held-out-limit", type=int, default=0, help="tests: evaluate this many held-out tasks")
     parser.add_argument("--seen-limit", type=int, default=0, help="tests: evaluate this many sampled seen tasks")
+    parser.add_argument("--shard", default="1/1",
+                        help="evaluate only every N-th task from the K-th (K/N); N such processes share scores.json")
+    parser.add_argument("--columns", default="all",
+                        help="evaluate only these columns, comma-separated (zero_shot needs no adapter: it can run early)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when the machine is shared)")
     parser.add_argument("--summary", default="bench/results/generalization.json")
     args = parser.parse_args()
     stages = chosen_stages(parser, args.stages, STAGES)
+    parse_shard(args.shard)  # a bad --shard or --columns fails before any stage runs
+    parse_columns(args.columns)
 
     import torch
 

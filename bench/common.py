@@ -23,9 +23,8 @@ def open_registry(home: Path, add_bundled: bool = True):
     """A registry at `home` holding the bundled SmolLM2 as smollm2-135m@v1 unless `add_bundled` is False (a test's
     registry with a tiny base), with fine-tuning runs of older benchmark versions renamed so the workflows find them."""
     from loragen.config import RegistryConfig
-    from loragen.registry.store import Registry
-
     from loragen.errors import LoragenError
+    from loragen.registry.store import Registry
 
     registry = Registry(RegistryConfig(home=str(home)))
     if add_bundled and not any(row["base"] == BASE for row in registry.list_bases()):

@@ -29,6 +29,16 @@ def test_plan_follows_the_split():
     assert len(small.training) == 3 and small.seen_sample[0] in small.training and len(small.evaluated) == 2
 
 
+def test_a_bad_shard_or_column_is_refused_before_any_stage_runs(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for option, value in (("--shard", "3/2"), ("--shard", "0/2"), ("--shard", "half"), ("--columns", "bogus")):
+        done = subprocess.run([sys.executable, "-m", "bench.bench_generalization", option, value,
+                               "--work", str(tmp_path / "work"), "--home", str(tmp_path / "home")],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode != 0 and option in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "home").exists()
+
+
 def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_tasks():
     few = bootstrap_ci([0.1, 0.5, 0.9], seed=0)
     many = bootstrap_ci([0.1, 0.5, 0.9] * 20, seed=0)
@@ -60,6 +70,15 @@ def test_every_stage_on_a_tiny_base_then_a_resumed_run_changes_nothing(tmp_path,
             "--threads", "1", "--summary", str(summary)]
     _run(args + ["--stages", "corpus,register"], tmp_path)
     assert not (work / "scores.json").exists()
+    # Zero-shot alone, before any adapter exists; then the second of two evaluation shards scores only its task
+    # (the seen one: held-out tasks come first).
+    _run(args + ["--stages", "evaluate", "--columns", "zero_shot"], tmp_path)
+    rows = json.loads((work / "scores.json").read_text())["rows"]
+    assert len(rows) == 2 and {row["column"] for row in rows} == {"zero_shot"}
+    _run(args + ["--stages", "multitask,generators,adapters,evaluate", "--shard", "2/2"], tmp_path)
+    rows = json.loads((work / "scores.json").read_text())["rows"]
+    sharded = {row["task"] for row in rows if row["column"] != "zero_shot"}
+    assert len(sharded) == 1 and not sharded & set(load_split().held_out_tasks)
     _run(args, tmp_path)
 
     result = json.loads(summary.read_text())
