@@ -233,7 +233,11 @@ class Bench:
                   f"{done[column]['train_s']:.0f} s", flush=True)
 
     def adapters(self) -> None:
-        """Write every column's adapter of every evaluated task; adapters.json says where, and how each was made."""
+        """Write every column's adapter of every evaluated task; adapters.json says where, and how each was made.
+
+        Each column records what it was made from (`made_from`), so a column is made again, and its score dropped,
+        only when that changed: a retrained generator leaves the baselines' scores alone. The baseline columns are
+        made before the generators exist, so they can be scored while the generators train."""
         import torch
 
         from loragen.adapters import load_weights, lora_config_dict, write_adapter_folder
@@ -242,14 +246,17 @@ class Bench:
         from loragen.workflows import base_condition, load_generator, sample_state_dict, text_encoder
 
         generators_made = self.read("generators.json", {})
-        if set(generators_made) != set(self.generator_settings):
-            raise SystemExit("the generators are not trained yet: run --stages generators first")
         manifest = self.read("adapters.json", {})
         folder = self.work / "adapters"
         tasks = self.training_tasks()
         encoder = text_encoder(self.registry)
         condition = base_condition(self.registry, self.version)
-        generators = {c: load_generator(self.registry, g["id"]) for c, g in generators_made.items()}
+        generators = {c: load_generator(self.registry, g["id"]) for c, g in generators_made.items()
+                      if c in self.generator_settings}
+        missing_generators = [c for c in self.generator_settings if c not in generators]
+        if missing_generators:
+            print(f"adapters: generator(s) {', '.join(missing_generators)} not trained yet: their columns wait "
+                  "for --stages generators", flush=True)
         lora = lora_config_dict(self.lora.r, self.lora.alpha, list(self.lora.target_modules))
 
         shared = manifest.setdefault("_shared", {})
@@ -259,7 +266,7 @@ class Bench:
         if shared.get("multitask", {}).get("id") != multitask_id:
             target = _emptied(folder / "_shared" / "multitask")  # a kill mid-export, or an older multi-task LoRA
             self.registry.export(multitask_id, target)
-            shared["multitask"] = {"path": str(target), "id": multitask_id}
+            shared["multitask"] = {"path": str(target), "id": multitask_id, "made_from": {"multitask": multitask_id}}
             self.write("adapters.json", manifest)
         if shared.get("mean_adapter", {}).get("of") != tasks:
             target = _emptied(folder / "_shared" / "mean_adapter")
@@ -267,35 +274,40 @@ class Bench:
                                        state_dict=load_weights(self.corpus_adapter(t) / "adapter_model.safetensors"))
                        for t in tasks]
             write_adapter_folder(target, mean_adapter(weights), lora)
-            shared["mean_adapter"] = {"path": str(target), "of": tasks}
+            shared["mean_adapter"] = {"path": str(target), "of": tasks,
+                                      "made_from": {"training_tasks": tasks, "corpus": self.corpus_settings()}}
             self.write("adapters.json", manifest)
-        # What every task's adapters are made from; a task whose record names anything else is made again.
-        fingerprint = {"generators": {c: g.uid for c, g in generators.items()}, "multitask": multitask_id,
-                       "training_tasks": tasks, "corpus": self.corpus_settings(), "seed": self.args.seed}
+        # What each kind of column is made from; a column whose record names anything else is made again.
+        baseline_from = {"training_tasks": tasks, "corpus": self.corpus_settings()}
+        generated_from = {c: {"generator": g.uid, "seed": self.args.seed} for c, g in generators.items()}
 
         # The nearest training task of a description: cosine to the mean of that task's training descriptions.
         task_texts = {t: torch.nn.functional.normalize(encoder.encode(self.split.training_descriptions(get_task(t)))
                                                        .mean(0), dim=0) for t in tasks}
         for task_name in self.plan.evaluated:
-            made = manifest.get(task_name, {})
-            if made.get("_made_from") == fingerprint and len(made) == len(self.columns(task_name)):
-                continue  # every column but zero_shot, plus _made_from
-            made = manifest[task_name] = {"_made_from": fingerprint}
+            made = manifest.setdefault(task_name, {})
+            made.pop("_made_from", None)  # the older, one-fingerprint-per-task layout
             task = get_task(task_name)
             description = self.description(task)
-            made["finetuned"] = {"path": str(self.corpus_adapter(task_name))}
+            before = json.dumps(made, sort_keys=True)
+            made["finetuned"] = {"path": str(self.corpus_adapter(task_name)), "made_from": baseline_from}
             made["multitask"] = shared["multitask"]
             made["mean_adapter"] = shared["mean_adapter"]
             text = encoder.encode([description])[0]
             nearest = max(tasks, key=lambda t: float(task_texts[t] @ text))
             made["nearest_task"] = {"path": str(self.corpus_adapter(nearest)), "task": nearest,
-                                    "description": description}
+                                    "description": description, "made_from": baseline_from}
             wanted = {"generated_diffusion": ("generated_diffusion", description),
                       "generated": ("generated", description),
                       "random_description": ("generated", self.random_description(task_name))}
             if task_name in self.plan.seen_sample:
                 wanted["heldout_description"] = ("generated", self.split.held_out_description(task_name))
             for column, (generator_column, text_of) in wanted.items():
+                if generator_column not in generators:
+                    continue
+                made_from = {**generated_from[generator_column], "description": text_of}
+                if made.get(column, {}).get("made_from") == made_from:
+                    continue
                 generator = generators[generator_column]
                 settings = self.generator_settings[generator_column]
                 began = time.perf_counter()
@@ -306,9 +318,10 @@ class Bench:
                 target = _emptied(folder / task_name / column)  # a kill before the manifest, or an older adapter
                 write_adapter_folder(target, state_dict, lora)
                 made[column] = {"path": str(target), "generator": generator.uid, "description": text_of,
-                                "seed": self.args.seed, "generate_s": round(seconds, 3)}
-            self.write("adapters.json", manifest)
-            print(f"adapters: {task_name} (nearest training task: {nearest})", flush=True)
+                                "seed": self.args.seed, "generate_s": round(seconds, 3), "made_from": made_from}
+            if json.dumps(made, sort_keys=True) != before:
+                self.write("adapters.json", manifest)
+                print(f"adapters: {task_name} (nearest training task: {nearest})", flush=True)
 
     def evaluate(self) -> None:
         """Score each (task, column) of this process's shard; shards run as separate processes share scores.json,
@@ -323,10 +336,11 @@ class Bench:
                 raise SystemExit(f"{self.path('scores.json')} holds scores of other evaluation settings: move it away")
             # A score counts only for the adapter it was made on: rows of adapters made again since are dropped.
             scores["rows"] = [r for r in scores["rows"] if r["column"] == "zero_shot"
-                              or r.get("made_from") == manifest.get(r["task"], {}).get("_made_from")]
+                              or r.get("made_from") == _made_from(manifest, r["task"], r["column"])]
             self.write("scores.json", scores)
         done = {(r["task"], r["column"]) for r in scores["rows"]}
         index, count = self.shard
+        waiting: list[str] = []
         model, tokenizer = self.base()
         for task_name in self.plan.evaluated[index - 1::count]:
             task = get_task(task_name)
@@ -334,7 +348,8 @@ class Bench:
                 if (task_name, column) in done or column not in self.evaluated_columns:
                     continue
                 if column != "zero_shot" and column not in manifest.get(task_name, {}):
-                    raise SystemExit(f"no {column} adapter for {task_name} yet: run --stages adapters first")
+                    waiting.append(f"{task_name}/{column}")
+                    continue
                 began = time.perf_counter()
                 if column == "zero_shot":
                     [score] = evaluate(model, tokenizer, [task], limit=self.args.limit or None)
@@ -343,13 +358,16 @@ class Bench:
                         [score] = evaluate(peft_model, tokenizer, [task], limit=self.args.limit or None)
                 row = {"task": task_name, "column": column, "value": score.value, "metric": score.metric,
                        "examples": score.num_examples, "eval_s": round(time.perf_counter() - began, 1),
-                       "made_from": None if column == "zero_shot" else manifest[task_name]["_made_from"]}
+                       "made_from": _made_from(manifest, task_name, column)}
                 with self.scores_lock():  # re-read: another shard may have added rows since
                     scores = self.read("scores.json", scores)
                     scores["rows"].append(row)
                     self.write("scores.json", scores)
             print(f"evaluate: {task_name} " + " ".join(
                 f"{r['column']}={r['value']:.3f}" for r in scores["rows"] if r["task"] == task_name), flush=True)
+        if waiting:
+            print(f"evaluate: {len(waiting)} adapter(s) not made yet (first: {waiting[0]}): run --stages adapters "
+                  "once the generators are trained, then evaluate again", flush=True)
 
     def scores_lock(self):
         from filelock import FileLock
@@ -454,6 +472,11 @@ class Bench:
 
     def eval_settings(self) -> dict:
         return {"split": "test", "limit": self.args.limit or None, "base": self.version}
+
+
+def _made_from(manifest: dict, task: str, column: str):
+    """What a column's adapter was made from (None for zero-shot, which has none)."""
+    return None if column == "zero_shot" else manifest.get(task, {}).get(column, {}).get("made_from")
 
 
 def parse_columns(text: str) -> tuple[str, ...]:
