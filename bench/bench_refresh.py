@@ -11,8 +11,10 @@ The ladder's rungs say which versions train the generator (v1 and the `train` ru
   generator  a generator trained on the training versions' adapters (workflows.train; unseen versions never seen)
   refresh    per unseen version, far first, so both step from the last training version's adapter:
              the regenerated adapter (one sample, no selection: what `refresh --no-validate` registers), timed,
-             written to a folder; then `refresh` with validation (registered), timed
-  evaluate   per task and unseen version on the test split: zero_shot, carried_over, regenerated,
+             and the shifted one (the carried-over adapter plus the generator's predicted change between the
+             versions, workflows.draw_shifted, no selection), written to folders; then `refresh` with validation
+             (registered), timed
+  evaluate   per task and unseen version on the test split: zero_shot, carried_over, regenerated, shifted,
              refresh_validated, finetuned
   summary    means with bootstrap 95% intervals per unseen version, a PNG, bench/results/refresh.json
 
@@ -41,7 +43,7 @@ from bench.common import (
 )
 
 STAGES = ("finetune", "generator", "refresh", "evaluate", "summary")
-COLUMNS = ("zero_shot", "carried_over", "regenerated", "refresh_validated", "finetuned")
+COLUMNS = ("zero_shot", "carried_over", "regenerated", "shifted", "refresh_validated", "finetuned")
 # Seen tasks of the committed split where fine-tuning clearly beats zero-shot on v1 (BENCHMARKS.md: issue 3's
 # table and the corpus rows); none is held out, so this benchmark's generator never sees a held-out task.
 DEFAULT_TASKS = "adjective_comparative,country_region,hypernym_choice,noun_plural,noun_singular,verb_base_form"
@@ -134,7 +136,7 @@ class Bench:
 
     def refresh(self) -> None:
         from loragen.adapters import write_adapter_folder
-        from loragen.workflows import draw, load_generator, plan_refresh, refresh
+        from loragen.workflows import draw, draw_shifted, load_generator, plan_refresh, refresh
 
         made = self.read("refreshed.json", {})
         if "id" not in self.read("generator.json", {}):
@@ -153,7 +155,15 @@ class Bench:
                 folder = self.work / "regenerated" / version.replace("@", "_") / task
                 if not folder.exists():
                     write_adapter_folder(folder, drawn.state_dicts[0], drawn.lora_config())
+                began = time.perf_counter()
+                shifted = draw_shifted(self.registry, self.settings, drawn, plan[task].replaces,
+                                       plan[task].replaces_base)
+                shift_s = time.perf_counter() - began
+                shifted_folder = self.work / "shifted" / version.replace("@", "_") / task
+                if not shifted_folder.exists():
+                    write_adapter_folder(shifted_folder, shifted, drawn.lora_config())
                 regenerated[task] = {"folder": str(folder), "generate_s": round(drawn.seconds, 3),
+                                     "shifted_folder": str(shifted_folder), "shift_s": round(shift_s, 3),
                                      "carried_over": plan[task].replaces, "from_base": plan[task].replaces_base}
                 seconds += drawn.seconds
             began = time.perf_counter()
@@ -191,7 +201,7 @@ class Bench:
                 task = get_task(task_name)
                 made = refreshed[version]["tasks"][task_name]
                 folders = {"carried_over": self.registry.adapter_folder(made["carried_over"]),
-                           "regenerated": made["folder"],
+                           "regenerated": made["folder"], "shifted": made["shifted_folder"],
                            "refresh_validated": self.registry.adapter_folder(made["refresh_validated"]),
                            "finetuned": finetuned[version][task_name]["folder"]}
                 for column in COLUMNS:
@@ -231,8 +241,9 @@ class Bench:
             group["refresh_validated_below_carried_over_beyond_noise"] = [
                 t for t in pairs if _below_noise(cells[t]["refresh_validated"], cells[t]["carried_over"],
                                                  examples[(version, t)])]
-            group["regenerated_over_finetuned"] = (round(group["regenerated"] / group["finetuned"], 4)
-                                                   if group["regenerated"] is not None and group["finetuned"] else None)
+            for column in ("regenerated", "shifted"):
+                group[f"{column}_over_finetuned"] = (round(group[column] / group["finetuned"], 4)
+                                                     if group[column] is not None and group["finetuned"] else None)
             made = refreshed.get(version, {})
             group["refresh_seconds"] = made.get("regenerate_all_s")
             group["refresh_validated_seconds"] = made.get("refresh_validated_s")
@@ -265,7 +276,8 @@ def _plot(summary: dict, path: Path) -> None:
     roles = [r for r in ("near", "far") if r in summary]
     fig, axis = plt.subplots(figsize=(6, 4))
     for column, label in (("zero_shot", "zero-shot"), ("carried_over", "carried over"), ("regenerated", "regenerated"),
-                          ("refresh_validated", "refresh (validated)"), ("finetuned", "fine-tuned (ceiling)")):
+                          ("shifted", "shifted"), ("refresh_validated", "refresh (validated)"),
+                          ("finetuned", "fine-tuned (ceiling)")):
         points = [(summary[r]["version"], summary[r][column]) for r in roles if summary[r][column] is not None]
         axis.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)
     axis.set_ylabel("mean test score over tasks")

@@ -302,6 +302,7 @@ class Candidate:
     seed: int
     score: float | None = None
     metric: str | None = None
+    kind: str = "generated"   # or "shifted": refresh's carried-over adapter moved by the generator's predicted change
 
 
 @dataclass
@@ -516,6 +517,7 @@ class RefreshItem:
     # validation split), or why not: "no validation data", "not asked (--no-validate)".
     chosen_by: str | None = None
     candidates: list[dict[str, Any]] = field(default_factory=list)  # every candidate and its validation score
+    shift_skipped: str | None = None  # why no shifted candidate was drawn, when validating with shift on
     winner: int | None = None      # the index in `candidates` of the one registered (0: the carried-over adapter)
     scores: dict[str, float] = field(default_factory=dict)   # with --eval: old_on_new / zero_shot / refreshed
 
@@ -564,13 +566,15 @@ def _newest_versions(registry: Registry, base: str | None) -> list[str]:
 
 def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None = None,
             tasks: Sequence[str] | None = None, seed: int = 0, samples: int = REFRESH_SAMPLES, validate: bool = True,
-            select_limit: int = 50, evaluate_limit: int | None = None, run_eval: bool = False,
+            shift: bool = True, select_limit: int = 50, evaluate_limit: int | None = None, run_eval: bool = False,
             progress: Callable[[int, int], None] | None = None) -> list[RefreshItem]:
     """Give each task an adapter for the newest base version; idempotent (done tasks are skipped).
 
     With `validate` and a task that has validation data (a bundled task), the candidates are the predecessor
     carried over unchanged and `samples` generated adapters; the best on the new version's validation split
-    wins, a tie going to the carried-over one (the known quantity). A carried-over winner is registered as the
+    wins, a tie going to the carried-over one (the known quantity). With `shift`, one more candidate: the
+    carried-over adapter moved by the change the generator predicts between the two versions (generator.shift,
+    drawn with the first sample's seed). A carried-over winner is registered as the
     new version's adapter (origin carried_over, `replaces` lineage); either way the provenance lists every
     candidate's score. Without validation data, or with validate=False, one generated sample is registered.
     """
@@ -588,6 +592,8 @@ def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None
                           else "no validation data" if validate else "not asked (--no-validate)")
         drawn = draw(registry, settings, task=item.task, base_ref=item.base, seed=seed,
                       samples=samples if validation is not None else 1, loaded=generator)
+        if validation is not None and shift:
+            item.shift_skipped = _add_shifted_candidate(registry, settings, drawn, item)
         item.seconds = round(drawn.seconds, 3)
         if validation is None:
             registered = _register_generated(registry, drawn, 0, item.replaces, {"refresh": {"chosen_by": item.chosen_by}})
@@ -600,6 +606,47 @@ def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None
     if run_eval:
         _evaluate_refresh(registry, [item for item in items if item.id], evaluate_limit, loader)
     return items
+
+
+def _add_shifted_candidate(registry: Registry, settings: GeneratorSettings, drawn: Drawn, item: RefreshItem
+                           ) -> str | None:
+    """Append the shifted candidate (draw_shifted, with the first sample's seed) to the drawn candidates; returns
+    why not when it cannot be made."""
+    import time
+
+    began = time.perf_counter()
+    try:
+        shifted = draw_shifted(registry, settings, drawn, item.replaces, item.replaces_base)
+    except LoragenError as error:
+        return str(error)
+    drawn.candidates.append(Candidate(seed=drawn.candidates[0].seed, kind="shifted"))
+    drawn.state_dicts.append(shifted)
+    drawn.seconds += time.perf_counter() - began
+    return None
+
+
+def draw_shifted(registry: Registry, settings: GeneratorSettings, drawn: Drawn, carried: str, carried_base: str
+                 ) -> dict:
+    """carried + (drawn's first sample - the same description and seed drawn on `carried_base`): the carried-over
+    adapter moved by the change the generator predicts between the two versions (loragen.generator.shift).
+    A LoragenError says why not when the carried adapter's LoRA is not the generator's."""
+    from loragen.adapters import load_weights, read_adapter_folder
+    from loragen.generator.shift import shift_adapter
+
+    folder = registry.adapter_folder(carried)
+    lora = drawn.generator.checkpoint.lora
+    carried_lora = read_adapter_folder(folder)
+    if (carried_lora.rank, carried_lora.alpha) != (lora["r"], lora["lora_alpha"]):
+        raise LoragenError(f"{carried} is a rank-{carried_lora.rank} alpha-{carried_lora.alpha:g} LoRA; the generator "
+                           f"makes rank {lora['r']} alpha {lora['lora_alpha']:g}")
+    text = text_encoder(registry).encode([drawn.condition])[0]
+    on_old = sample_state_dict(drawn.generator, text, base_condition(registry, carried_base),
+                               seed=drawn.candidates[0].seed, method=settings.sample_method,
+                               steps=settings.sample_steps, eta=settings.eta)
+    try:
+        return shift_adapter(load_weights(folder / "adapter_model.safetensors"), drawn.state_dicts[0], on_old)
+    except ValueError as error:
+        raise LoragenError(str(error)) from None
 
 
 def _refresh_validation(task_name: str):
@@ -617,7 +664,7 @@ def _refresh_by_validation(registry: Registry, loader: BaseLoader, item: Refresh
     folders = [registry.adapter_folder(item.replaces)] + drawn.folders(registry)
     scores = _validation_scores(model, tokenizer, validation, folders, limit)
     candidates = [{"kind": "carried_over", "adapter": item.replaces, "from_base": item.replaces_base}]
-    candidates += [{"kind": "generated", "seed": c.seed} for c in drawn.candidates]
+    candidates += [{"kind": c.kind, "seed": c.seed} for c in drawn.candidates]
     for candidate, score in zip(candidates, scores):
         candidate.update(score=score.value, metric=score.metric)
     for candidate, row in zip(drawn.candidates, candidates[1:]):
@@ -625,6 +672,10 @@ def _refresh_by_validation(registry: Registry, loader: BaseLoader, item: Refresh
     best = max(range(len(candidates)), key=lambda i: (candidates[i]["score"], -i))  # ties: the earlier, carried over first
     record = {"refresh": {"chosen_by": "validation", "winner": candidates[best]["kind"], "candidates": candidates,
                           "validation": {"task": validation.name, "split": "validation", "limit": limit}}}
+    if any(c.kind == "shifted" for c in drawn.candidates):  # what the shifted candidate was moved from
+        record["refresh"]["shifted_from"] = {"adapter": item.replaces, "base": item.replaces_base}
+    elif item.shift_skipped:
+        record["refresh"]["shift_skipped"] = item.shift_skipped
     if best > 0:
         registered = _register_generated(registry, drawn, best - 1, item.replaces, record)
         return "generated", registered.id, candidates, best

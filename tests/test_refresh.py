@@ -76,11 +76,12 @@ def _weights_sha(capsys, adapter_id):
 
 
 def test_carried_over_adapter_is_kept_when_it_wins_on_validation(capsys, monkeypatch, evolved_registry):
-    calls = _scores_by_candidate(monkeypatch, [0.9, 0.2, 0.4])
+    calls = _scores_by_candidate(monkeypatch, [0.9, 0.2, 0.4, 0.3])
     result = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--json")
     assert result.code == 0, result.err
     [item] = result.json()
-    assert len(calls) == 1 and len(calls[0]) == 3  # the carried-over adapter and two samples, scored once each
+    # The carried-over adapter, two samples and the shifted candidate, scored once each.
+    assert len(calls) == 1 and len(calls[0]) == 4
     assert item["action"] == "carried over" and item["chosen_by"] == "validation"
     old = evolved_registry["element_symbol"]
     shown = run_cli(capsys, "show", item["id"], "--json").json()
@@ -89,8 +90,9 @@ def test_carried_over_adapter_is_kept_when_it_wins_on_validation(capsys, monkeyp
     refresh = shown["provenance"]["refresh"]
     assert refresh["winner"] == "carried_over" and refresh["validation"]["task"] == "element_symbol"
     assert [(c["kind"], c["score"]) for c in refresh["candidates"]] == [
-        ("carried_over", 0.9), ("generated", 0.2), ("generated", 0.4)]
-    assert [c.get("seed") for c in refresh["candidates"]] == [None, 0, 1]
+        ("carried_over", 0.9), ("generated", 0.2), ("generated", 0.4), ("shifted", 0.3)]
+    assert [c.get("seed") for c in refresh["candidates"]] == [None, 0, 1, 0]
+    assert refresh["shifted_from"] == {"adapter": old, "base": "tiny@v1"}
     again = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--json").json()
     assert again[0]["action"].startswith("skip: ") and "already carried over" in again[0]["action"]
     table = run_cli(capsys, "refresh", "--tasks", "element_symbol").out
@@ -98,26 +100,87 @@ def test_carried_over_adapter_is_kept_when_it_wins_on_validation(capsys, monkeyp
 
 
 def test_a_generated_sample_is_registered_when_it_wins(capsys, monkeypatch, evolved_registry):
-    _scores_by_candidate(monkeypatch, [0.3, 0.2, 0.7])
+    _scores_by_candidate(monkeypatch, [0.3, 0.2, 0.7, 0.6])
     result = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--seed", "5")
     assert result.code == 0, result.err
-    assert "carried 0.300 · 0.200 0.700*" in result.out and "1 adapter(s) generated, 0 carried over" in result.out
+    assert "carried 0.300 · 0.200 0.700* · shifted 0.600" in result.out and "1 adapter(s) generated, 0 carried over" in result.out
     [new] = run_cli(capsys, "list", "--base", "tiny@v2", "--json").json()
     shown = run_cli(capsys, "show", new["id"], "--json").json()
     assert shown["origin"] == "generated" and shown["replaces"] == evolved_registry["element_symbol"]
     assert shown["provenance"]["seed"] == 6  # the second sample (seeds 5, 6) won
     assert shown["provenance"]["refresh"]["winner"] == "generated"
-    assert [c["score"] for c in shown["provenance"]["refresh"]["candidates"]] == [0.3, 0.2, 0.7]
+    assert [c["score"] for c in shown["provenance"]["refresh"]["candidates"]] == [0.3, 0.2, 0.7, 0.6]
+
+
+def test_a_shifted_candidate_is_registered_when_it_wins(capsys, monkeypatch, evolved_registry):
+    """The carried-over adapter plus the generator's predicted change between the versions: registered as
+    generated, with what it was moved from, and its weights those shift_adapter computes."""
+    import torch
+
+    from loragen.adapters import load_weights
+    from loragen.config import load_settings
+    from loragen.generator.shift import lora_modules, shift_adapter
+    from loragen.registry.store import Registry
+    from loragen.workflows import base_condition, load_generator, sample_state_dict, text_encoder
+
+    _scores_by_candidate(monkeypatch, [0.3, 0.2, 0.4, 0.8])
+    result = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--seed", "5")
+    assert result.code == 0, result.err
+    assert "carried 0.300 · 0.200 0.400 · shifted 0.800*" in result.out
+    [new] = run_cli(capsys, "list", "--base", "tiny@v2", "--json").json()
+    shown = run_cli(capsys, "show", new["id"], "--json").json()
+    old = evolved_registry["element_symbol"]
+    assert shown["origin"] == "generated" and shown["replaces"] == old and shown["provenance"]["seed"] == 5
+    assert shown["provenance"]["refresh"]["winner"] == "shifted"
+    assert shown["provenance"]["refresh"]["shifted_from"] == {"adapter": old, "base": "tiny@v1"}
+
+    registry = Registry(load_settings().registry)
+    generator = load_generator(registry)
+    settings = load_settings().generator
+    text = text_encoder(registry).encode([shown["provenance"]["condition"]])[0]
+    on = {label: sample_state_dict(generator, text, base_condition(registry, label), seed=5,
+                                   method=settings.sample_method, steps=settings.sample_steps, eta=settings.eta)
+          for label in ("tiny@v1", "tiny@v2")}
+    expected = shift_adapter(load_weights(registry.adapter_folder(old) / "adapter_model.safetensors"),
+                             on["tiny@v2"], on["tiny@v1"])
+    registered = load_weights(registry.adapter_folder(new["id"]) / "adapter_model.safetensors")
+    for a_key, b_key in lora_modules(expected).values():
+        torch.testing.assert_close(registered[b_key] @ registered[a_key], expected[b_key] @ expected[a_key])
+
+
+def test_no_shift_leaves_the_shifted_candidate_out(capsys, monkeypatch, evolved_registry):
+    calls = _scores_by_candidate(monkeypatch, [0.5, 0.2, 0.4, 0.8])  # 0.8 would be the shifted one's
+    [item] = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--no-shift", "--json").json()
+    assert len(calls[0]) == 3 and [c["kind"] for c in item["candidates"]] == ["carried_over", "generated", "generated"]
+    assert item["action"] == "carried over"
+
+
+def test_a_carried_adapter_of_another_lora_shape_gets_no_shifted_candidate(capsys, monkeypatch, evolved_registry,
+                                                                            tiny_base, tmp_path):
+    from tests.tiny import make_lora
+
+    # A newer v1 adapter of rank 8 (the generator makes the fixture's rank) becomes the one to succeed.
+    folder = make_lora(tiny_base, tmp_path / "rank8", seed=3, r=8)
+    newer = run_cli(capsys, "ingest", str(folder), "--base", "tiny@v1", "--task", "element_symbol", "--json")
+    assert newer.code == 0, newer.err
+    calls = _scores_by_candidate(monkeypatch, [0.9, 0.2, 0.4])
+    result = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--json")
+    assert result.code == 0, result.err
+    [item] = result.json()
+    assert item["replaces"] == newer.json()["id"]
+    assert len(calls[0]) == 3 and "rank-8" in item["shift_skipped"]
+    shown = run_cli(capsys, "show", item["id"], "--json").json()
+    assert "rank-8" in shown["provenance"]["refresh"]["shift_skipped"]
 
 
 def test_a_tie_keeps_the_carried_over_adapter(capsys, monkeypatch, evolved_registry):
-    _scores_by_candidate(monkeypatch, [0.5, 0.5, 0.5])
+    _scores_by_candidate(monkeypatch, [0.5, 0.5, 0.5, 0.5])
     [item] = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--json").json()
     assert item["action"] == "carried over"
 
 
 def test_a_task_without_validation_data_gets_one_unscored_sample(capsys, monkeypatch, evolved_registry):
-    calls = _scores_by_candidate(monkeypatch, [1.0, 0.0, 0.0])
+    calls = _scores_by_candidate(monkeypatch, [1.0, 0.0, 0.0, 0.0])
     items = {i["task"]: i for i in run_cli(capsys, "refresh", "--json").json()}
     # "shout" was ingested under a name no bundled task has: there is nothing to validate on.
     assert items["shout"]["chosen_by"] == "no validation data" and items["shout"]["action"] == "generated"
@@ -138,7 +201,7 @@ def test_validation_through_lm_eval_records_every_candidate(capsys, evolved_regi
     assert result.code == 0, result.err
     [item] = result.json()
     scores = [c["score"] for c in item["candidates"]]
-    assert len(scores) == 3 and all(0.0 <= s <= 1.0 for s in scores)
+    assert len(scores) == 4 and all(0.0 <= s <= 1.0 for s in scores)
     expected = "carried over" if scores[0] >= max(scores[1:]) else "generated"
     assert item["action"] == expected
     shown = run_cli(capsys, "show", item["id"], "--json").json()

@@ -18,11 +18,15 @@ def _score(item: dict, key: str) -> Optional[str]:
 
 
 def _candidates(item: dict) -> Optional[str]:
-    """'carried 0.620 · 0.580 0.600*': the carried-over score, then each generated sample's; * marks the winner."""
+    """'carried 0.620 · 0.580 0.600 · shifted 0.640*': the carried-over score, each generated sample's, then the
+    shifted candidate's; * marks the winner."""
     if not item["candidates"]:
         return None
     cells = [f"{c['score']:.3f}{'*' if i == item['winner'] else ''}" for i, c in enumerate(item["candidates"])]
-    return f"carried {cells[0]} · {' '.join(cells[1:])}"
+    kinds = [c["kind"] for c in item["candidates"]]
+    generated = [cell for cell, kind in zip(cells, kinds) if kind == "generated"]
+    shifted = [cell for cell, kind in zip(cells, kinds) if kind == "shifted"]
+    return f"carried {cells[0]} · {' '.join(generated)}" + (f" · shifted {' '.join(shifted)}" if shifted else "")
 
 
 def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this base (its newest version), or NAME@vN."),
@@ -33,6 +37,9 @@ def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this b
                 help="Generated candidates beside the carried-over adapter; the best on validation wins."),
             no_validate: bool = typer.Option(
                 False, "--no-validate", help="Register one generated sample without scoring any candidate."),
+            no_shift: bool = typer.Option(
+                False, "--no-shift",
+                help="Leave out the shifted candidate: the carried-over adapter moved by the generator's predicted change."),
             select_limit: int = typer.Option(50, "--select-limit", min=1, help="Validation examples per candidate."),
             run_eval: bool = typer.Option(False, "--eval", help="Score old-on-new, zero-shot and refreshed with lm-eval."),
             limit: Optional[int] = typer.Option(None, "--limit", help="Examples per task for --eval (settings: eval.limit)."),
@@ -42,7 +49,8 @@ def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this b
 
     For a task with validation data the candidates are its previous adapter carried over unchanged and
     --samples generated ones, scored on the new version: the best is registered (a tie keeps the carried-over
-    one), and every candidate's score goes into its provenance.
+    one), and every candidate's score goes into its provenance. One more candidate unless --no-shift: the
+    carried-over adapter plus the change the generator predicts from the old version to the new one.
     """
     from loragen import workflows
 
@@ -54,7 +62,8 @@ def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this b
         planned = sum(item.action == "generate" for item in workflows.plan_refresh(registry, base=base, tasks=task_list))
         with StepProgress("refreshing", max(1, planned)) as bar:
             items = workflows.refresh(registry, state.settings.generator, base=base, tasks=task_list, seed=seed,
-                                      samples=samples, validate=not no_validate, select_limit=select_limit,
+                                      samples=samples, validate=not no_validate, shift=not no_shift,
+                                      select_limit=select_limit,
                                       run_eval=run_eval, evaluate_limit=limit if limit is not None else state.settings.eval.limit,
                                       progress=lambda done, total: bar.update(done, total))
     rows = [item.__dict__ for item in items]
