@@ -440,7 +440,8 @@ class Bench:
                          "multitask": asdict(self.multitask_config)},
             "per_task": {t: {**table.get(t, {}), "split": "held_out" if t in self.plan.held_out else "seen",
                              "family": get_task(t).family,
-                             "nearest_task": manifest.get(t, {}).get("nearest_task", {}).get("task")}
+                             # the training task nearest_task took its adapter from (the column keeps its score)
+                             "nearest_training_task": manifest.get(t, {}).get("nearest_task", {}).get("task")}
                          for t in self.plan.evaluated},
         }
         write_json(Path(self.args.summary), summary)
