@@ -7,7 +7,9 @@ The ladder's rungs say which versions train the generator (v1 and the `train` ru
 (`near`, `far`). Stages, each resumable (results under --work, a finished piece never recomputed):
 
   finetune   each task on every training version, registered (the generator's data), and on each unseen
-             version into run folders only (the ceiling: never registered, so refresh never carries it over)
+             version into run folders only (the ceiling: never registered, so refresh never carries it over);
+             it runs on the rungs registered so far, so it can run beside bench/evolve_base.py while the
+             ladder grows (the later stages need every rung)
   generator  a generator trained on the training versions' adapters (workflows.train; unseen versions never seen)
   refresh    per unseen version, far first, so both step from the last training version's adapter:
              the regenerated adapter (one sample, no selection: what `refresh --no-validate` registers), timed,
@@ -68,10 +70,9 @@ class Bench:
                        if args.near and args.far else
                        {r.role: f"{BASE}@v{r.version}" for r in LADDER if r.role in ("near", "far")})
         have = {row["name"] for row in self.registry.list_bases()}
-        missing = [v for v in self.train_versions + list(self.unseen.values()) if v not in have]
-        if missing:
-            raise SystemExit(f"{', '.join(missing)} not registered in {args.home}: run `python -m bench.evolve_base "
-                             f"--home {args.home}` first")
+        # The ladder takes hours to make: the finetune stage runs on the rungs made so far, while the ladder
+        # grows beside it; the stages that need every rung say so.
+        self.missing = [v for v in self.train_versions + list(self.unseen.values()) if v not in have]
         self.lora = LoraConfig()
         self.finetune_config = FinetuneConfig(steps=args.finetune_steps, batch_size=8, learning_rate=args.lr,
                                               checkpoints=1, checkpoint_every=args.finetune_steps, seed=args.seed)
@@ -93,6 +94,13 @@ class Bench:
     def write(self, name, payload) -> None:
         write_json(self.work / name, payload)  # atomic: a kill mid-write leaves the previous file whole
 
+    def require(self, versions, stage: str) -> None:
+        """Stop with one line when a version `stage` needs is not on the ladder yet."""
+        missing = [v for v in versions if v in self.missing]
+        if missing:
+            raise SystemExit(f"{stage}: {', '.join(missing)} not registered in {self.args.home}: run "
+                             f"`python -m bench.evolve_base --home {self.args.home}` first")
+
     # ---------------------------------------------------------------- stages
 
     def finetune(self) -> None:
@@ -101,14 +109,16 @@ class Bench:
         from loragen.workflows import finetune_task
 
         done = self.read("finetune.json", {})
-        for version in self.train_versions:
+        for version in self.missing:
+            print(f"finetune: {version} is not on the ladder yet; run this stage again once it is", flush=True)
+        for version in (v for v in self.train_versions if v not in self.missing):
             for task in self.tasks:
                 outcome = finetune_task(self.registry, task, version, self.lora, self.finetune_config,
                                         loader=self.loader)
                 done.setdefault(version, {})[task] = {"adapter": outcome.checkpoints[-1].id, "train_s": outcome.train_s}
                 self.write("finetune.json", done)
                 print(f"finetune: {task} on {version} ({outcome.train_s:.0f} s)", flush=True)
-        for role, version in self.unseen.items():
+        for role, version in ((r, v) for r, v in self.unseen.items() if v not in self.missing):
             base = self.loader.get(version)
             for task in self.tasks:
                 config = self.finetune_config  # the folder names every setting that changes the weights
@@ -124,6 +134,7 @@ class Bench:
     def generator(self) -> None:
         from loragen.workflows import train
 
+        self.require(self.train_versions, "generator")
         made = self.read("generator.json", {})
         if made.get("settings") == asdict(self.settings) and made.get("bases") == self.train_versions:
             print(f"generator: already trained ({made['id']})", flush=True)
@@ -138,6 +149,7 @@ class Bench:
         from loragen.adapters import write_adapter_folder
         from loragen.workflows import draw, draw_shifted, load_generator, plan_refresh, refresh
 
+        self.require(self.unseen.values(), "refresh")
         made = self.read("refreshed.json", {})
         if "id" not in self.read("generator.json", {}):
             raise SystemExit("no generator yet: run --stages generator first")
@@ -195,6 +207,8 @@ class Bench:
             raise SystemExit(f"{self.work / 'scores.json'} holds scores at --limit {scores['limit']}: move it away "
                              f"or use that limit")
         done = {(r["version"], r["task"], r["column"]) for r in scores["rows"]}
+        if not_refreshed := [v for v in self.unseen.values() if v not in refreshed]:
+            raise SystemExit(f"evaluate: {', '.join(not_refreshed)} not refreshed yet: run --stages refresh first")
         for version in self.unseen.values():
             model, tokenizer, _ = self.loader.get(version)
             for task_name in self.tasks:

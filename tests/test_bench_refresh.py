@@ -65,3 +65,26 @@ def test_every_stage_on_a_tiny_ladder_then_a_resumed_run_changes_nothing(tmp_pat
     again = _run(args, tmp_path, home)
     assert "already trained" in again and "already done" in again
     assert (work / "scores.json").read_text() == scores
+
+
+@pytest.mark.slow
+def test_finetune_runs_on_the_rungs_made_so_far_and_refresh_waits_for_the_whole_ladder(tmp_path, tiny_base):
+    from loragen.config import RegistryConfig
+    from loragen.registry.store import Registry
+    from tests.tiny import make_tiny_llama
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    registry = Registry(RegistryConfig(home=str(home)))
+    registry.add_base("tiny", str(tiny_base))
+    registry.update_base("tiny", str(make_tiny_llama(tmp_path / "v2", seed=2)), "v2")  # v3 and v4 not made yet
+    args = ["--home", str(home), "--work", str(work), "--base", "tiny", "--train-versions", "1,2", "--near", "3",
+            "--far", "4", "--tasks", "noun_singular", "--finetune-steps", "2", "--threads", "1"]
+    out = _run(["--stages", "finetune", *args], tmp_path, home)
+    assert "tiny@v3 is not on the ladder yet" in out and "tiny@v4 is not on the ladder yet" in out
+    assert set(json.loads((work / "finetune.json").read_text())) == {"tiny@v1", "tiny@v2"}
+    refused = subprocess.run([sys.executable, "-m", "bench.bench_refresh", "--stages", "refresh", *args], cwd=tmp_path,
+                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                                                  "LORAGEN_HOME": str(home)}, timeout=300)
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"refresh: tiny@v3, tiny@v4 not registered in {home}: run `python -m bench.evolve_base --home {home}` first")
