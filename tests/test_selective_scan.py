@@ -41,11 +41,14 @@ def make_inputs(batch, dim, n, L, bc="variable", with_D=True, with_z=True, with_
     return {k: (v.to(device).requires_grad_() if v is not None else None) for k, v in tensors.items()}
 
 
-def forward_and_grads(fn, inputs, delta_softplus, weight_seed=1):
-    """Output, last state and the gradients of a random projection of both."""
+def forward_and_grads(fn, inputs, delta_softplus, weight_seed=1, through_last_state=True):
+    """Output, last state and the gradients of a random projection of both (of the output alone when
+    `through_last_state` is False)."""
     out, last = fn(**inputs, delta_softplus=delta_softplus, return_last_state=True)
     g = torch.Generator().manual_seed(weight_seed)
-    loss = (out * torch.randn(out.shape, generator=g).to(out.device)).sum() + last.sum()
+    loss = (out * torch.randn(out.shape, generator=g).to(out.device)).sum()
+    if through_last_state:
+        loss = loss + last.sum()
     leaves = {k: v for k, v in inputs.items() if v is not None}
     grads = torch.autograd.grad(loss, list(leaves.values()))
     return out, last, dict(zip(leaves, grads))
@@ -145,8 +148,11 @@ def _mamba_ssm_kernel_available() -> bool:
 def test_pure_pytorch_paths_match_mamba_ssm_kernel(path):
     kernel = ss._cuda_selective_scan()
     inputs = make_inputs(2, 64, 16, 100, device="cuda")
-    expected, expected_last, expected_grads = forward_and_grads(kernel, inputs, delta_softplus=True)
-    out, last, grads = forward_and_grads(FAST_PATHS[path], inputs, delta_softplus=True)
+    # mamba-ssm's backward drops the last state's gradient (SelectiveScanFn.backward(ctx, dout, *args)), so the
+    # gradients are compared through the output only; the generator never trains through the last state.
+    expected, expected_last, expected_grads = forward_and_grads(kernel, inputs, delta_softplus=True,
+                                                                through_last_state=False)
+    out, last, grads = forward_and_grads(FAST_PATHS[path], inputs, delta_softplus=True, through_last_state=False)
     torch.testing.assert_close(out, expected, atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(last, expected_last, atol=1e-3, rtol=1e-3)
     for name in grads:
