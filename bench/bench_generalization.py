@@ -410,6 +410,10 @@ class Bench:
             above = [t for t in tasks if {"generated", "zero_shot"} <= set(table.get(t, {}))]
             out["generated_above_zero_shot"] = sum(table[t]["generated"] > table[t]["zero_shot"] for t in above)
             out["generated_above_zero_shot_of"] = len(above)
+            out["above_zero_shot"] = {  # every column's count, so the generators and baselines compare as one
+                column: sum(table[t][column] > table[t]["zero_shot"] for t in tasks
+                            if {column, "zero_shot"} <= set(table.get(t, {})))
+                for column in COLUMNS if column != "zero_shot"}
             ratios = [table[t]["generated"] / table[t]["finetuned"] for t in tasks
                       if {"generated", "finetuned"} <= set(table.get(t, {})) and table[t]["finetuned"] > 0]
             out["generated_over_finetuned"] = mean_or_none(ratios)
@@ -564,7 +568,8 @@ def _print_tables(summary: dict) -> None:
             mean = group[column]
             print(f"  {column:22s} {'-' if mean is None else f'{mean:.3f}':>6s}  "
                   f"{'' if ci is None else f'[{ci[0]:.3f}, {ci[1]:.3f}]'}  n={group[f'{column}_n']}")
-        print(f"  generated > zero-shot on {group['generated_above_zero_shot']}/{group['generated_above_zero_shot_of']}")
+        print(f"  generated > zero-shot on {group['generated_above_zero_shot']}/{group['generated_above_zero_shot_of']}"
+              "; every column: " + ", ".join(f"{c} {n}" for c, n in group["above_zero_shot"].items()))
 
 
 def main() -> None:

@@ -92,6 +92,8 @@ def test_every_stage_on_a_tiny_base_then_a_resumed_run_changes_nothing(tmp_path,
         for column in columns:
             assert 0.0 <= result[group][column] <= 1.0, (group, column)
     assert result["held_out"]["generated_above_zero_shot_of"] == 1
+    above = result["held_out"]["above_zero_shot"]
+    assert set(above) == set(COLUMNS) - {"zero_shot"} and above["generated"] == result["held_out"]["generated_above_zero_shot"]
     assert summary.with_suffix(".png").stat().st_size > 1000
     generators = json.loads((work / "generators.json").read_text())
     assert generators["generated"]["settings"]["task_loss_weight"] == 1.0
