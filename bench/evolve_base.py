@@ -189,16 +189,33 @@ def token_blocks(tokenizer, text: str, length: int) -> torch.Tensor:
 
 
 def continue_pretraining(model, blocks: torch.Tensor, *, steps: int, batch_size: int, learning_rate: float,
-                         seed: int, log=print) -> list[float]:
-    """Full-weight causal-LM training on random rows of `blocks`; returns the loss per step."""
+                         seed: int, state_path: Path | None = None, save_every: int = 30, recipe: str = "",
+                         log=print) -> tuple[list[float], float]:
+    """Full-weight causal-LM training on random rows of `blocks`; returns the loss per step and the seconds spent.
+
+    With `state_path`, everything the next step depends on (weights, optimizer, schedule, the row sampler, the
+    losses so far) is saved there every `save_every` steps, so a run killed in between (a rung takes up to an hour
+    here) resumes from the last save and ends with the same weights. `recipe` names the run: a saved state of
+    another recipe is refused rather than continued.
+    """
     generator = torch.Generator().manual_seed(seed)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
     warmup = max(1, steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    losses = []
+    losses, seconds_before = [], 0.0
+    if state_path is not None and state_path.is_file():
+        state = torch.load(state_path, weights_only=False)  # written below by this function, never a user's file
+        if state["recipe"] != recipe:
+            raise SystemExit(f"{state_path} holds a run of another recipe ({state['recipe']!r}): delete it to start over")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        generator.set_state(state["sampler"])
+        losses, seconds_before = state["losses"], state["seconds"]
+        log(f"  resumed from {state_path} at step {len(losses)}/{steps}")
     began = time.perf_counter()
-    for step in range(steps):
+    for step in range(len(losses), steps):
         rows = torch.randint(len(blocks), (batch_size,), generator=generator)
         batch = blocks[rows]
         loss = model(input_ids=batch, labels=batch).loss
@@ -210,8 +227,21 @@ def continue_pretraining(model, blocks: torch.Tensor, *, steps: int, batch_size:
         losses.append(loss.item())
         if step % 10 == 0 or step == steps - 1:
             log(f"  step {step + 1}/{steps}  loss {loss.item():.3f}  {time.perf_counter() - began:.0f} s")
+        if state_path is not None and (step + 1) % save_every == 0 and step + 1 < steps:
+            _save_training_state(state_path, {"recipe": recipe, "model": model.state_dict(),
+                                              "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                                              "sampler": generator.get_state(), "losses": losses,
+                                              "seconds": seconds_before + time.perf_counter() - began})
     model.eval()
-    return losses
+    return losses, seconds_before + time.perf_counter() - began
+
+
+def _save_training_state(path: Path, state: dict) -> None:
+    """torch.save through a temporary file and a rename: a kill mid-write leaves the previous state whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    torch.save(state, partial)
+    partial.replace(path)
 
 
 def save_hf_folder(model, tokenizer, folder: Path) -> None:
@@ -261,13 +291,15 @@ def make_rung(registry, rung: Rung, *, batch_size: int, length: int, seed: int, 
     blocks = token_blocks(tokenizer, corpus_text(rung.corpus, tokenizer), length)
     log(f"v{rung.version} ({rung.role}): {rung.kind} of {parent.label} on {rung.label} ({len(blocks)} rows of "
         f"{length} tokens)")
-    began = time.perf_counter()
-    losses = continue_pretraining(model, blocks, steps=rung.steps, batch_size=batch_size,
-                                  learning_rate=rung.learning_rate, seed=seed, log=log)
-    seconds = time.perf_counter() - began
+    note = rung.note(parent.label, batch_size, length, seed)
+    state_path = out / f"v{rung.version}.training-state.pt"
+    losses, seconds = continue_pretraining(model, blocks, steps=rung.steps, batch_size=batch_size,
+                                  learning_rate=rung.learning_rate, seed=seed, state_path=state_path, recipe=note,
+                                  log=log)
     folder = out / f"v{rung.version}"
     save_hf_folder(model, tokenizer, folder)
-    registered = register_rung(registry, folder, rung.note(parent.label, batch_size, length, seed), base)
+    registered = register_rung(registry, folder, note, base)
+    state_path.unlink(missing_ok=True)
     record = {"version": rung.version, "role": rung.role, "kind": rung.kind, "corpus": rung.label,
               "parent": parent.label, "rows": len(blocks), "steps": rung.steps, "learning_rate": rung.learning_rate,
               "first_loss": losses[0], "last_loss": sum(losses[-10:]) / len(losses[-10:]),

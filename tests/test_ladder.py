@@ -3,9 +3,18 @@
 import gzip
 
 import pytest
+import torch
 
 from bench import evolve_base
-from bench.evolve_base import LADDER, Rung, make_rung, register_rung, weight_distance, wordnet_glosses
+from bench.evolve_base import (
+    LADDER,
+    Rung,
+    continue_pretraining,
+    make_rung,
+    register_rung,
+    weight_distance,
+    wordnet_glosses,
+)
 from loragen.errors import LoragenError
 
 
@@ -73,7 +82,46 @@ def test_a_rung_on_a_tiny_base_is_registered_with_its_recipe_and_the_same_seed_g
         assert v2["parent"] == "tiny@v1" and v2["note"] == rung.note("tiny@v1", 2, 16, 0)
         assert record["weight_change_vs_parent"] > 0 and record["base_embedding_distance_vs_parent"] > 0
         weights.append(load_base(registry, "tiny@v2").model.state_dict())
+        assert not list((tmp_path / f"evolved{attempt}").glob("*training-state*"))  # removed once registered
     assert weight_distance(weights[0], weights[1]) == 0.0
+
+
+def test_a_rung_killed_mid_training_resumes_from_its_last_save_to_the_same_weights(tmp_path, tiny_base, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    settings = {"steps": 5, "batch_size": 2, "learning_rate": 1e-3, "seed": 0, "log": lambda line: None}
+
+    def fresh():
+        return AutoModelForCausalLM.from_pretrained(str(tiny_base))
+
+    straight = fresh()
+    blocks = torch.randint(0, straight.config.vocab_size, (16, 8), generator=torch.Generator().manual_seed(0))
+    expected_losses, _ = continue_pretraining(straight, blocks, **settings)
+
+    state = tmp_path / "v2.training-state.pt"
+    clip, calls = torch.nn.utils.clip_grad_norm_, []
+
+    def killed_at_step_four(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # as a kill between two saves (saves after steps 2 and 4)
+        return clip(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", killed_at_step_four)
+    with pytest.raises(KeyboardInterrupt):
+        continue_pretraining(fresh(), blocks, **settings, state_path=state, save_every=2, recipe="r")
+    assert torch.load(state, weights_only=False)["losses"] == expected_losses[:2]
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+
+    with pytest.raises(SystemExit, match="another recipe"):
+        continue_pretraining(fresh(), blocks, **settings, state_path=state, save_every=2, recipe="other")
+    resumed = fresh()
+    lines = []
+    losses, _ = continue_pretraining(resumed, blocks, **{**settings, "log": lines.append}, state_path=state,
+                                     save_every=2, recipe="r")
+    assert any("resumed from" in line and "at step 2/5" in line for line in lines)
+    assert losses == expected_losses
+    assert weight_distance(straight.state_dict(), resumed.state_dict()) == 0.0
 
 
 def test_a_version_whose_linear_shapes_differ_is_refused_and_nothing_is_registered(tmp_path, tiny_base):
