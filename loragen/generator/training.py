@@ -148,6 +148,44 @@ def _positions(layout: LoraLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return layout.layer_index(), layout.module_index(), layout.slice_index()
 
 
+@dataclass
+class Prepared:
+    """What training reads off a training set: the token layout and scaling, every adapter as tokens, and the
+    seeded, untrained generator sized for them."""
+
+    layout: LoraLayout
+    anchor: dict[str, torch.Tensor]
+    stats: NormStats
+    tokens: torch.Tensor                  # (N, L, token_size): each adapter minus the anchor, tokenized
+    masks: torch.Tensor                   # (N, L, token_size): 1 where a token holds a real value
+    schedule: DDPMSchedule
+    positions: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    base_rows: torch.Tensor               # (N, base_dim): each adapter's base condition
+    model: ORALGenerator
+
+
+def prepare_training(data: TrainingSet, settings: GeneratorSettings) -> Prepared:
+    layout = common_layout(data.adapters, settings.token_size)
+    anchor = mean_adapter(data.adapters) if settings.anchor else {}
+    residuals = [subtract(a.state_dict, anchor) for a in data.adapters]
+    # Scale by the adapters' own spread, not the residuals': matrices that barely differ
+    # between tasks (the shared A) stay near zero instead of being blown up to unit noise.
+    stats = NormStats.fit([a.state_dict for a in data.adapters], layout)
+    tokenized = [tokenize(r, layout, stats) for r in residuals]
+    text_dim = next(iter(data.text_embeddings.values())).shape[1]
+    base_dim = next(iter(data.base_embeddings.values())).shape[0]
+    config = generator_config_from_settings(settings, layout, text_dim=text_dim, base_dim=base_dim,
+                                            num_adapters=len(data.adapters))
+    base_table = {label: emb.float() for label, emb in data.base_embeddings.items()}
+    torch.manual_seed(settings.seed)
+    model = ORALGenerator(config)
+    model.condition.fit_base_scaling(torch.stack(list(base_table.values())))
+    return Prepared(layout=layout, anchor=anchor, stats=stats, tokens=torch.stack([t for t, _ in tokenized]),
+                    masks=torch.stack([m for _, m in tokenized]).float(),
+                    schedule=DDPMSchedule(prediction_type=settings.prediction_type), positions=_positions(layout),
+                    base_rows=torch.stack([base_table[a.base] for a in data.adapters]), model=model)
+
+
 def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Path,
                     progress: Callable[[int, int, float], None] | None = None) -> GeneratorCheckpoint:
     """Train (or resume) a generator on `data`; returns the final checkpoint (not yet registered)."""
@@ -158,27 +196,11 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    layout = common_layout(data.adapters, settings.token_size)
-    anchor = mean_adapter(data.adapters) if settings.anchor else {}
-    residuals = [subtract(a.state_dict, anchor) for a in data.adapters]
-    # Scale by the adapters' own spread, not the residuals': matrices that barely differ
-    # between tasks (the shared A) stay near zero instead of being blown up to unit noise.
-    stats = NormStats.fit([a.state_dict for a in data.adapters], layout)
-    tokenized = [tokenize(r, layout, stats) for r in residuals]
-    tokens = torch.stack([t for t, _ in tokenized])                       # (N, L, T)
-    masks = torch.stack([m for _, m in tokenized]).float()
-    text_dim = next(iter(data.text_embeddings.values())).shape[1]
-    base_dim = next(iter(data.base_embeddings.values())).shape[0]
-    config = generator_config_from_settings(settings, layout, text_dim=text_dim, base_dim=base_dim,
-                                            num_adapters=len(data.adapters))
-    schedule = DDPMSchedule(prediction_type=settings.prediction_type)
-    positions = _positions(layout)
-    base_table = {label: emb.float() for label, emb in data.base_embeddings.items()}
-    base_rows = torch.stack([base_table[a.base] for a in data.adapters])   # (N, base_dim)
-
-    torch.manual_seed(settings.seed)
-    model = ORALGenerator(config)
-    model.condition.fit_base_scaling(torch.stack(list(base_table.values())))
+    prepared = prepare_training(data, settings)
+    layout, anchor, stats, tokens, masks = (prepared.layout, prepared.anchor, prepared.stats, prepared.tokens,
+                                            prepared.masks)
+    schedule, positions, base_rows, model = prepared.schedule, prepared.positions, prepared.base_rows, prepared.model
+    config = model.config
     # Data-parallel: the same initial weights on every rank (seeded above), and after each backward every gradient
     # is averaged over the ranks (average_gradients). Not DistributedDataParallel: it averages only what flows
     # through its wrapper's forward, and the task loss runs the model outside that forward.
