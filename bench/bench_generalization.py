@@ -46,7 +46,9 @@ from bench.common import (
     git_revision,
     machine,
     mean_or_none,
+    parse_shard,
     run_stages,
+    scores_lock,
     write_json,
 )
 
@@ -370,10 +372,7 @@ class Bench:
                   "once the generators are trained, then evaluate again", flush=True)
 
     def scores_lock(self):
-        from filelock import FileLock
-
-        self.work.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.path("scores.json.lock")), timeout=600)
+        return scores_lock(self.work)
 
     @property
     def evaluated_columns(self) -> tuple[str, ...]:
@@ -494,16 +493,6 @@ def parse_columns(text: str) -> tuple[str, ...]:
         raise SystemExit(f"--columns takes 'all' or some of {','.join(COLUMNS)} (got {text!r})")
     return columns
 
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """'K/N' -> (K, N) with 1 <= K <= N."""
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise SystemExit(f"--shard takes K/N, e.g. 1/2 (got {text!r})") from None
-    if not 1 <= index <= count:
-        raise SystemExit(f"--shard K/N needs 1 <= K <= N (got {text!r})")
-    return index, count
 
 
 def _emptied(folder: Path) -> Path:

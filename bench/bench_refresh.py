@@ -17,7 +17,8 @@ The ladder's rungs say which versions train the generator (v1 and the `train` ru
              versions, workflows.draw_shifted, no selection), written to folders; then `refresh` with validation
              (registered), timed
   evaluate   per task and unseen version on the test split: zero_shot, carried_over, regenerated, shifted,
-             refresh_validated, finetuned
+             refresh_validated, finetuned (--shard K/N: N processes, each every N-th (version, task), sharing
+             scores.json; then run --stages summary once they are done)
   summary    means with bootstrap 95% intervals per unseen version, a PNG, bench/results/refresh.json
 
 Noise, for "refresh with validation is never below carried over": a task's difference counts as a loss only
@@ -40,7 +41,9 @@ from bench.common import (
     git_revision,
     machine,
     mean_or_none,
+    parse_shard,
     run_stages,
+    scores_lock,
     write_json,
 )
 
@@ -202,16 +205,19 @@ class Bench:
         from loragen.tasks.suite import get_task
 
         finetuned, refreshed = self.read("finetune.json", {}), self.read("refreshed.json", {})
-        scores = self.read("scores.json", {"limit": self.args.limit, "rows": []})
+        with scores_lock(self.work):
+            scores = self.read("scores.json", {"limit": self.args.limit, "rows": []})
         if scores["limit"] != self.args.limit:
             raise SystemExit(f"{self.work / 'scores.json'} holds scores at --limit {scores['limit']}: move it away "
                              f"or use that limit")
         done = {(r["version"], r["task"], r["column"]) for r in scores["rows"]}
         if not_refreshed := [v for v in self.unseen.values() if v not in refreshed]:
             raise SystemExit(f"evaluate: {', '.join(not_refreshed)} not refreshed yet: run --stages refresh first")
-        for version in self.unseen.values():
+        index, count = parse_shard(self.args.shard)
+        pairs = [(version, task) for version in self.unseen.values() for task in self.tasks][index - 1::count]
+        for version in dict.fromkeys(version for version, _ in pairs):
             model, tokenizer, _ = self.loader.get(version)
-            for task_name in self.tasks:
+            for task_name in (task for v, task in pairs if v == version):
                 task = get_task(task_name)
                 made = refreshed[version]["tasks"][task_name]
                 folders = {"carried_over": self.registry.adapter_folder(made["carried_over"]),
@@ -226,9 +232,11 @@ class Bench:
                     else:
                         with attached(model, folders[column]) as peft_model:
                             [score] = evaluate(peft_model, tokenizer, [task], limit=self.args.limit)
-                    scores["rows"].append({"version": version, "task": task_name, "column": column,
-                                           "value": score.value, "examples": score.num_examples})
-                    self.write("scores.json", scores)
+                    with scores_lock(self.work):  # re-read: another shard may have added rows since
+                        scores = self.read("scores.json", scores)
+                        scores["rows"].append({"version": version, "task": task_name, "column": column,
+                                               "value": score.value, "examples": score.num_examples})
+                        self.write("scores.json", scores)
                 print(f"evaluate: {task_name} on {version}: " + " ".join(
                     f"{r['column']}={r['value']:.3f}" for r in scores["rows"]
                     if r["version"] == version and r["task"] == task_name), flush=True)
@@ -322,9 +330,11 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=100, help="test examples per evaluation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--shard", default="1/1", help="evaluate: this process's share, K/N")
     parser.add_argument("--summary", default="bench/results/refresh.json")
     args = parser.parse_args()
     stages = chosen_stages(parser, args.stages, STAGES)
+    parse_shard(args.shard)  # a bad --shard fails before any stage runs
 
     import torch
 

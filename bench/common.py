@@ -147,3 +147,22 @@ def run_stages(bench, stages: tuple[str, ...]) -> None:
         print(f"== {stage}", flush=True)
         getattr(bench, stage)()
         print(f"== {stage} done in {time.perf_counter() - began:.0f} s", flush=True)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """--shard's 'K/N' -> (K, N) with 1 <= K <= N: this process scores every N-th piece, starting at the K-th."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"--shard takes K/N, e.g. 1/2 (got {text!r})") from None
+    if not 1 <= index <= count:
+        raise SystemExit(f"--shard K/N needs 1 <= K <= N (got {text!r})")
+    return index, count
+
+
+def scores_lock(work: Path):
+    """The lock that shards of one benchmark hold while they read, add to and write work/scores.json."""
+    from filelock import FileLock
+
+    work.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(work / "scores.json.lock"), timeout=600)

@@ -66,6 +66,20 @@ def test_every_stage_on_a_tiny_ladder_then_a_resumed_run_changes_nothing(tmp_pat
     assert "already trained" in again and "already done" in again
     assert (work / "scores.json").read_text() == scores
 
+    # Two shards of the evaluation score every (version, task, column) once, with the same values.
+    (work / "scores.json").rename(work / "scores-one-process.json")
+    first = _run([*args, "--stages", "evaluate", "--shard", "1/2"], tmp_path, home)
+    second = _run([*args, "--stages", "evaluate", "--shard", "2/2"], tmp_path, home)
+    assert "on tiny@v3" in first and "on tiny@v4" in first and "on tiny@v3" in second  # 2 tasks x 2 versions, alternating
+
+    def rows(path):
+        return sorted((r["version"], r["task"], r["column"], r["value"]) for r in json.loads(path.read_text())["rows"])
+
+    assert rows(work / "scores.json") == rows(work / "scores-one-process.json")
+    bad = subprocess.run([sys.executable, "-m", "bench.bench_refresh", *args, "--shard", "3/2"], cwd=tmp_path,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1] == "--shard K/N needs 1 <= K <= N (got '3/2')"
+
 
 @pytest.mark.slow
 def test_finetune_runs_on_the_rungs_made_so_far_and_refresh_waits_for_the_whole_ladder(tmp_path, tiny_base):
