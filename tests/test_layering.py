@@ -43,3 +43,11 @@ def test_the_store_is_persistence_only():
     names = {node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
     assert not names & {"load_base", "comparison", "list_tasks"}
     assert "load_model" not in (REGISTRY / "store.py").read_text()
+
+
+def test_the_read_sides_copy_of_the_origins_matches_the_model():
+    # views.py keeps its own copy so that `list` and `show` start without importing SQLAlchemy.
+    from loragen.registry.models import Origin
+    from loragen.registry.views import ORIGINS
+
+    assert ORIGINS == tuple(origin.value for origin in Origin)
