@@ -332,7 +332,7 @@ class Bench:
         from loragen.tasks.suite import get_task
 
         manifest = self.read("adapters.json", {})
-        with self.scores_lock():
+        with scores_lock(self.work):
             scores = self.read("scores.json", {"settings": self.eval_settings(), "rows": []})
             if scores["settings"] != self.eval_settings():
                 raise SystemExit(f"{self.path('scores.json')} holds scores of other evaluation settings: move it away")
@@ -361,7 +361,7 @@ class Bench:
                 row = {"task": task_name, "column": column, "value": score.value, "metric": score.metric,
                        "examples": score.num_examples, "eval_s": round(time.perf_counter() - began, 1),
                        "made_from": _made_from(manifest, task_name, column)}
-                with self.scores_lock():  # re-read: another shard may have added rows since
+                with scores_lock(self.work):  # re-read: another shard may have added rows since
                     scores = self.read("scores.json", scores)
                     scores["rows"].append(row)
                     self.write("scores.json", scores)
@@ -370,9 +370,6 @@ class Bench:
         if waiting:
             print(f"evaluate: {len(waiting)} adapter(s) not made yet (first: {waiting[0]}): run --stages adapters "
                   "once the generators are trained, then evaluate again", flush=True)
-
-    def scores_lock(self):
-        return scores_lock(self.work)
 
     @property
     def evaluated_columns(self) -> tuple[str, ...]:
@@ -492,7 +489,6 @@ def parse_columns(text: str) -> tuple[str, ...]:
     if unknown or not columns:
         raise SystemExit(f"--columns takes 'all' or some of {','.join(COLUMNS)} (got {text!r})")
     return columns
-
 
 
 def _emptied(folder: Path) -> Path:

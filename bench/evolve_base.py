@@ -36,6 +36,8 @@ from pathlib import Path
 import torch
 
 from bench.common import BASE, command_line, git_revision, machine, open_registry, write_json
+from loragen.atomic import torch_load_state, torch_save_atomic
+from loragen.errors import LoragenError
 
 GCIDE = Path("/usr/share/dictd/gcide.dict.dz")
 DICTD = Path("/usr/share/dictd")
@@ -205,7 +207,11 @@ def continue_pretraining(model, blocks: torch.Tensor, *, steps: int, batch_size:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     losses, seconds_before = [], 0.0
     if state_path is not None and state_path.is_file():
-        state = torch.load(state_path, weights_only=False)  # written below by this function, never a user's file
+        try:
+            state = torch_load_state(state_path, ("recipe", "model", "optimizer", "schedule", "sampler", "losses",
+                                                  "seconds"))
+        except LoragenError as err:  # damaged or cut short: one line, as the benchmark's other refusals
+            raise SystemExit(str(err)) from None
         if state["recipe"] != recipe:
             raise SystemExit(f"{state_path} holds a run of another recipe ({state['recipe']!r}): delete it to start over")
         model.load_state_dict(state["model"])
@@ -228,20 +234,12 @@ def continue_pretraining(model, blocks: torch.Tensor, *, steps: int, batch_size:
         if step % 10 == 0 or step == steps - 1:
             log(f"  step {step + 1}/{steps}  loss {loss.item():.3f}  {time.perf_counter() - began:.0f} s")
         if state_path is not None and (step + 1) % save_every == 0 and step + 1 < steps:
-            _save_training_state(state_path, {"recipe": recipe, "model": model.state_dict(),
-                                              "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                                              "sampler": generator.get_state(), "losses": losses,
-                                              "seconds": seconds_before + time.perf_counter() - began})
+            state_path.parent.mkdir(parents=True, exist_ok=True)
+            torch_save_atomic({"recipe": recipe, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "schedule": schedule.state_dict(), "sampler": generator.get_state(), "losses": losses,
+                               "seconds": seconds_before + time.perf_counter() - began}, state_path)
     model.eval()
     return losses, seconds_before + time.perf_counter() - began
-
-
-def _save_training_state(path: Path, state: dict) -> None:
-    """torch.save through a temporary file and a rename: a kill mid-write leaves the previous state whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".tmp")
-    torch.save(state, partial)
-    partial.replace(path)
 
 
 def save_hf_folder(model, tokenizer, folder: Path) -> None:
@@ -298,8 +296,8 @@ def make_rung(registry, rung: Rung, *, batch_size: int, length: int, seed: int, 
     note = rung.note(parent.label, batch_size, length, seed)
     state_path = out / f"v{rung.version}.training-state.pt"
     losses, seconds = continue_pretraining(model, blocks, steps=rung.steps, batch_size=batch_size,
-                                  learning_rate=rung.learning_rate, seed=seed, state_path=state_path, recipe=note,
-                                  log=log)
+                                           learning_rate=rung.learning_rate, seed=seed, state_path=state_path,
+                                           recipe=note, log=log)
     folder = out / f"v{rung.version}"
     save_hf_folder(model, tokenizer, folder)
     registered = register_rung(registry, folder, note, base)

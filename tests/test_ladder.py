@@ -110,7 +110,8 @@ def test_a_rung_killed_mid_training_resumes_from_its_last_save_to_the_same_weigh
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", killed_at_step_four)
     with pytest.raises(KeyboardInterrupt):
         continue_pretraining(fresh(), blocks, **settings, state_path=state, save_every=2, recipe="r")
-    assert torch.load(state, weights_only=False)["losses"] == expected_losses[:2]
+    assert torch.load(state, weights_only=True)["losses"] == expected_losses[:2]
+    saved = state.read_bytes()
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
 
     with pytest.raises(SystemExit, match="another recipe"):
@@ -122,6 +123,10 @@ def test_a_rung_killed_mid_training_resumes_from_its_last_save_to_the_same_weigh
     assert any("resumed from" in line and "at step 2/5" in line for line in lines)
     assert losses == expected_losses
     assert weight_distance(straight.state_dict(), resumed.state_dict()) == 0.0
+
+    state.write_bytes(saved[: len(saved) // 2])  # a save cut short is refused in one line, not continued
+    with pytest.raises(SystemExit, match="damaged resume state.*delete it to start the run over"):
+        continue_pretraining(fresh(), blocks, **settings, state_path=state, save_every=2, recipe="r")
 
 
 def test_a_version_whose_linear_shapes_differ_is_refused_and_nothing_is_registered(tmp_path, tiny_base):

@@ -201,7 +201,7 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
                                             prepared.masks)
     schedule, positions, base_rows, model = prepared.schedule, prepared.positions, prepared.base_rows, prepared.model
     config = model.config
-    # Data-parallel: the same initial weights on every rank (seeded above), and after each backward every gradient
+    # Data-parallel: the same initial weights on every rank (seeded in prepare_training), and after each backward every gradient
     # is averaged over the ranks (average_gradients). Not DistributedDataParallel: it averages only what flows
     # through its wrapper's forward, and the task loss runs the model outside that forward.
     optimizer = torch.optim.AdamW(_parameter_groups(model), lr=settings.learning_rate, weight_decay=0.0)
