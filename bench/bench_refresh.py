@@ -189,12 +189,17 @@ class Bench:
             for item in resumed:  # registered by a run killed before this stage wrote its record: read it back
                 shown = self.registry.get_adapter(item.id)
                 item.action = shown["origin"].replace("_", " ")
-                item.candidates = (shown["provenance"].get("refresh") or {}).get("candidates", [])
+                record = shown["provenance"].get("refresh") or {}
+                item.candidates = record.get("candidates", [])
+                item.winner = next((i for i, c in enumerate(item.candidates) if c["kind"] == record.get("winner")), None)
             made[version] = {"role": role, "regenerate_all_s": round(seconds, 2),
                              # the time of a whole validated refresh only: a resumed one did part of its work before
                              "refresh_validated_s": None if resumed else round(validated_s, 1),
                              "tasks": {item.task: {**regenerated[item.task], "refresh_validated": item.id,
-                                                   "action": item.action, "candidates": item.candidates}
+                                                   "action": item.action, "candidates": item.candidates,
+                                                   # which candidate won: carried_over, generated or shifted
+                                                   "winner": (item.candidates[item.winner]["kind"]
+                                                              if item.winner is not None else None)}
                                        for item in items}}
             self.write("refreshed.json", made)
             print(f"refresh: {version} ({role}) regenerated {len(self.tasks)} in {seconds:.1f} s, validated refresh "
@@ -249,7 +254,8 @@ class Bench:
         for row in scores["rows"]:
             table.setdefault((row["version"], row["task"]), {})[row["column"]] = row["value"]
             examples[(row["version"], row["task"])] = row["examples"]
-        out = {"command": command_line(), "machine": machine(), "revision": git_revision(),
+        ran_on = machine()
+        out = {"command": command_line(), "date": ran_on["date"], "machine": ran_on, "revision": git_revision(),
                "versions": len(self.train_versions) + len(self.unseen), "train_versions": self.train_versions,
                "tasks": self.tasks}
         for role, version in self.unseen.items():
@@ -270,7 +276,7 @@ class Bench:
             group["refresh_seconds"] = made.get("regenerate_all_s")
             group["refresh_validated_seconds"] = made.get("refresh_validated_s")
             group["finetune_seconds"] = round(sum(v["train_s"] for v in finetuned.get(version, {}).values()), 1)
-            group["winners"] = {t: v["action"] for t, v in made.get("tasks", {}).items()}
+            group["winners"] = {t: v.get("winner") or v["action"] for t, v in made.get("tasks", {}).items()}
             group["per_task"] = cells
             out[role] = group
         write_json(Path(self.args.summary), out)

@@ -49,11 +49,12 @@ def test_every_stage_on_a_tiny_ladder_then_a_resumed_run_changes_nothing(tmp_pat
     _run(args, tmp_path, home)
     result = json.loads(summary.read_text())
     assert result["versions"] == 4 and result["train_versions"] == ["tiny@v1", "tiny@v2"]
+    assert result["date"] == result["machine"]["date"] and "bench_refresh" in result["command"]
     for role, version in (("near", "tiny@v3"), ("far", "tiny@v4")):
         group = result[role]
         assert group["version"] == version
         assert all(0.0 <= group[column] <= 1.0 for column in COLUMNS)
-        assert set(group["winners"].values()) <= {"generated", "carried over"}
+        assert set(group["winners"].values()) <= {"carried_over", "generated", "shifted"}  # the winning candidate
         assert group["refresh_seconds"] > 0 and group["finetune_seconds"] > 0
     refreshed = json.loads((work / "refreshed.json").read_text())
     # Both unseen versions refreshed from the last training version, never from each other.
