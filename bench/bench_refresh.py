@@ -265,6 +265,12 @@ class Bench:
                 values = [c[column] for c in cells.values() if column in c]
                 group[column] = mean_or_none(values)
                 group[f"{column}_ci95"] = bootstrap_ci(values, self.args.seed)
+            # Paired over tasks: the tasks differ far more from one another than the columns do, so the columns'
+            # own intervals overlap whatever happens; the interval of the per-task difference is the sharper test.
+            for column in ("regenerated", "shifted", "refresh_validated", "finetuned"):
+                differences = [c[column] - c["carried_over"] for c in cells.values() if {column, "carried_over"} <= set(c)]
+                group[f"{column}_minus_carried_over"] = mean_or_none(differences)
+                group[f"{column}_minus_carried_over_ci95"] = bootstrap_ci(differences, self.args.seed)
             pairs = [t for t, c in cells.items() if {"refresh_validated", "carried_over"} <= set(c)]
             group["refresh_validated_below_carried_over_beyond_noise"] = [
                 t for t in pairs if _below_noise(cells[t]["refresh_validated"], cells[t]["carried_over"],

@@ -56,6 +56,11 @@ def test_every_stage_on_a_tiny_ladder_then_a_resumed_run_changes_nothing(tmp_pat
         assert all(0.0 <= group[column] <= 1.0 for column in COLUMNS)
         assert set(group["winners"].values()) <= {"carried_over", "generated", "shifted"}  # the winning candidate
         assert group["refresh_seconds"] > 0 and group["finetune_seconds"] > 0
+        difference = [group["per_task"][t]["regenerated"] - group["per_task"][t]["carried_over"]
+                      for t in ("element_symbol", "noun_singular")]
+        assert group["regenerated_minus_carried_over"] == pytest.approx(sum(difference) / 2, abs=1e-4)
+        low, high = group["regenerated_minus_carried_over_ci95"]
+        assert min(difference) - 1e-4 <= low <= high <= max(difference) + 1e-4
     refreshed = json.loads((work / "refreshed.json").read_text())
     # Both unseen versions refreshed from the last training version, never from each other.
     assert {t["from_base"] for v in refreshed.values() for t in v["tasks"].values()} == {"tiny@v2"}
