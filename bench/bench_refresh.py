@@ -19,6 +19,9 @@ The ladder's rungs say which versions train the generator (v1 and the `train` ru
   evaluate   per task and unseen version on the test split: zero_shot, carried_over, regenerated, shifted,
              refresh_validated, finetuned (--shard K/N: N processes, each every N-th (version, task), sharing
              scores.json; then run --stages summary once they are done)
+  geometry   where the regenerated adapter lies, per unseen version and task: its cosine to the carried-over
+             adapter, to the mean of the task's training adapters and to the ceiling, and how much the base
+             condition alone moves the generator's output (the same seed drawn for the last training version)
   summary    means with bootstrap 95% intervals per unseen version, a PNG, bench/results/refresh.json
 
 Noise, for "refresh with validation is never below carried over": a task's difference counts as a loss only
@@ -32,6 +35,8 @@ import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+
+import torch
 
 from bench.common import (
     BASE,
@@ -47,7 +52,7 @@ from bench.common import (
     write_json,
 )
 
-STAGES = ("finetune", "generator", "refresh", "evaluate", "summary")
+STAGES = ("finetune", "generator", "refresh", "evaluate", "geometry", "summary")
 COLUMNS = ("zero_shot", "carried_over", "regenerated", "shifted", "refresh_validated", "finetuned")
 # Seen tasks of the committed split where fine-tuning clearly beats zero-shot on v1 (BENCHMARKS.md: issue 3's
 # table and the corpus rows); none is held out, so this benchmark's generator never sees a held-out task.
@@ -246,6 +251,38 @@ class Bench:
                     f"{r['column']}={r['value']:.3f}" for r in scores["rows"]
                     if r["version"] == version and r["task"] == task_name), flush=True)
 
+    def geometry(self) -> None:
+        """Cosines between adapters as the generator sees them: the flattened LoRA factors (every run starts from
+        the same seeded initialisation, so the factors of one task's adapters are comparable)."""
+        from loragen.workflows import draw, load_generator
+
+        finetuned, refreshed = self.read("finetune.json", {}), self.read("refreshed.json", {})
+        if not_refreshed := [v for v in self.unseen.values() if v not in refreshed]:
+            raise SystemExit(f"geometry: {', '.join(not_refreshed)} not refreshed yet: run --stages refresh first")
+        generator = load_generator(self.registry, self.read("generator.json", {})["id"])
+        last = self.train_versions[-1]
+        out = {}
+        for task in self.tasks:
+            training = [_flat_adapter(self.registry.adapter_folder(finetuned[v][task]["adapter"]))
+                        for v in self.train_versions]
+            mean = torch.stack(training).mean(0)
+            on_last = _flat_state(draw(self.registry, self.settings, task=task, base_ref=last, seed=self.args.seed,
+                                       samples=1, loaded=generator).state_dicts[0])
+            for version, made in ((v, refreshed[v]["tasks"][task]) for v in self.unseen.values()):
+                regenerated = _flat_adapter(made["folder"])
+                carried = _flat_adapter(self.registry.adapter_folder(made["carried_over"]))
+                ceiling = _flat_adapter(finetuned[version][task]["folder"])
+                out.setdefault(version, {})[task] = {
+                    "regenerated_vs_carried_over": _cosine(regenerated, carried),
+                    "regenerated_vs_training_mean": _cosine(regenerated, mean),
+                    "regenerated_vs_finetuned": _cosine(regenerated, ceiling),
+                    "carried_over_vs_finetuned": _cosine(carried, ceiling),
+                    # the base condition's own effect: this version's draw against the last training version's
+                    "base_change_moves_output": round(float((regenerated - on_last).norm() / on_last.norm()), 4)}
+            print(f"geometry: {task}: " + "; ".join(f"{v}: " + " ".join(f"{k}={x}" for k, x in row[task].items())
+                                                   for v, row in out.items()), flush=True)
+        self.write("geometry.json", {"reference": last, "tasks": out})
+
     def summary(self) -> dict:
         scores = self.read("scores.json", {"rows": []})
         finetuned, refreshed = self.read("finetune.json", {}), self.read("refreshed.json", {})
@@ -284,6 +321,10 @@ class Bench:
             group["finetune_seconds"] = round(sum(v["train_s"] for v in finetuned.get(version, {}).values()), 1)
             group["winners"] = {t: v.get("winner") or v["action"] for t, v in made.get("tasks", {}).items()}
             group["per_task"] = cells
+            geometry = self.read("geometry.json", {}).get("tasks", {}).get(version)
+            if geometry:  # means over tasks of each cosine; per task in bench/out/refresh/geometry.json
+                group["geometry"] = {key: mean_or_none(row[key] for row in geometry.values())
+                                     for key in next(iter(geometry.values()))}
             out[role] = group
         write_json(Path(self.args.summary), out)
         if scores["rows"]:
@@ -293,6 +334,20 @@ class Bench:
             print(f"{role} ({g['version']}): " + "  ".join(f"{c} {g[c]}" for c in COLUMNS) +
                   f"  refresh {g['refresh_seconds']} s vs fine-tune {g['finetune_seconds']} s", flush=True)
         return out
+
+
+def _flat_adapter(folder) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return _flat_state(load_file(str(Path(folder) / "adapter_model.safetensors")))
+
+
+def _flat_state(state_dict) -> torch.Tensor:
+    return torch.cat([state_dict[key].flatten().double() for key in sorted(state_dict)])
+
+
+def _cosine(a, b) -> float:
+    return round(float(torch.nn.functional.cosine_similarity(a, b, dim=0)), 4)
 
 
 def _below_noise(a: float, b: float, n: int) -> bool:
@@ -347,8 +402,6 @@ def main() -> None:
     args = parser.parse_args()
     stages = chosen_stages(parser, args.stages, STAGES)
     parse_shard(args.shard)  # a bad --shard fails before any stage runs
-
-    import torch
 
     torch.set_num_threads(args.threads)
     bench = Bench(args)

@@ -28,6 +28,25 @@ def _run(args, cwd, home):
     return done.stdout
 
 
+def test_adapter_cosines_read_the_factors_of_the_saved_file(tmp_path):
+    import torch
+
+    from bench.bench_refresh import _cosine, _flat_adapter, _flat_state
+    from loragen.adapters import lora_config_dict, write_adapter_folder
+
+    state = {"base_model.model.layers.0.q_proj.lora_A.weight": torch.randn(4, 8),
+             "base_model.model.layers.0.q_proj.lora_B.weight": torch.randn(8, 4)}
+    folder = write_adapter_folder(tmp_path / "a", state, lora_config_dict(4, 8, ["q_proj"]))
+    read = _flat_adapter(folder)
+    assert torch.equal(read, _flat_state(state)) and read.numel() == 64
+    assert _cosine(read, read) == 1.0 and _cosine(read, -read) == -1.0
+    other = {key: value.clone() for key, value in state.items()}
+    other["base_model.model.layers.0.q_proj.lora_B.weight"] = torch.zeros(8, 4)  # only A left: cos = |A|^2/(|A||A,B|)
+    a, b = state["base_model.model.layers.0.q_proj.lora_A.weight"], state["base_model.model.layers.0.q_proj.lora_B.weight"]
+    expected = float(a.norm() / (a.norm() ** 2 + b.norm() ** 2) ** 0.5)
+    assert _cosine(read, _flat_state(other)) == pytest.approx(expected, abs=1e-4)
+
+
 @pytest.mark.slow
 def test_every_stage_on_a_tiny_ladder_then_a_resumed_run_changes_nothing(tmp_path, tiny_base):
     from loragen.config import RegistryConfig
@@ -61,6 +80,13 @@ def test_every_stage_on_a_tiny_ladder_then_a_resumed_run_changes_nothing(tmp_pat
         assert group["regenerated_minus_carried_over"] == pytest.approx(sum(difference) / 2, abs=1e-4)
         low, high = group["regenerated_minus_carried_over_ci95"]
         assert min(difference) - 1e-4 <= low <= high <= max(difference) + 1e-4
+        assert all(-1.0 <= group["geometry"][key] <= 1.0 for key in group["geometry"] if key.endswith("finetuned"))
+    geometry = json.loads((work / "geometry.json").read_text())
+    assert geometry["reference"] == "tiny@v2" and set(geometry["tasks"]) == {"tiny@v3", "tiny@v4"}
+    for version in ("tiny@v3", "tiny@v4"):
+        assert set(geometry["tasks"][version]) == {"element_symbol", "noun_singular"}
+        for row in geometry["tasks"][version].values():
+            assert row["base_change_moves_output"] >= 0 and -1.0 <= row["regenerated_vs_carried_over"] <= 1.0
     refreshed = json.loads((work / "refreshed.json").read_text())
     # Both unseen versions refreshed from the last training version, never from each other.
     assert {t["from_base"] for v in refreshed.values() for t in v["tasks"].values()} == {"tiny@v2"}
