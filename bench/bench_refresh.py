@@ -254,7 +254,7 @@ class Bench:
     def geometry(self) -> None:
         """Cosines between adapters as the generator sees them: the flattened LoRA factors (every run starts from
         the same seeded initialisation, so the factors of one task's adapters are comparable)."""
-        from loragen.workflows import draw, load_generator
+        from loragen.workflows import base_condition, draw, load_generator
 
         finetuned, refreshed = self.read("finetune.json", {}), self.read("refreshed.json", {})
         if not_refreshed := [v for v in self.unseen.values() if v not in refreshed]:
@@ -281,7 +281,16 @@ class Bench:
                     "base_change_moves_output": round(float((regenerated - on_last).norm() / on_last.norm()), 4)}
             print(f"geometry: {task}: " + "; ".join(f"{v}: " + " ".join(f"{k}={x}" for k, x in row[task].items())
                                                    for v, row in out.items()), flush=True)
-        self.write("geometry.json", {"reference": last, "tasks": out})
+        # How unseen each test version is to the generator: its base condition's distance to every training
+        # version's, against the largest distance between two training versions.
+        conditions = {v: base_condition(self.registry, v) for v in self.train_versions + list(self.unseen.values())}
+        spread = max((conditions[a] - conditions[b]).norm().item() for a in self.train_versions for b in self.train_versions)
+        distances = {v: {t: round((conditions[v] - conditions[t]).norm().item(), 4) for t in self.train_versions}
+                     for v in self.unseen.values()}
+        self.write("geometry.json", {"reference": last, "tasks": out, "training_spread": round(spread, 4),
+                                     "base_distance_to_training": distances})
+        print(f"geometry: training versions within {spread:.4f} of one another; " + "; ".join(
+            f"{v}: {min(d.values()):.4f}-{max(d.values()):.4f} from them" for v, d in distances.items()), flush=True)
 
     def summary(self) -> dict:
         scores = self.read("scores.json", {"rows": []})
@@ -325,6 +334,8 @@ class Bench:
             if geometry:  # means over tasks of each cosine; per task in bench/out/refresh/geometry.json
                 group["geometry"] = {key: mean_or_none(row[key] for row in geometry.values())
                                      for key in next(iter(geometry.values()))}
+                group["geometry"]["base_distance_to_training"] = self.read("geometry.json", {})[
+                    "base_distance_to_training"][version]
             out[role] = group
         write_json(Path(self.args.summary), out)
         if scores["rows"]:

@@ -83,6 +83,10 @@ def test_every_stage_on_a_tiny_ladder_then_a_resumed_run_changes_nothing(tmp_pat
         assert all(-1.0 <= group["geometry"][key] <= 1.0 for key in group["geometry"] if key.endswith("finetuned"))
     geometry = json.loads((work / "geometry.json").read_text())
     assert geometry["reference"] == "tiny@v2" and set(geometry["tasks"]) == {"tiny@v3", "tiny@v4"}
+    # Tiny versions of different seeds: every pair of base conditions differs.
+    assert geometry["training_spread"] > 0
+    assert all(set(d) == {"tiny@v1", "tiny@v2"} and min(d.values()) > 0
+               for d in geometry["base_distance_to_training"].values())
     for version in ("tiny@v3", "tiny@v4"):
         assert set(geometry["tasks"][version]) == {"element_symbol", "noun_singular"}
         for row in geometry["tasks"][version].values():
