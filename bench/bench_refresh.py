@@ -300,6 +300,7 @@ class Bench:
         for row in scores["rows"]:
             table.setdefault((row["version"], row["task"]), {})[row["column"]] = row["value"]
             examples[(row["version"], row["task"])] = row["examples"]
+        geometry = self.read("geometry.json", {"tasks": {}, "base_distance_to_training": {}})
         ran_on = machine()
         out = {"command": command_line(), "date": ran_on["date"], "machine": ran_on, "revision": git_revision(),
                "versions": len(self.train_versions) + len(self.unseen), "train_versions": self.train_versions,
@@ -330,12 +331,9 @@ class Bench:
             group["finetune_seconds"] = round(sum(v["train_s"] for v in finetuned.get(version, {}).values()), 1)
             group["winners"] = {t: v.get("winner") or v["action"] for t, v in made.get("tasks", {}).items()}
             group["per_task"] = cells
-            geometry = self.read("geometry.json", {}).get("tasks", {}).get(version)
-            if geometry:  # means over tasks of each cosine; per task in bench/out/refresh/geometry.json
-                group["geometry"] = {key: mean_or_none(row[key] for row in geometry.values())
-                                     for key in next(iter(geometry.values()))}
-                group["geometry"]["base_distance_to_training"] = self.read("geometry.json", {})[
-                    "base_distance_to_training"][version]
+            if rows := geometry["tasks"].get(version):  # means over tasks; per task in <work>/geometry.json
+                group["geometry"] = {key: mean_or_none(row[key] for row in rows.values()) for key in next(iter(rows.values()))}
+                group["geometry"]["base_distance_to_training"] = geometry["base_distance_to_training"][version]
             out[role] = group
         write_json(Path(self.args.summary), out)
         if scores["rows"]:
@@ -348,9 +346,9 @@ class Bench:
 
 
 def _flat_adapter(folder) -> torch.Tensor:
-    from safetensors.torch import load_file
+    from loragen.adapters import WEIGHTS_NAME, load_weights
 
-    return _flat_state(load_file(str(Path(folder) / "adapter_model.safetensors")))
+    return _flat_state(load_weights(Path(folder) / WEIGHTS_NAME))
 
 
 def _flat_state(state_dict) -> torch.Tensor:
