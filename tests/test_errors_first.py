@@ -29,13 +29,13 @@ def registered(capsys, tiny_base):
 @pytest.fixture
 def no_generator_work(monkeypatch):
     """Fail the test if generate loads a generator or samples: its refusals must come first."""
-    import loragen.workflows
+    import loragen.workflows.generation
 
     def forbidden(*args, **kwargs):
         raise AssertionError("generate did work before refusing")
 
     for name in ("load_generator", "sample_state_dict", "text_encoder", "base_condition"):
-        monkeypatch.setattr(loragen.workflows, name, forbidden)
+        monkeypatch.setattr(loragen.workflows.generation, name, forbidden)  # where draw looks them up
 
 
 def _nothing_registered(capsys):
@@ -77,10 +77,11 @@ def test_validate_on_is_checked_before_the_generator_loads(capsys, registered, n
 
 def test_the_validation_task_is_decided_from_the_names_alone(tmp_path):
     from loragen.tasks.suite import get_task
-    from loragen.workflows import _bundled_task, _validation_task
+    from loragen.workflows.bases import bundled_task
+    from loragen.workflows.generation import _validation_task
 
     antonyms = get_task("antonyms")
-    assert _bundled_task("loragen_antonyms") == antonyms and _bundled_task("my-words") is None
+    assert bundled_task("loragen_antonyms") == antonyms and bundled_task("my-words") is None
     assert _validation_task(None, "anything", 1, None, 50) is None
     assert _validation_task(antonyms, "antonyms", 4, None, 50) == antonyms        # a bundled task: its own split
     assert _validation_task(None, "my-words", 4, "element_symbol", 50).name == "element_symbol"

@@ -160,15 +160,15 @@ def test_zero_shot_without_tasks_scores_the_tasks_adapters_were_made_for(capsys,
                                                                         monkeypatch):
     """With ~120 bundled tasks, `eval --base` alone must not mean all of them: it means the tasks that have
     adapters on that base, and with none it asks for --tasks before loading anything."""
-    from loragen import workflows
     from loragen.cli.context import state
+    from loragen.workflows.evaluate import _tasks_with_adapters
 
     _no_model_loads(monkeypatch)
     nothing = run_cli(capsys, "eval", "--base", "tiny")
     assert nothing.code == 1 and "give --tasks" in nothing.err and nothing.err.count("\n") == 1
     for task in ("element_symbol", "my_own_task"):
         assert run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", task).code == 0
-    assert workflows._tasks_with_adapters(state.registry, "tiny@v1") == ["element_symbol"]
+    assert _tasks_with_adapters(state.registry, "tiny@v1") == ["element_symbol"]
 
 
 def test_cli_and_library_share_one_run_and_each_base_loads_once(capsys, tiny_registered, monkeypatch):
@@ -193,7 +193,7 @@ def test_cli_and_library_share_one_run_and_each_base_loads_once(capsys, tiny_reg
 
     loads = []
     real_load_base = workflows.load_base
-    monkeypatch.setattr(workflows, "load_base", lambda *a, **k: loads.append(a[1]) or real_load_base(*a, **k))
+    monkeypatch.setattr(workflows.bases, "load_base", lambda *a, **k: loads.append(a[1]) or real_load_base(*a, **k))
     scores = workflows.evaluate_targets(state.registry, [
         workflows.EvalTarget(adapter=outcome.checkpoints[0].id), workflows.EvalTarget(base="tiny@v1", tasks=["antonyms"]),
         workflows.EvalTarget(adapter=outcome.checkpoints[1].id)], limit=2, batch_size=4)

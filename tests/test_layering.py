@@ -51,3 +51,37 @@ def test_the_read_sides_copy_of_the_origins_matches_the_model():
     from loragen.registry.views import ORIGINS
 
     assert ORIGINS == tuple(origin.value for origin in Origin)
+
+
+# The workflows' rooms, each importing only the rooms before it (so the package has no cycle, and a reader can
+# take them in this order).
+WORKFLOW_ROOMS = ("bases", "evaluate", "finetune", "training", "generation", "refreshing")
+
+
+def test_each_workflow_room_imports_only_the_rooms_before_it():
+    folder = ROOT / "loragen" / "workflows"
+    assert {path.stem for path in folder.glob("*.py")} == {"__init__", *WORKFLOW_ROOMS}
+    for index, room in enumerate(WORKFLOW_ROOMS):
+        tree = ast.parse((folder / f"{room}.py").read_text())
+        imported = {node.module.removeprefix("loragen.workflows.") for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("loragen.workflows")}
+        assert imported <= set(WORKFLOW_ROOMS[:index]), (room, sorted(imported - set(WORKFLOW_ROOMS[:index])))
+
+
+def test_the_workflows_export_every_rooms_public_names_and_import_without_torch():
+    """`from loragen.workflows import X` for any public X of a room (the CLI, bench/ and scripts/ rely on it), and
+    importing the package (every CLI command does) loads no torch until a workflow runs."""
+    import subprocess
+    import sys
+
+    probe = ("import importlib, sys\nimport loragen.workflows as w\n"
+             "assert 'torch' not in sys.modules, 'torch'\n"
+             f"for room in {WORKFLOW_ROOMS!r}:\n"
+             "    module = importlib.import_module('loragen.workflows.' + room)\n"
+             "    for name, value in vars(module).items():\n"
+             "        if not name.startswith('_') and getattr(value, '__module__', None) == module.__name__:\n"
+             "            assert getattr(w, name) is value and name in w.__all__, name\n"
+             "for name in ('join_process_group', 'distributed_rank', 'ranks_weight_digests'):\n"
+             "    assert getattr(w, name).__module__ == 'loragen.generator.training', name\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -3,7 +3,7 @@ between the carried-over adapter and generated samples."""
 
 import pytest
 
-import loragen.workflows
+import loragen.workflows.refreshing
 from loragen.evaluation import Score
 from tests.helpers import registry_with_adapters, run_cli
 
@@ -67,7 +67,7 @@ def _scores_by_candidate(monkeypatch, values):
         return [Score(task=task.name, metric="exact_match", value=v, stderr=None, num_examples=limit, split="validation")
                 for v in values[:len(folders)]]
 
-    monkeypatch.setattr(loragen.workflows, "_validation_scores", fixed)
+    monkeypatch.setattr(loragen.workflows.refreshing, "validation_scores", fixed)
     return calls
 
 

@@ -387,3 +387,41 @@ def _pick_descriptions(embeddings: torch.Tensor, count: int, generator: torch.Ge
 def _pick_description(embeddings: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Each step sees one of the task's descriptions, so every phrasing leads to the task."""
     return embeddings[torch.randint(embeddings.shape[0], (1,), generator=generator).item()].float()
+
+
+# ---------------------------------------------------------------- data-parallel training under torchrun
+
+def join_process_group() -> int:
+    """Under torchrun (WORLD_SIZE > 1) join the process group: gloo on CPU, NCCL on GPU. Returns the world size."""
+    import os
+
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return world
+
+
+def distributed_rank() -> int:
+    """This process's rank in the data-parallel group (0 without one); not a LoRA's rank."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def ranks_weight_digests(weights) -> list[str]:
+    """sha256 of the weights on every process (one entry without distribution)."""
+    import hashlib
+
+    import torch.distributed as dist
+
+    digest = hashlib.sha256()
+    for key in sorted(weights):
+        digest.update(key.encode() + weights[key].detach().cpu().contiguous().numpy().tobytes())
+    mine = digest.hexdigest()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    gathered: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    return gathered

@@ -1,0 +1,315 @@
+"""Generate adapters: load a trained generator, draw candidates for a task on a base version, choose one on a
+validation split when there are several, and register it (origin=generated)."""
+
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from loragen.config import GeneratorSettings
+from loragen.errors import LoragenError, quoted
+from loragen.registry.models import Origin
+from loragen.registry.store import BaseVersionInfo, Registered, Registry, check_name
+from loragen.workflows.bases import base_condition, bundled_task, find_task, load_base, text_encoder
+from loragen.workflows.evaluate import validation_scores
+
+MAX_SEED = 2**63 - 1  # torch.Generator's seeds
+
+
+@dataclass
+class LoadedGenerator:
+    uid: str
+    checkpoint: Any          # GeneratorCheckpoint
+    model: Any               # ORALGenerator
+
+
+def load_generator(registry: Registry, ref: str | None = None) -> LoadedGenerator:
+    from loragen.generator.conditioning import BASE_EMBED_FORMAT_VERSION
+    from loragen.generator.training import META_FILE, WEIGHTS_FILE, GeneratorCheckpoint
+
+    folder, uid = registry.generator_folder(ref, weights_name=WEIGHTS_FILE, meta_name=META_FILE)
+    checkpoint = GeneratorCheckpoint.load(folder)
+    if checkpoint.base_embed_format != BASE_EMBED_FORMAT_VERSION:
+        raise LoragenError(f"generator {uid[:12]} was trained on base embeddings of format {checkpoint.base_embed_format}, "
+                           f"and this loragen computes format {BASE_EMBED_FORMAT_VERSION}: train a new one (loragen train)")
+    return LoadedGenerator(uid=uid, checkpoint=checkpoint, model=checkpoint.build_model())
+
+
+def sample_state_dict(generator: LoadedGenerator, text, base, *, seed: int, method: str, steps: int, eta: float,
+                      progress: Callable[[int, int], None] | None = None):
+    """One adapter's LoRA tensors from a condition; the same seed gives the same tensors."""
+    import torch
+
+    from loragen.generator.model import sample_tokens
+    from loragen.generator.tokenizer import detokenize
+
+    checkpoint = generator.checkpoint
+    rng = torch.Generator().manual_seed(seed)
+    state = None
+    if checkpoint.config.num_permutation_states:  # RPG: one training state drawn at random
+        state = torch.randint(checkpoint.config.num_permutation_states, (), generator=rng)
+    positions = (checkpoint.layout.layer_index(), checkpoint.layout.module_index(), checkpoint.layout.slice_index())
+    tokens = sample_tokens(generator.model, checkpoint.schedule, positions, text.float(), base.float(), state,
+                           method=method, steps=None if method == "ddpm" else steps, eta=eta, generator=rng,
+                           progress=progress)
+    residual = detokenize(tokens, checkpoint.layout, checkpoint.stats)
+    return {k: v + checkpoint.anchor[k] if checkpoint.anchor else v for k, v in residual.items()}
+
+
+# Latin letters that Unicode decomposition leaves whole; spelled the way German, Danish, Polish, … write them in ASCII.
+_LATIN_LETTERS_TO_ASCII = str.maketrans({
+    "ß": "ss", "ẞ": "SS", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o", "Ø": "O", "ł": "l", "Ł": "L",
+    "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "þ": "th", "Þ": "TH", "ı": "i"})
+SLUG_LENGTH = 60
+
+
+def slug(text: str) -> str:
+    """The registry name `generate` gives a free description: its words in ASCII, joined by '-'.
+
+    Accented Latin letters keep their base letter ("Übersetze" -> "ubersetze"). Registry names stay ASCII
+    (see store.NAME_PATTERN), so letters with no ASCII spelling (Greek, Cyrillic, CJK, …) cannot be kept;
+    then a hash of the whole description is appended ("task-3f2a9c1b"), so two descriptions that differ
+    only in those letters still get different names.
+    """
+    import hashlib
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFKD", text.translate(_LATIN_LETTERS_TO_ASCII))
+    folded = "".join(c for c in decomposed if not unicodedata.combining(c))
+    name = "-".join(re.findall(r"[a-z0-9]+", folded.lower()))[:SLUG_LENGTH].strip("-")
+    letters_lost = any(c.isalnum() and not c.isascii() for c in folded)
+    if name and not letters_lost:
+        return name
+    canonical = " ".join(unicodedata.normalize("NFC", text).lower().split())
+    return f"{name or 'task'}-{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
+
+
+# ---------------------------------------------------------------- candidates and the choice between them
+
+CARRIED_OVER = "carried_over"
+
+
+@dataclass
+class Candidate:
+    """One adapter in the running for a task on a base version: a generated sample ("generated"), refresh's
+    carried-over adapter moved by the generator's predicted change ("shifted"), or refresh's predecessor itself,
+    unchanged ("carried_over"). Its record (every field) goes into the winner's provenance."""
+
+    seed: int | None = None          # the sampling seed; None for the carried-over adapter
+    score: float | None = None       # on the validation split, once scored
+    metric: str | None = None
+    kind: str = "generated"
+    adapter: str | None = None       # carried_over: the predecessor's id
+    from_base: str | None = None     # carried_over: the version it was made on
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def choose(candidates: Sequence[Candidate]) -> Candidate:
+    """The candidate to register: the best score; on a tie the carried-over adapter (the known quantity), else the
+    earliest. So the winner never scores below a carried-over candidate, and a score that is not a number never
+    wins over one that is. Reads nothing but the scores, kinds and order given."""
+    if not candidates:
+        raise ValueError("no candidates to choose from")
+    unscored = [position for position, candidate in enumerate(candidates) if candidate.score is None]
+    if unscored:
+        raise ValueError(f"candidate {unscored[0]} has no score: score every candidate before choosing")
+
+    def rank(position: int) -> tuple[float, bool, int]:
+        candidate = candidates[position]
+        score = -math.inf if math.isnan(candidate.score) else candidate.score
+        return score, candidate.kind == CARRIED_OVER, -position
+
+    return candidates[max(range(len(candidates)), key=rank)]
+
+
+def position_of(candidate: Candidate, candidates: Sequence[Candidate]) -> int:
+    """Where this very candidate (not an equal one) is in the list."""
+    return next(position for position, other in enumerate(candidates) if other is candidate)
+
+
+# ---------------------------------------------------------------- generate
+
+@dataclass
+class GenerateResult:
+    id: str
+    created: bool
+    task: str
+    base: str
+    condition: str
+    seed: int
+    generator: str
+    seconds: float
+    candidates: list[Candidate] = field(default_factory=list)
+    validated_on: str | None = None   # the task whose validation split picked among the candidates
+
+
+def generate(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref: str, seed: int = 0,
+             samples: int = 1, name: str | None = None, generator_ref: str | None = None,
+             select_limit: int = 50, validate_on: str | None = None, replaces: str | None = None,
+             loaded: LoadedGenerator | None = None,
+             progress: Callable[[int, int], None] | None = None) -> GenerateResult:
+    """Generate an adapter for `task` (a registered task name or a free description) on a base version.
+
+    With samples > 1 each candidate is scored with lm-eval on a validation split and the best is
+    registered (RPG/ORAL-style selection): `validate_on`'s (a bundled task or a task folder), else that of
+    the bundled task the adapter is registered under. Every input is checked before the generator is
+    loaded or anything is sampled.
+    """
+    drawn = draw(registry, settings, task=task, base_ref=base_ref, seed=seed, samples=samples, name=name,
+                 generator_ref=generator_ref, loaded=loaded, progress=progress, validate_on=validate_on,
+                 select_limit=select_limit)
+    validation = drawn.validation
+    chosen = drawn.candidates[0]
+    if validation is not None:
+        model, tokenizer, _ = load_base(registry, drawn.version.label)
+        scores = validation_scores(model, tokenizer, validation, drawn.folders(registry), select_limit)
+        for candidate, score in zip(drawn.candidates, scores):
+            candidate.score, candidate.metric = score.value, score.metric
+        chosen = choose(drawn.candidates)
+        drawn.provenance["validation"] = {"task": validation.name, "folder": str(validation.dir),
+                                          "split": "validation", "limit": select_limit}
+    registered = register_drawn(registry, drawn, chosen, replaces)
+    return GenerateResult(id=registered.id, created=registered.created, task=drawn.task_name,
+                          base=drawn.version.label, condition=drawn.condition, seed=chosen.seed,
+                          generator=drawn.generator.uid[:12], seconds=drawn.seconds, candidates=drawn.candidates,
+                          validated_on=validation.name if validation is not None else None)
+
+
+@dataclass
+class Drawn:
+    """Generated candidates for one task on one base version, not yet registered."""
+
+    task_name: str
+    version: BaseVersionInfo
+    condition: str                  # the description the generator was given
+    descriptions: list[str]         # registered with the task when it is new
+    generator: LoadedGenerator
+    candidates: list[Candidate]
+    state_dicts: list[dict]         # each candidate's tensors, in the candidates' order
+    seconds: float
+    provenance: dict[str, Any]
+    new_task: bool                  # the registry has no task of this name yet
+    validation: Any = None          # the Task whose validation split picks among several samples, or None
+    _tmp: Any = None
+
+    def add(self, candidate: Candidate, state_dict: dict) -> None:
+        self.candidates.append(candidate)
+        self.state_dicts.append(state_dict)
+
+    def state_dict_of(self, candidate: Candidate) -> dict:
+        return self.state_dicts[position_of(candidate, self.candidates)]
+
+    def lora_config(self) -> dict[str, Any]:
+        from loragen.adapters import lora_config_dict
+
+        lora = self.generator.checkpoint.lora
+        return lora_config_dict(lora["r"], lora["lora_alpha"], lora["target_modules"])
+
+    def folders(self, registry: Registry) -> list[Path]:
+        """Each candidate as a PEFT folder in a temporary folder of the home (removed with this object)."""
+        from loragen.adapters import write_adapter_folder
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="loragen-candidates-", dir=registry.home)
+        return [write_adapter_folder(Path(self._tmp.name) / f"c{i}", sd, self.lora_config())
+                for i, sd in enumerate(self.state_dicts)]
+
+
+def draw(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref: str, seed: int, samples: int,
+         name: str | None = None, generator_ref: str | None = None, loaded: LoadedGenerator | None = None,
+         progress: Callable[[int, int], None] | None = None, validate_on: str | None = None,
+         select_limit: int = 50) -> Drawn:
+    """Check the request (the validation set for several samples included) before loading the generator, then
+    sample `samples` adapters (seeds seed, seed+1, …)."""
+    import time
+
+    spec = " ".join(task.split())
+    if not spec:
+        raise LoragenError("the task is empty: give a registered task name or a plain-language description")
+    if samples < 1:
+        raise LoragenError(f"samples must be at least 1 (got {samples})")
+    if not 0 <= seed <= MAX_SEED - (samples - 1):
+        raise LoragenError(f"seed must be between 0 and {MAX_SEED - (samples - 1)} (got {seed})")
+    registered_tasks = {t["name"]: t["descriptions"] for t in registry.list_registered_tasks()}
+    known = spec in registered_tasks
+    described = bundled_task(spec)  # the spec names a bundled task
+    if name is not None:
+        task_name = name
+    elif known:
+        task_name = spec
+    else:
+        task_name = described.name if described else slug(spec)
+    check_name("task", task_name)
+    bundled = described or bundled_task(task_name)
+    validation = _validation_task(bundled, task_name, samples, validate_on, select_limit)
+    version = registry.version(base_ref)
+
+    generator = loaded or load_generator(registry, generator_ref)
+    condition, descriptions = spec, [spec]
+    if known:  # the description the generator learnt the task by
+        condition = (generator.checkpoint.task_descriptions.get(spec) or registered_tasks[spec] or [spec])[0]
+    elif described:  # a bundled task no adapter was made for yet: described as the suite describes it
+        condition, descriptions = described.descriptions[0], described.descriptions
+    text = text_encoder(registry).encode([condition])[0]
+    base = base_condition(registry, version.label)
+
+    began = time.perf_counter()
+    seeds = [seed + i for i in range(samples)]
+    state_dicts = [sample_state_dict(generator, text, base, seed=s, method=settings.sample_method,
+                                     steps=settings.sample_steps, eta=settings.eta, progress=progress) for s in seeds]
+    provenance = {"generator": generator.uid, "generator_step": generator.checkpoint.training["steps"],
+                  "condition": condition, "base": version.label, "method": settings.sample_method,
+                  "steps": settings.sample_steps if settings.sample_method == "ddim"
+                  else generator.checkpoint.schedule.num_train_timesteps, "eta": settings.eta}
+    return Drawn(task_name=task_name, version=version, condition=condition,
+                 descriptions=descriptions, generator=generator, candidates=[Candidate(seed=s) for s in seeds],
+                 state_dicts=state_dicts, seconds=time.perf_counter() - began, provenance=provenance,
+                 new_task=task_name not in registered_tasks, validation=validation)
+
+
+def register_drawn(registry: Registry, drawn: Drawn, chosen: Candidate, replaces: str | None,
+                   extra: dict[str, Any] | None = None) -> Registered:
+    """Register one of the drawn candidates (origin=generated), every candidate's record in its provenance."""
+    from loragen.adapters import write_adapter_folder
+
+    provenance = {**drawn.provenance, "seed": chosen.seed, "candidates": [c.record() for c in drawn.candidates],
+                  "generation_seconds": round(drawn.seconds, 3), **(extra or {})}
+    with tempfile.TemporaryDirectory(prefix="loragen-generated-", dir=registry.home) as tmp:
+        folder = write_adapter_folder(Path(tmp) / "adapter", drawn.state_dict_of(chosen), drawn.lora_config())
+        return registry.ingest(folder, drawn.version.label, drawn.task_name,
+                               drawn.descriptions if drawn.new_task else [], origin=Origin.generated,
+                               replaces=replaces, provenance=provenance)
+
+
+def _validation_task(bundled, task_name: str, samples: int, validate_on: str | None, limit: int):
+    """The task whose validation split picks the best of `samples` candidates, or None for one sample.
+
+    `validate_on` names a bundled task or a task folder; without it the bundled task the generation is for
+    (`bundled`) is used. Decided before any sampling, so a free description with --samples 4 fails at once.
+    """
+    if samples == 1:
+        if validate_on is not None:
+            raise LoragenError("--validate-on picks the best of several candidates: use it with --samples 2 or more")
+        return None
+    if limit < 1:
+        raise LoragenError(f"the selection limit must be at least 1 validation example per candidate (got {limit})")
+    if validate_on is None:
+        if bundled is None:
+            raise LoragenError(
+                f"--samples {samples} keeps the best candidate on a validation split, and there is no bundled task "
+                f"named {quoted(task_name)}: pass --validate-on TASK|FOLDER (a bundled task, or a task folder with "
+                "validation.jsonl), or use --samples 1")
+        task = bundled
+    else:
+        task = find_task(validate_on)  # the rule of `finetune --task`: a bundled task or a task folder
+    if not task.declares_split("validation"):
+        raise LoragenError(f"task {task.name!r} ({task.yaml_path()}) declares no validation split in its "
+                           "dataset_kwargs.data_files, so its candidates cannot be compared")
+    if not task.records("validation"):
+        raise LoragenError(f"task {task.name!r} has an empty validation split ({task.dir / 'validation.jsonl'})")
+    return task

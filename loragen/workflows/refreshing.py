@@ -1,0 +1,224 @@
+"""Refresh: a base moved on to a new version; give each of its tasks an adapter there, never worse on validation
+than carrying the old one over unchanged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from loragen.config import REFRESH_SAMPLES, GeneratorSettings
+from loragen.errors import LoragenError
+from loragen.registry.models import Origin
+from loragen.registry.store import Registry
+from loragen.workflows.bases import BaseLoader, base_condition, bundled_task, member_tasks, text_encoder
+from loragen.workflows.evaluate import score_on_base, validation_scores
+from loragen.workflows.generation import (
+    CARRIED_OVER,
+    Candidate,
+    Drawn,
+    choose,
+    draw,
+    load_generator,
+    position_of,
+    register_drawn,
+    sample_state_dict,
+)
+
+
+@dataclass
+class RefreshItem:
+    task: str
+    base: str                      # the newest version, which gets the new adapter
+    replaces: str | None           # the adapter it succeeds (on an earlier version)
+    replaces_base: str | None
+    action: str                    # "generate"; then "generated" or "carried over"; or "skip: …"
+    id: str | None = None
+    seconds: float | None = None
+    # How the winner was chosen: "validation" (best of the carried-over adapter and the samples on the task's
+    # validation split), or why not: "no validation data", "not asked (--no-validate)".
+    chosen_by: str | None = None
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # every candidate's record (Candidate.record)
+    shift_skipped: str | None = None  # why no shifted candidate was drawn, when validating with shift on
+    winner: int | None = None      # the index in `candidates` of the one registered (0: the carried-over adapter)
+    scores: dict[str, float] = field(default_factory=dict)   # with --eval: old_on_new / zero_shot / refreshed
+
+
+def plan_refresh(registry: Registry, *, base: str | None = None, tasks: Sequence[str] | None = None) -> list[RefreshItem]:
+    """For the newest version of each base (or of `base`, or the version `base` names as NAME@vN): every task that
+    has an adapter on an earlier version."""
+    items = []
+    for label in _newest_versions(registry, base):
+        name, _ = label.split("@")
+        versions = {row["name"]: row["version"] for row in registry.list_bases() if row["base"] == name}
+        newest = versions[label]
+        # A multi-task LoRA's group name is no task the generator can be asked for: such a baseline is retrained.
+        adapters = [a for a in registry.list_adapters() if a["base"] in versions and (not tasks or a["task"] in tasks)
+                    and not member_tasks(a)]
+        for task in sorted({a["task"] for a in adapters}):
+            earlier = [a for a in adapters if a["task"] == task and versions[a["base"]] < newest]
+            if not earlier:
+                continue
+            # The adapter to succeed: from the latest earlier version, the newest one made there.
+            predecessor = max(earlier, key=lambda a: (versions[a["base"]], a["created_at"]))
+            existing = [a for a in adapters if a["task"] == task and a["base"] == label
+                        and a["origin"] in ("generated", "carried_over")]
+            action = (f"skip: {existing[-1]['id']} already {existing[-1]['origin'].replace('_', ' ')} for {label}"
+                      if existing else "generate")
+            items.append(RefreshItem(task=task, base=label, replaces=predecessor["id"], replaces_base=predecessor["base"],
+                                     action=action, id=existing[-1]["id"] if existing else None))
+    return items
+
+
+def _newest_versions(registry: Registry, base: str | None) -> list[str]:
+    rows = registry.list_bases()
+    if base and "@" in base:  # one version, e.g. a release between others whose adapters are wanted too
+        version = registry.version(base)
+        if version.version == 1:
+            raise LoragenError(f"{version.label} is the first version: there is nothing earlier to refresh from")
+        return [version.label]
+    if base:
+        return [registry.version(base).label]
+    newest: dict[str, dict] = {}
+    for row in rows:
+        if row["base"] not in newest or row["version"] > newest[row["base"]]["version"]:
+            newest[row["base"]] = row
+    return sorted(row["name"] for row in newest.values() if row["version"] > 1)
+
+
+def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None = None,
+            tasks: Sequence[str] | None = None, seed: int = 0, samples: int = REFRESH_SAMPLES, validate: bool = True,
+            shift: bool = True, select_limit: int = 50, evaluate_limit: int | None = None, run_eval: bool = False,
+            progress: Callable[[int, int], None] | None = None) -> list[RefreshItem]:
+    """Give each task an adapter for the newest base version; idempotent (done tasks are skipped).
+
+    With `validate` and a task that has validation data (a bundled task), the candidates are the predecessor
+    carried over unchanged and `samples` generated adapters; the best on the new version's validation split
+    wins, a tie going to the carried-over one (the known quantity; see `choose`). With `shift`, one more
+    candidate: the carried-over adapter moved by the change the generator predicts between the two versions
+    (generator.shift, drawn with the first sample's seed). A carried-over winner is registered as the
+    new version's adapter (origin carried_over, `replaces` lineage); either way the provenance lists every
+    candidate's score. Without validation data, or with validate=False, one generated sample is registered.
+    """
+    if samples < 1:  # checked here too: a task without validation data draws one sample whatever `samples` says
+        raise LoragenError(f"samples must be at least 1 (got {samples})")
+    if select_limit < 1:
+        raise LoragenError(f"the selection limit must be at least 1 validation example (got {select_limit})")
+    items = plan_refresh(registry, base=base, tasks=tasks)
+    todo = [item for item in items if item.action == "generate"]
+    generator = load_generator(registry) if todo else None  # once, not once per task
+    loader = BaseLoader(registry)
+    for index, item in enumerate(sorted(todo, key=lambda i: i.base)):  # grouped by base: one load each
+        validation = _refresh_validation(item.task) if validate else None
+        item.chosen_by = ("validation" if validation is not None
+                          else "no validation data" if validate else "not asked (--no-validate)")
+        drawn = draw(registry, settings, task=item.task, base_ref=item.base, seed=seed,
+                     samples=samples if validation is not None else 1, loaded=generator)
+        if validation is not None and shift:
+            item.shift_skipped = _add_shifted_candidate(registry, settings, drawn, item)
+        item.seconds = round(drawn.seconds, 3)
+        if validation is None:
+            registered = register_drawn(registry, drawn, drawn.candidates[0], item.replaces,
+                                        {"refresh": {"chosen_by": item.chosen_by}})
+            item.action, item.id = "generated", registered.id
+        else:
+            _refresh_by_validation(registry, loader, item, drawn, validation, select_limit)
+        if progress:
+            progress(index + 1, len(todo))
+    if run_eval:
+        _evaluate_refresh(registry, [item for item in items if item.id], evaluate_limit, loader)
+    return items
+
+
+def _add_shifted_candidate(registry: Registry, settings: GeneratorSettings, drawn: Drawn, item: RefreshItem
+                           ) -> str | None:
+    """Add the shifted candidate (draw_shifted, with the first sample's seed) to the drawn ones; returns why not
+    when it cannot be made."""
+    import time
+
+    began = time.perf_counter()
+    try:
+        shifted = draw_shifted(registry, settings, drawn, item.replaces, item.replaces_base)
+    except LoragenError as error:
+        return str(error)
+    drawn.add(Candidate(seed=drawn.candidates[0].seed, kind="shifted"), shifted)
+    drawn.seconds += time.perf_counter() - began
+    return None
+
+
+def draw_shifted(registry: Registry, settings: GeneratorSettings, drawn: Drawn, carried: str, carried_base: str
+                 ) -> dict:
+    """carried + (drawn's first sample - the same description and seed drawn on `carried_base`): the carried-over
+    adapter moved by the change the generator predicts between the two versions (loragen.generator.shift).
+    A LoragenError says why not when the carried adapter's LoRA is not the generator's."""
+    from loragen.adapters import load_weights, read_adapter_folder
+    from loragen.generator.shift import shift_adapter
+
+    folder = registry.adapter_folder(carried)
+    lora = drawn.generator.checkpoint.lora
+    carried_lora = read_adapter_folder(folder)
+    if (carried_lora.rank, carried_lora.alpha) != (lora["r"], lora["lora_alpha"]):
+        raise LoragenError(f"{carried} is a rank-{carried_lora.rank} alpha-{carried_lora.alpha:g} LoRA; the generator "
+                           f"makes rank {lora['r']} alpha {lora['lora_alpha']:g}")
+    text = text_encoder(registry).encode([drawn.condition])[0]
+    on_old = sample_state_dict(drawn.generator, text, base_condition(registry, carried_base),
+                               seed=drawn.candidates[0].seed, method=settings.sample_method,
+                               steps=settings.sample_steps, eta=settings.eta)
+    try:
+        return shift_adapter(load_weights(folder / "adapter_model.safetensors"), drawn.state_dicts[0], on_old)
+    except ValueError as error:
+        raise LoragenError(str(error)) from None
+
+
+def _refresh_validation(task_name: str):
+    """The bundled task of that name if it has validation examples to choose by, else None."""
+    task = bundled_task(task_name)
+    if task is None or not task.declares_split("validation") or not task.records("validation"):
+        return None
+    return task
+
+
+def _refresh_by_validation(registry: Registry, loader: BaseLoader, item: RefreshItem, drawn: Drawn, validation,
+                           limit: int) -> None:
+    """Score the carried-over predecessor and the drawn candidates on the new version, register the one `choose`
+    picks, and fill in the item (action, id, candidates, winner)."""
+    model, tokenizer, _ = loader.get(item.base)
+    carried_folder = registry.adapter_folder(item.replaces)
+    carried = Candidate(kind=CARRIED_OVER, adapter=item.replaces, from_base=item.replaces_base)
+    candidates = [carried, *drawn.candidates]
+    scores = validation_scores(model, tokenizer, validation, [carried_folder, *drawn.folders(registry)], limit)
+    for candidate, score in zip(candidates, scores):
+        candidate.score, candidate.metric = score.value, score.metric
+    chosen = choose(candidates)
+    item.candidates, item.winner = [c.record() for c in candidates], position_of(chosen, candidates)
+    record = {"refresh": {"chosen_by": "validation", "winner": chosen.kind, "candidates": item.candidates,
+                          "validation": {"task": validation.name, "split": "validation", "limit": limit}}}
+    if any(c.kind == "shifted" for c in drawn.candidates):  # what the shifted candidate was moved from
+        record["refresh"]["shifted_from"] = {"adapter": item.replaces, "base": item.replaces_base}
+    elif item.shift_skipped:
+        record["refresh"]["shift_skipped"] = item.shift_skipped
+    if chosen is not carried:
+        item.action, item.id = "generated", register_drawn(registry, drawn, chosen, item.replaces, record).id
+        return
+    old = registry.adapter_files(item.replaces)[2]
+    # What drew the generated candidates it beat (generator, condition, sampler), so the comparison can be redone.
+    drew = {key: drawn.provenance[key] for key in ("generator", "generator_step", "condition", "method", "steps", "eta")}
+    registered = registry.ingest(carried_folder, item.base, item.task, [], origin=Origin.carried_over,
+                                 replaces=item.replaces,
+                                 provenance={"carried_over_from": old["uid"], "from_base": item.replaces_base,
+                                             "base": item.base, "candidates_drawn_by": drew, **record})
+    item.action, item.id = "carried over", registered.id
+
+
+def _evaluate_refresh(registry: Registry, items: Sequence[RefreshItem], limit: int | None, loader: BaseLoader) -> None:
+    """Before/after on the new version: zero-shot, the old adapter carried over, and the refreshed adapter."""
+    for item in sorted(items, key=lambda i: i.base):
+        task = bundled_task(item.task)
+        if task is None:
+            continue  # no bundled data to score it on
+        model, tokenizer, _ = loader.get(item.base)
+        folders = [None, registry.adapter_folder(item.replaces), registry.adapter_folder(item.id)]
+        [zero], [old_on_new], [refreshed] = score_on_base(model, tokenizer, [task], folders, limit=limit)
+        item.scores.update(zero_shot=zero.value, old_on_new=old_on_new.value, refreshed=refreshed.value)
+        registry.record_scores(item.base, None, [zero], {"refresh": True, "limit": limit})
+        # Stored under the refreshed adapter only: the old one belongs to another version.
+        registry.record_scores(item.base, item.id, [refreshed], {"refresh": True, "limit": limit})
