@@ -250,12 +250,13 @@ def test_known_task_names_are_registered_or_bundled_names():
 
 def test_eval_refuses_a_task_list_that_names_nothing(capsys):
     result = run_cli(capsys, "eval", "--base", "tiny", "--tasks", ",,,")
-    assert result.code == 2 and "--tasks names no task" in result.err, result.err
+    assert result.code == 2 and "--tasks names nothing" in result.err, result.err
 
 
-@pytest.mark.parametrize("option", ["--tasks", "--bases", "--held-out"])
-def test_train_refuses_a_list_that_names_nothing(capsys, option):
-    result = run_cli(capsys, "train", option, " , ,")
+@pytest.mark.parametrize("command, option", [("train", "--tasks"), ("train", "--bases"), ("train", "--held-out"),
+                                             ("refresh", "--tasks")])
+def test_train_and_refresh_refuse_a_list_that_names_nothing(capsys, command, option):
+    result = run_cli(capsys, command, option, " , ,", *(["--dry-run"] if command == "refresh" else []))
     assert result.code == 2 and f"{option} names nothing" in result.err, result.err
 
 

@@ -9,18 +9,8 @@ from typing import Optional
 import typer
 
 from loragen.cli.context import state
+from loragen.cli.options import split_names
 from loragen.cli.render import Column, StepProgress, render, say
-
-
-def _split(value: Optional[str], option: str) -> list[str] | None:
-    """The names of a comma-separated option, or None when it is not given. One that names nothing is refused:
-    `--tasks ",,,"` must not mean every task."""
-    if value is None:
-        return None
-    names = [v.strip() for v in value.split(",") if v.strip()]
-    if not names:
-        raise typer.BadParameter(f"{option} names nothing (got {value!r}): give comma-separated names, or leave it out")
-    return names
 
 
 def train(tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these tasks' adapters (comma-separated)."),
@@ -41,8 +31,8 @@ def train(tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these 
 
     if nproc < 1:
         raise typer.BadParameter("--nproc must be at least 1")
-    chosen_tasks, chosen_bases = _split(tasks, "--tasks"), _split(bases, "--bases")
-    held_out_tasks = _split(held_out, "--held-out")
+    chosen_tasks, chosen_bases = split_names(tasks, "--tasks"), split_names(bases, "--bases")
+    held_out_tasks = split_names(held_out, "--held-out")
     if held_out_tasks:  # a misspelt name would leave nothing out, and the generator would train on that task
         from loragen.tasks.suite import check_known_tasks
 
