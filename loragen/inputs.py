@@ -47,4 +47,4 @@ def check_text(what: str, text: str) -> None:
     control = next((c for c in text if unicodedata.category(c) == "Cc" and c not in WHITESPACE_CONTROLS), None)
     if control is not None:
         raise LoragenError(f"{what} {quoted(text)} holds the control character {quoted(control)}: "
-                           "descriptions are plain text")
+                           "give plain text")

@@ -133,6 +133,13 @@ def test_generate_of_a_task_that_is_not_utf8_is_refused_before_anything_is_loade
     assert line == r"loragen: error: task 'words \udcff' is not valid UTF-8"
 
 
+@pytest.mark.parametrize("note", [NOT_UTF8, "ring\x07"])
+def test_a_base_note_that_is_not_plain_text_is_one_line(capsys, tiny_base, note):
+    line = _one_line(run_cli(capsys, "base", "add", "tiny", "--from", tiny_base, "--note", note))
+    assert line.startswith("loragen: error: note ")
+    assert run_cli(capsys, "list", "bases", "--json").json() == []
+
+
 def test_task_files_that_are_not_utf8_are_one_line(tmp_path):
     folder = _task_folder(tmp_path, name="my_task")
     (folder / "meta.json").write_bytes(b'{"name": "\xff"}')
@@ -294,6 +301,13 @@ def test_export_task_refuses_a_folder_in_use_and_unknown_tasks(capsys, tmp_path)
     assert sorted(p.name for p in used.iterdir()) == ["keep.txt"]
     assert "unknown task 'antonym'" in _one_line(run_cli(capsys, "export-task", "antonym", tmp_path / "new"))
     assert not (tmp_path / "new").exists()
+
+
+def test_export_task_takes_a_task_folder_too(capsys, tmp_path):
+    folder = _task_folder(tmp_path, name="my_task", eval_name="my_lm_eval_task")
+    record = run_cli(capsys, "export-task", folder, tmp_path / "out", "--json").json()
+    assert record["task"] == "my_task" and record["lm_eval_task"] == "my_lm_eval_task"
+    assert (tmp_path / "out" / "my_lm_eval_task.yaml").is_file()
 
 
 @pytest.mark.slow
