@@ -55,6 +55,7 @@ from loragen.cli import base as _base  # noqa: E402
 from loragen.cli import evaluate as _evaluate  # noqa: E402
 from loragen.cli import generator as _generator  # noqa: E402
 from loragen.cli import refresh as _refresh  # noqa: E402
+from loragen.cli import task_export as _task_export  # noqa: E402
 from loragen.cli import training as _training  # noqa: E402
 
 app.add_typer(_base.app, name="base")
@@ -64,6 +65,7 @@ app.command("eval")(_evaluate.eval_cmd)
 app.command("train")(_generator.train)
 app.command("generate")(_generator.generate)
 app.command("refresh")(_refresh.refresh)
+app.command("export-task")(_task_export.export_task)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from loragen.cli.context import state
+from loragen.cli.options import split_names
 from loragen.cli.render import Column, render, say
 
 SPLITS = ("test", "validation")
@@ -69,7 +70,7 @@ def eval_cmd(adapters: list[str] = typer.Argument(
 
     settings = replace(state.settings.eval, **{k: v for k, v in {"limit": limit, "batch_size": batch_size}.items()
                                                if v is not None})
-    chosen = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    chosen = split_names(tasks, "--tasks")
     targets = ([workflows.EvalTarget(base=base, tasks=chosen)] if base else []) + [
         workflows.EvalTarget(adapter=ref, tasks=chosen) for ref in adapters or []]
     scores = workflows.evaluate_targets(registry, targets, split=split, limit=settings.limit,

@@ -9,11 +9,8 @@ from typing import Optional
 import typer
 
 from loragen.cli.context import state
+from loragen.cli.options import split_names
 from loragen.cli.render import Column, StepProgress, render, say
-
-
-def _split(value: Optional[str]) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
 def train(tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these tasks' adapters (comma-separated)."),
@@ -34,6 +31,12 @@ def train(tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these 
 
     if nproc < 1:
         raise typer.BadParameter("--nproc must be at least 1")
+    chosen_tasks, chosen_bases = split_names(tasks, "--tasks"), split_names(bases, "--bases")
+    held_out_tasks = split_names(held_out, "--held-out")
+    if held_out_tasks:  # a misspelt name would leave nothing out, and the generator would train on that task
+        from loragen.tasks.suite import check_known_tasks
+
+        check_known_tasks(held_out_tasks, [t["name"] for t in state.registry.list_registered_tasks()], "held-out task")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         import subprocess
 
@@ -54,8 +57,8 @@ def train(tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these 
 
         split = load_split()
     with StepProgress("training generator", settings.steps) as bar:
-        registered, summary = workflows.train(state.registry, settings, tasks=_split(tasks), bases=_split(bases),
-                                              held_out=_split(held_out) or (), split=split, progress=bar.update)
+        registered, summary = workflows.train(state.registry, settings, tasks=chosen_tasks, bases=chosen_bases,
+                                              held_out=held_out_tasks or (), split=split, progress=bar.update)
     if summary.get("process_rank"):  # a data-parallel worker: process 0 reports
         return
     if as_json:
@@ -87,8 +90,10 @@ def generate(task: str = typer.Option(..., "--task", help="A task name in the re
     from contextlib import ExitStack
 
     from loragen import workflows
+    from loragen.inputs import check_text
     from loragen.registry.store import check_export_target
 
+    check_text("task", task)  # a description is stored with the adapter: refused now, not after sampling
     overrides = {k: v for k, v in {"sample_method": method, "sample_steps": sample_steps}.items() if v is not None}
     settings = replace(state.settings.generator, **overrides)
     settings.__post_init__()

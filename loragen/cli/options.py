@@ -66,3 +66,16 @@ def coerce_plain_options_without_pydantic() -> None:
         return typers_runtime_param(self)
 
     _TyperParameter.get_runtime_param = get_runtime_param
+
+
+def split_names(value: str | None, option: str) -> list[str] | None:
+    """The names of a comma-separated option, or None when it is not given. One that names nothing is refused:
+    `--tasks ",,,"` must not fall back to what leaving the option out means (every task)."""
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        import typer
+
+        raise typer.BadParameter(f"{option} names nothing (got {value!r}): give comma-separated names, or leave it out")
+    return names

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from loragen.cli.context import state
+from loragen.cli.options import split_names
 from loragen.cli.render import Column, StepProgress, render
 from loragen.config import REFRESH_SAMPLES
 
@@ -54,7 +55,7 @@ def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this b
     """
     from loragen import workflows
 
-    task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    task_list = split_names(tasks, "--tasks")
     registry = state.registry
     if dry_run:
         items = workflows.plan_refresh(registry, base=base, tasks=task_list)

@@ -4,6 +4,11 @@ Tables are plain text, columns two spaces apart, the header bold and the notes d
 terminal. rich's Table took about 2 ms a row plus a tenth of a second to import, more than
 a `loragen list` may spend in all; rich is still used, imported when needed, for progress bars.
 Lists of JSON objects stream one object a line, so `loragen list --json | head` answers at once.
+
+Every value a human table or `show` prints goes through `printable`: a control character stored by an
+older loragen (or planted in the database) is shown as an escape such as \\x1b, never sent to the terminal.
+A table cell is cut to MAX_CELL_WIDTH columns, so one long description cannot widen every line; --json
+keeps every value whole.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import sys
 import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
+
+MAX_CELL_WIDTH = 80  # terminal columns a table cell may take; longer ones end in "…"
 
 
 @dataclass
@@ -86,8 +93,8 @@ def render_fields(record: dict[str, Any], *, as_json: bool) -> None:
     width = max(len(k) for k in record)
     for key, value in record.items():
         if isinstance(value, (dict, list)):
-            value = json.dumps(value, default=str)
-        sys.stdout.write(f"{_styled(key.ljust(width), '1', sys.stdout)}  {value}\n")
+            value = json.dumps(value, default=str)  # escapes control characters itself
+        sys.stdout.write(f"{_styled(printable(key).ljust(width), '1', sys.stdout)}  {printable(str(value))}\n")
 
 
 def human_size(n: int) -> str:
@@ -106,12 +113,33 @@ def human_count(n: int) -> str:
     return str(n)
 
 
+def printable(text: str) -> str:
+    """`text` with each character a terminal would act on (ESC, BEL, a lone surrogate, …) written as its escape."""
+    if text.isprintable():  # the common case, in one C loop
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
-    return " ".join(str(value).split())  # a newline or tab in a value must not break the table's lines
+    # A newline or tab in a value must not break the table's lines, nor a long value widen all of them.
+    return _cut(printable(" ".join(str(value).split())), MAX_CELL_WIDTH)
+
+
+def _cut(text: str, width: int) -> str:
+    """`text` cut to `width` terminal columns, its last one "…" when anything was cut."""
+    if _width(text) <= width:
+        return text
+    kept, used = [], 0
+    for c in text:
+        used += _width(c)
+        if used > width - 1:
+            break
+        kept.append(c)
+    return "".join(kept) + "…"
 
 
 def _width(text: str) -> int:

@@ -10,9 +10,10 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from loragen.errors import LoragenError, NotFound, quoted
+from loragen.inputs import check_name, check_text
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SPLITS = ("train", "validation", "test")
@@ -43,13 +44,16 @@ class Task:
             raise LoragenError(f"task {self.name!r}: data file {path} does not exist")
         out = []
         with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise LoragenError(f"task {self.name!r}: {path}:{line_no} is not JSON ({e.msg})") from None
+            try:
+                for line_no, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        out.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise LoragenError(f"task {self.name!r}: {path}:{line_no} is not JSON ({e.msg})") from None
+            except UnicodeDecodeError:
+                raise LoragenError(f"task {self.name!r}: {path} is not valid UTF-8") from None
         return out
 
     def examples(self, split: str = "train") -> list[tuple[str, str]]:
@@ -74,6 +78,7 @@ def prompt_and_answer(record: dict[str, Any]) -> tuple[str, str]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    """A task YAML whose `task:` name is checked: lm-eval's name for the task becomes a file name (materialize_yaml)."""
     import yaml
 
     try:
@@ -81,11 +86,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
             config = yaml.safe_load(f)
     except FileNotFoundError:
         raise LoragenError(f"task YAML {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise LoragenError(f"task YAML {path} is not valid UTF-8") from None
     except yaml.YAMLError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LoragenError(f"task YAML {path} cannot be read: {first}") from None
     if not isinstance(config, dict) or not isinstance(config.get("task"), str):
         raise LoragenError(f"task YAML {path} has no `task:` name")
+    check_name("lm-eval task", config["task"], where=str(path))
     return config
 
 
@@ -100,6 +108,8 @@ def load_task_dir(path: str | Path) -> Task:
             meta = json.load(f)
     except FileNotFoundError:
         raise LoragenError(f"task folder {d} has no meta.json") from None
+    except UnicodeDecodeError:
+        raise LoragenError(f"{meta_path} is not valid UTF-8") from None
     except json.JSONDecodeError as e:
         raise LoragenError(f"{meta_path} is not JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(meta, dict):
@@ -114,9 +124,14 @@ def load_task_dir(path: str | Path) -> Task:
         or not all(isinstance(x, str) and x.strip() for x in descriptions)
     ):
         raise LoragenError(f"{meta_path}: descriptions must be a non-empty list of strings")
+    for text in descriptions:
+        check_text(f"{meta_path}: description", text)
+    # The name becomes run folders and registry rows: checked here, before anything is built from it.
+    name = meta.get("name") or d.name
+    check_name("task", name, where=str(meta_path if meta.get("name") else d))
     config = _read_yaml(d / "task.yaml")
     return Task(
-        name=str(meta.get("name") or d.name),
+        name=name,
         kind=kind,
         descriptions=list(descriptions),
         source=str(meta.get("source", "")),
@@ -165,6 +180,29 @@ def get_task(name: str) -> Task:
     raise NotFound(f"unknown task {quoted(name)}; {hint}{len(tasks)} bundled tasks: `loragen list suite` lists them")
 
 
+def check_known_tasks(names: Iterable[str], registered: Iterable[str], what: str = "task") -> None:
+    """Refuse a name that is neither a task in the registry (`registered`) nor a bundled task, in one line.
+
+    For options that select tasks by name and would otherwise match nothing without a word (train --held-out).
+    A bundled task's lm-eval name (loragen_x) is refused too: adapters are registered under the task's name."""
+    registered = set(registered)
+    for name in names:
+        if name in registered:
+            continue
+        try:
+            task = get_task(name)
+        except NotFound:
+            import difflib
+
+            bundled = [d.name for d in DATA_DIR.iterdir() if (d / "meta.json").is_file()] if DATA_DIR.is_dir() else []
+            close = difflib.get_close_matches(name, sorted(registered | set(bundled)), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise NotFound(f"unknown {what} {quoted(name)}: neither a task in the registry (`loragen list tasks`) "
+                           f"nor a bundled task (`loragen list suite`){hint}") from None
+        if task.name != name:
+            raise LoragenError(f"{what} {quoted(name)} is lm-eval's name for bundled task {task.name}: use {task.name}")
+
+
 def _absolute_data_files(data_files: Any, base: Path, yaml_path: Path) -> Any:
     """data_files (str, list, or split -> str|list) with each path made absolute and checked."""
     if isinstance(data_files, dict):
@@ -206,4 +244,65 @@ def materialize_yaml(tasks: list[Task] | Task, out_dir: str | Path | None = None
         config["dataset_kwargs"] = kwargs
         with open(out / f"{config['task']}.yaml", "w", encoding="utf-8") as f:
             yaml.safe_dump(config, f, sort_keys=False, allow_unicode=True)
+    return out
+
+
+def find_task(spec: str | Task) -> Task:
+    """A bundled task by name, or a task folder laid out like the bundled ones (a Task is returned as it is)."""
+    if isinstance(spec, Task):
+        return spec
+    if "/" in spec or is_folder(spec):
+        return load_task_dir(spec)
+    return get_task(spec)
+
+
+EXPORT_NOTE = ("# Written by `loragen export-task`. lm-eval reads data_files from the working directory, not from\n"
+               "# beside this file, so they are absolute: export again after moving this folder.\n")
+
+
+def export_task(task: Task, out_dir: str | Path) -> Path:
+    """A folder lm-eval's own CLI runs the task from, from any working directory:
+    `lm_eval --include_path OUT --tasks <task.eval_name> ...`.
+
+    It holds the task's YAML (`<eval_name>.yaml`), its meta.json (source, license, descriptions) and its data
+    files under data/; the YAML's data_files are absolute paths to those copies. `out_dir` must not exist or be
+    empty; it is written whole or not at all. Returns the folder.
+    """
+    import shutil
+
+    import yaml
+
+    from loragen.atomic import staged_folder
+
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise LoragenError(f"{out}: already exists and is not an empty folder")
+    source = task.yaml_path()
+    config = _read_yaml(source)
+    kwargs = config.get("dataset_kwargs") or {}
+    if "data_files" not in kwargs:
+        raise LoragenError(f"{source}: dataset_kwargs.data_files is missing")
+    sources = _absolute_data_files(kwargs["data_files"], source.parent, source)
+    copies: dict[str, str] = {}  # file name in `out` -> the file it copies
+
+    def exported(path: Any) -> Any:
+        """data_files with each path replaced by its copy's final absolute path."""
+        if isinstance(path, dict):
+            return {split: exported(v) for split, v in path.items()}
+        if isinstance(path, list):
+            return [exported(v) for v in path]
+        name = Path(path).name
+        if copies.setdefault(name, path) != path:
+            raise LoragenError(f"{source}: data files {copies[name]} and {path} have the same name {name!r}")
+        return str(out / "data" / name)
+
+    config["dataset_kwargs"] = dict(kwargs, data_files=exported(sources))
+    with staged_folder(out) as staging:
+        (staging / "data").mkdir()
+        for name, path in copies.items():
+            shutil.copyfile(path, staging / "data" / name)
+        if (task.dir / "meta.json").is_file():
+            shutil.copyfile(task.dir / "meta.json", staging / "meta.json")
+        (staging / f"{config['task']}.yaml").write_text(
+            EXPORT_NOTE + yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return out
