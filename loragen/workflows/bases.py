@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from loragen.registry.store import BaseVersionInfo, Registry
+from loragen.tasks.suite import find_task  # noqa: F401  (the workflows' name for it; one definition, in tasks)
 
 if TYPE_CHECKING:
     from loragen.tasks.suite import Task
@@ -48,17 +49,6 @@ class BaseLoader:
                 notify(f"loading {version.label} …")
             self._loaded = load_base(self.registry, version)
         return self._loaded
-
-
-def find_task(spec: str | Task) -> Task:
-    """A bundled task by name, or a task folder laid out like the bundled ones (a Task is returned as it is)."""
-    from loragen.tasks.suite import Task, get_task, is_folder, load_task_dir
-
-    if isinstance(spec, Task):
-        return spec
-    if "/" in spec or is_folder(spec):
-        return load_task_dir(spec)
-    return get_task(spec)
 
 
 def bundled_task(name: str) -> Task | None:

@@ -99,6 +99,8 @@ def evaluate_targets(registry: Registry, targets: Sequence[EvalTarget], *, split
     for target in targets:
         if target.adapter and target.base:
             raise LoragenError("an evaluation target is an adapter (on its own base) or a base, not both")
+        if target.tasks is not None and not list(target.tasks):  # None means the defaults; an empty list is a mistake
+            raise LoragenError("the task list is empty: name at least one task, or leave tasks out for the defaults")
         if target.adapter:
             view = registry.get_adapter(target.adapter)
             # A multi-task adapter's own task is its group name; what it was trained for are its member tasks.

@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 from loragen.config import GeneratorSettings
 from loragen.errors import LoragenError, quoted
+from loragen.inputs import check_text
 from loragen.registry.models import Origin
 from loragen.registry.store import BaseVersionInfo, Registered, Registry, check_name
 from loragen.workflows.bases import base_condition, bundled_task, find_task, load_base, text_encoder
@@ -228,6 +229,7 @@ def draw(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref
     sample `samples` adapters (seeds seed, seed+1, …)."""
     import time
 
+    check_text("task", task)  # before anything loads: bytes that are not UTF-8 or control characters
     spec = " ".join(task.split())
     if not spec:
         raise LoragenError("the task is empty: give a registered task name or a plain-language description")

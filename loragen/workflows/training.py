@@ -81,7 +81,10 @@ def train(registry: Registry, settings: GeneratorSettings, *, tasks: Sequence[st
         ranks_weight_digests,
         train_generator,
     )
+    from loragen.tasks.suite import check_known_tasks
 
+    # A misspelt held-out task would match nothing and leave every task in training without a word.
+    check_known_tasks(held_out, [t["name"] for t in registry.list_registered_tasks()], "held-out task")
     data = collect_training_set(registry, tasks, bases, held_out, split)
     if split is not None:
         held_out = sorted(set(held_out) | set(split.held_out_tasks))
