@@ -24,8 +24,7 @@ def make_engine(url: str, read_only_file: Path | None = None) -> Engine:
     is_sqlite = url.startswith("sqlite")
     connect_args: dict = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000} if is_sqlite else {}
     if read_only_file is not None:
-        connect_args["uri"] = True
-        url = f"sqlite:///{read_only_uri(read_only_file)}"
+        url = f"sqlite:///{read_only_uri(read_only_file)}&uri=true"  # uri=true: SQLAlchemy hands the rest to sqlite3
     try:
         engine = create_engine(url, connect_args=connect_args)
     except Exception as err:  # noqa: BLE001 - bad URL, missing driver: whatever SQLAlchemy raises, one line
