@@ -288,6 +288,8 @@ def write_adapter_folder(out_dir: Path, state_dict: dict, config: dict[str, Any]
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidAdapter(f"{out_dir}: is a file, not a folder (an adapter is written as a folder)")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise InvalidAdapter(f"{out_dir}: already exists and is not empty")
     with staged_folder(out_dir) as staging:

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import math
 import os
+import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,6 +285,10 @@ def load_model(folder: Path, gguf_file: str | None, dtype: str = "float32"):
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype), **kwargs)
+    except pickle.UnpicklingError:  # a .bin of Python objects (registered before `base add` refused pickle-only bases)
+        raise LoragenError(f"cannot load the base model from {folder}: its weights are a pickle of Python objects, "
+                           "which loragen does not load (unpickling can run code); register the model as "
+                           "safetensors or GGUF") from None
     except Exception as err:  # noqa: BLE001 - whatever transformers raises for weights it cannot load, one line
         raise LoragenError(f"cannot load the base model from {folder}: {_first_line(err)}") from None
     if tokenizer.pad_token is None:

@@ -187,6 +187,24 @@ def test_a_pickle_only_base_is_refused_at_base_add(capsys, tiny_base, tmp_path):
     assert run_cli(capsys, "list", "bases", "--json").json() == []
 
 
+def test_loading_a_base_whose_bin_pickles_python_objects_is_one_line(tiny_base, tmp_path):
+    """A base registered before pickle-only bases were refused: eval loads it, and gets one line."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from loragen.bases import load_model
+    from loragen.errors import LoragenError
+
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    for name in os.listdir(tiny_base):
+        if not name.endswith(".safetensors"):
+            shutil.copy(tiny_base / name, folder / name)
+    torch.save(AutoModelForCausalLM.from_pretrained(tiny_base), folder / "pytorch_model.bin")  # a whole nn.Module
+    with pytest.raises(LoragenError, match="a pickle of Python objects"):
+        load_model(folder, None)
+
+
 # ---------------------------------------------------------------- D6: settings files and damaged databases
 
 
@@ -245,6 +263,18 @@ def test_export_into_a_file_says_it_is_a_file(capsys, registered, tmp_path):
     target = tmp_path / "a-file"
     target.write_text("x")
     one_line_error(run_cli(capsys, "export", registered, target), "is a file, not a folder")
+    assert target.read_text() == "x"
+
+
+def test_writing_an_adapter_folder_over_a_file_says_it_is_a_file(tiny_adapter, tmp_path):
+    from loragen.adapters import load_weights, lora_config_dict, write_adapter_folder
+    from loragen.errors import InvalidAdapter
+
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    with pytest.raises(InvalidAdapter, match="is a file, not a folder"):
+        write_adapter_folder(target, load_weights(tiny_adapter / "adapter_model.safetensors"),
+                             lora_config_dict(4, 8, ["q_proj", "v_proj"]))
     assert target.read_text() == "x"
 
 

@@ -171,6 +171,17 @@ class BlobStore:
         return removed
 
 
+def media_type(relpath: str) -> str:
+    """The media type a blob row records for a file, from its name."""
+    if relpath.endswith(".gguf"):
+        return "application/vnd.gguf"
+    if relpath.endswith(".safetensors"):
+        return "application/vnd.safetensors"
+    if relpath.endswith(".json"):
+        return "application/json"
+    return "application/octet-stream"
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

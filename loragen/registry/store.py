@@ -7,12 +7,15 @@ that first takes the store's lock and makes sure the copied files are still ther
 A crash before the commit leaves at most an unreferenced blob, which `gc` removes;
 it never leaves a half-registered adapter. gc decides and deletes under the same
 lock, taken exclusive, so no registered row ever points at a file gc removed.
+
+The Registry is the one entry point; some of its work lives beside it: upkeep (gc, doctor),
+export, snapshots (link folders, and the checks that keep database paths inside them),
+refs (names and references), views (the read side, in plain SQL).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -25,7 +28,7 @@ from loragen.bases import Architecture, BaseSource, read_architecture, resolve_s
 from loragen.config import RegistryConfig
 from loragen.errors import LoragenError, NotFound, quoted
 from loragen.registry import db, upkeep
-from loragen.registry.blobs import BlobStore
+from loragen.registry.blobs import BlobStore, media_type
 from loragen.registry.export import EXPORT_RECORD, check_export_target, write_export  # noqa: F401  (the store's API)
 from loragen.registry.models import (
     Adapter,
@@ -40,6 +43,7 @@ from loragen.registry.models import (
     TaskRow,
 )
 from loragen.registry.readonly import read_only_file, snapshots_root
+from loragen.registry.records import BaseVersionInfo, Registered, StagedBlob
 from loragen.registry.refs import (  # noqa: F401  (check_name, parse_base_ref, MIN_ID_PREFIX: the store's API)
     MAX_NAME_LENGTH,
     MIN_ID_PREFIX,
@@ -54,43 +58,6 @@ from loragen.registry.refs import (  # noqa: F401  (check_name, parse_base_ref, 
 )
 from loragen.registry.snapshots import link_files, stored_digest, stored_relative_path
 from loragen.registry.views import EngineReader, Views, sqlite_file
-
-
-@dataclass(frozen=True)
-class StagedBlob:
-    """A file copied into the blob store that no row references yet: gc may remove it until it is recorded."""
-
-    source: Path
-    sha256: str
-    size: int
-    media_type: str
-
-
-@dataclass
-class Registered:
-    """The outcome of a registration: the row's id and whether it is new."""
-
-    id: str
-    created: bool
-
-
-@dataclass(frozen=True)
-class BaseVersionInfo:
-    """A registered base version as plain data, for code outside the registry (no ORM object leaves it)."""
-
-    id: int
-    name: str                              # the base's name, e.g. smollm2-135m
-    version: int
-    architecture: str                      # transformers model_type
-    gguf_file: str | None                  # the file to load when the version is a GGUF file
-    weights_digest: str
-    linear_shapes: dict[str, list[int]]    # module path -> [out_features, in_features]
-    config: dict[str, Any]                 # the transformers config
-    num_parameters: int
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}@v{self.version}"
 
 
 class Registry:
@@ -235,7 +202,7 @@ class Registry:
             return Registered(id=f"{name}@v{version.version}", created=True)
 
     def _stage_base_files(self, source: BaseSource) -> dict[str, StagedBlob]:
-        return {relpath: self._stage_file(source.folder / relpath, _media_type(relpath)) for relpath in source.files}
+        return {relpath: self._stage_file(source.folder / relpath, media_type(relpath)) for relpath in source.files}
 
     def _add_version(self, s: Session, base: BaseModel, number: int, parent_id: int | None, source: BaseSource,
                      architecture: Architecture, digest: str, staged: dict[str, StagedBlob], note: str) -> BaseVersion:
@@ -516,16 +483,6 @@ def _check_same_architecture(latest: BaseVersion, architecture: Architecture) ->
         if old.get(module) != new.get(module):
             raise LoragenError(f"architecture differs from {label} at {module}: {old.get(module)} vs {new.get(module)}; "
                                "register it as a new base with `loragen base add`")
-
-
-def _media_type(relpath: str) -> str:
-    if relpath.endswith(".gguf"):
-        return "application/vnd.gguf"
-    if relpath.endswith(".safetensors"):
-        return "application/vnd.safetensors"
-    if relpath.endswith(".json"):
-        return "application/json"
-    return "application/octet-stream"
 
 
 def _adapter_view(adapter: Adapter) -> dict[str, Any]:
