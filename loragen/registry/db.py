@@ -90,7 +90,7 @@ def ensure_schema(engine: Engine, lock_path: Path, read_only: bool = False) -> N
     """Create or upgrade the schema on first use, under a file lock so two processes don't race.
 
     The usual case, a schema already at head, costs one small query: no Alembic, no lock."""
-    with database_errors():
+    with database_errors("open"):
         current = current_revision(engine)
         if current == (head_revision_fast() or head_revision()):
             return
@@ -112,7 +112,7 @@ def check_known_revision(current: str | None) -> None:
 
 
 @contextmanager
-def database_errors() -> Iterator[None]:
+def database_errors(doing: str = "use") -> Iterator[None]:
     """A database that cannot be used (not a database, damaged pages, locked, read-only) as one line.
 
     IntegrityError passes through: the callers that expect it (a row another process added first) handle it."""
@@ -121,8 +121,10 @@ def database_errors() -> Iterator[None]:
     except IntegrityError:
         raise
     except DatabaseError as err:
-        reason = str(err.orig).splitlines()[0] if err.orig is not None else str(err).splitlines()[0]
-        raise LoragenError(f"cannot open the registry database: {reason}") from None
+        reason = str(err.orig if err.orig is not None else err).splitlines()[0]
+        if "readonly" in reason:  # a home shared read-only serves the read commands, not this one
+            raise LoragenError(f"the registry database is read-only ({reason}): this command writes to it") from None
+        raise LoragenError(f"cannot {doing} the registry database: {reason}") from None
 
 
 @contextmanager
