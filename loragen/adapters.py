@@ -23,6 +23,10 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 KEY_PATTERN = re.compile(r"^base_model\.model\.(?P<module>.+)\.(?P<kind>lora_A|lora_B)\.weight$")
 DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+# Beyond any LoRA anyone trains (ranks are a few to a few hundred; alpha a small multiple of the rank), and
+# within what a database column keeps exactly: larger values are a damaged or hostile config, not a model.
+MAX_RANK = 1 << 16
+MAX_ALPHA = 1e6
 
 
 @dataclass
@@ -82,8 +86,8 @@ def read_safetensors_header(path: Path) -> dict[str, tuple[str, list[int]]]:
         raise InvalidAdapter(f"{path}: cannot read: {err.strerror}") from None
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InvalidAdapter(f"{path}: corrupt safetensors header (not JSON)") from None
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, a number past int()'s digit limit, nested too deep
+        raise InvalidAdapter(f"{path}: corrupt safetensors header (not JSON loragen can read)") from None
     if not isinstance(header, dict):
         raise InvalidAdapter(f"{path}: corrupt safetensors header (not a JSON object)")
     data_size = size - 8 - header_len
@@ -130,9 +134,10 @@ def read_adapter_folder(path: Path) -> AdapterFolder:
         other = " (only adapter_model.bin found: convert it to safetensors)" if (path / "adapter_model.bin").exists() else ""
         raise InvalidAdapter(f"{path}: missing {WEIGHTS_NAME}{other}")
     try:
-        config = json.loads(config_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InvalidAdapter(f"{config_path}: not valid JSON ({err})") from None
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as err:  # ValueError: bad JSON or UTF-8, or a number of thousands of digits
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err).splitlines()[0][:200]
+        raise InvalidAdapter(f"{config_path}: not valid JSON ({reason})") from None
     if not isinstance(config, dict):
         raise InvalidAdapter(f"{config_path}: not a JSON object")
     if config.get("peft_type", "LORA") != "LORA":
@@ -140,9 +145,8 @@ def read_adapter_folder(path: Path) -> AdapterFolder:
     for feature in ("use_dora", "use_rslora"):
         if config.get(feature):
             raise InvalidAdapter(f"{config_path}: {feature} adapters are not supported")
-    rank = config.get("r")
-    if not isinstance(rank, int) or rank <= 0:
-        raise InvalidAdapter(f"{config_path}: 'r' must be a positive integer (got {rank!r})")
+    _check_numbers(config, config_path)
+    _targets(config)  # a target_modules regex that does not compile is refused here, not when it is matched
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise InvalidAdapter(f"{config_path}: per-module ranks (rank_pattern/alpha_pattern) are not supported")
     tensors = read_safetensors_header(weights_path)
@@ -156,13 +160,49 @@ def read_adapter_folder(path: Path) -> AdapterFolder:
     return folder
 
 
+def _check_numbers(config: dict[str, Any], config_path: Path) -> None:
+    """r, lora_alpha and lora_dropout as peft reads them, refused when not finite, not positive or absurd
+    (NaN would be stored as NULL and Inf overflows the scale alpha / r)."""
+    rank = config.get("r")
+    if not _is_int(rank) or not 0 < rank <= MAX_RANK:
+        raise InvalidAdapter(f"{config_path}: 'r' must be an integer from 1 to {MAX_RANK} (got {_short(rank)})")
+    alpha = config.get("lora_alpha", rank)
+    if not _is_number(alpha) or not 0 < alpha <= MAX_ALPHA:
+        raise InvalidAdapter(f"{config_path}: 'lora_alpha' must be a number above 0 and at most {MAX_ALPHA:g} "
+                             f"(got {_short(alpha)})")
+    dropout = config.get("lora_dropout", 0.0)
+    if not _is_number(dropout) or not 0 <= dropout < 1:
+        raise InvalidAdapter(f"{config_path}: 'lora_dropout' must be a number in [0, 1) (got {_short(dropout)})")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)  # isfinite() of a huge int overflows; an int is finite
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:60]}… ({len(text)} characters)"
+
+
 def _targets(config: dict[str, Any]) -> list[str] | str:
     targets = config.get("target_modules")
     if isinstance(targets, str):
+        try:
+            re.compile(targets)
+        except (re.error, RecursionError, OverflowError) as err:
+            raise InvalidAdapter(f"adapter_config.json: target_modules {_short(targets)} is not a valid "
+                                 f"regular expression ({err})") from None
         return targets
     if isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets):
         return targets
-    raise InvalidAdapter(f"adapter_config.json: target_modules must be a non-empty list or a regex string (got {targets!r})")
+    raise InvalidAdapter(f"adapter_config.json: target_modules must be a non-empty list or a regex string "
+                         f"(got {_short(targets)})")
 
 
 def targeted_modules(config: dict[str, Any], linear_shapes: dict[str, list[int]]) -> list[str]:
@@ -248,6 +288,8 @@ def write_adapter_folder(out_dir: Path, state_dict: dict, config: dict[str, Any]
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidAdapter(f"{out_dir}: is a file, not a folder (an adapter is written as a folder)")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise InvalidAdapter(f"{out_dir}: already exists and is not empty")
     with staged_folder(out_dir) as staging:

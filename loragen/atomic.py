@@ -63,9 +63,14 @@ def staged_folder(target: Path, *, replace: bool = False) -> Iterator[Path]:
     On error the temporary folder is removed and `target` is untouched.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    except OSError as err:  # name the folder the user asked for, not our temporary one beside it
+        raise LoragenError(f"cannot write {target}: {err.strerror or err}") from None
+    try:
+        # mkdtemp makes 0700 folders; the result is the user's, so it gets the mode mkdir would give it.
+        os.chmod(staging, 0o777 & ~_umask())
         yield staging
         if target.exists():
             if replace:
@@ -76,3 +81,10 @@ def staged_folder(target: Path, *, replace: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: put it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

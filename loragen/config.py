@@ -269,6 +269,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as err:
         raise LoragenError(f"{path}: not valid TOML ({err})") from None
+    except UnicodeDecodeError as err:
+        raise LoragenError(f"{path}: not valid TOML (not UTF-8 text: byte {err.start})") from None
 
 
 def _revalidate(settings: Settings) -> None:
@@ -285,7 +287,10 @@ def load_settings(home: str | None = None, cwd: Path | None = None) -> Settings:
     project_file = (cwd or Path.cwd()) / "loragen.toml"
     project_values = _read_toml(project_file) if project_file.is_file() else {}
     if not chosen_home:
-        chosen_home = project_values.get("registry", {}).get("home")
+        registry_table = project_values.get("registry", {})
+        # Read before the file is checked (_merge below refuses a `registry = 5` or a `home = 5` in one line).
+        if isinstance(registry_table, dict) and isinstance(registry_table.get("home"), str):
+            chosen_home = registry_table["home"]
     user_file = RegistryConfig(home=chosen_home or RegistryConfig.home).home_path / "loragen.toml"
     if user_file.is_file():
         _merge(settings, _read_toml(user_file), str(user_file))

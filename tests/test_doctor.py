@@ -22,11 +22,12 @@ def _blob(home, sha):
 def _base_blobs(capsys, home):
     from loragen.config import load_settings
     from loragen.registry.store import Registry
+    from loragen.registry.upkeep import blob_references
 
     registry = Registry(load_settings().registry)
     try:
         with registry.session() as s:
-            return {sha: refs for sha, refs in registry._blob_references(s).items() if refs[0]["kind"] == "base"}
+            return {sha: refs for sha, refs in blob_references(s).items() if refs[0]["kind"] == "base"}
     finally:
         registry.engine.dispose()
 

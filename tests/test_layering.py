@@ -85,3 +85,20 @@ def test_the_workflows_export_every_rooms_public_names_and_import_without_torch(
              "    assert getattr(w, name).__module__ == 'loragen.generator.training', name\n")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_registry_modules_import_each_other_without_a_cycle():
+    """store (writes) and views (reads) share refs.py; neither imports the other, even for type hints only."""
+    modules = {path.stem: ast.parse(path.read_text()) for path in REGISTRY.glob("*.py")}
+    imports = {name: {node.module.rsplit(".", 1)[-1] for node in ast.walk(tree)
+                      if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("loragen.registry.")}
+               | {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                  and node.module == "loragen.registry" for alias in node.names}
+               for name, tree in modules.items()}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(step == goal or (step not in seen and reaches(step, goal, seen | {step}))
+                   for step in imports.get(start, ()))
+
+    assert "store" not in imports["views"]
+    assert [name for name in sorted(imports) if reaches(name, name, {name})] == []

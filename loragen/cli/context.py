@@ -41,7 +41,7 @@ class AppState:
         if self._views is None:
             from loragen.registry.views import open_views
 
-            self._views = open_views(self.settings.registry, lambda: self.registry)
+            self._views = open_views(self.settings.registry, lambda: self.registry.views)
         return self._views
 
     def forget(self) -> None:

@@ -25,6 +25,7 @@ from loragen.errors import LoragenError
 CHUNK = 1 << 20
 _HEX62 = re.compile(r"^[0-9a-f]{62}$")
 _HEX2 = re.compile(r"^[0-9a-f]{2}$")
+_HEX64_FULL = re.compile(r"[0-9a-f]{64}")
 
 BlobState = Literal["ok", "missing", "damaged"]
 
@@ -36,6 +37,8 @@ class BlobStore:
         self.tmp = self.root / "tmp"
 
     def path(self, sha256: str) -> Path:
+        if not _HEX64_FULL.fullmatch(sha256):  # a digest read from a damaged or edited database
+            raise LoragenError(f"{sha256!r} is not a blob digest: the registry database is damaged")
         return self.objects / sha256[:2] / sha256[2:]
 
     def holds(self, sha256: str, size: int) -> bool:
@@ -166,6 +169,17 @@ class BlobStore:
             finally:
                 os.close(fd)
         return removed
+
+
+def media_type(relpath: str) -> str:
+    """The media type a blob row records for a file, from its name."""
+    if relpath.endswith(".gguf"):
+        return "application/vnd.gguf"
+    if relpath.endswith(".safetensors"):
+        return "application/vnd.safetensors"
+    if relpath.endswith(".json"):
+        return "application/json"
+    return "application/octet-stream"
 
 
 def file_sha256(path: Path) -> str:

@@ -41,3 +41,13 @@ def head_revision_fast(directory: Path | None = None) -> str | None:
             parents.add(down.group(1))
     heads = revisions - parents
     return heads.pop() if len(heads) == 1 else None
+
+
+def known_revisions(directory: Path | None = None) -> set[str]:
+    """Every revision this code's migrations define: a database stamped with another was written by a newer loragen."""
+    found = set()
+    for path in (directory or migrations_dir() / "versions").glob("*.py"):
+        revision = _REVISION.search(path.read_text(encoding="utf-8"))
+        if revision is not None:
+            found.add(revision.group(1))
+    return found

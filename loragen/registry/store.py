@@ -7,21 +7,19 @@ that first takes the store's lock and makes sure the copied files are still ther
 A crash before the commit leaves at most an unreferenced blob, which `gc` removes;
 it never leaves a half-registered adapter. gc decides and deletes under the same
 lock, taken exclusive, so no registered row ever points at a file gc removed.
+
+The Registry is the one entry point; some of its work lives beside it: upkeep (gc, doctor),
+export, snapshots (link folders, and the checks that keep database paths inside them),
+refs (names and references), views (the read side, in plain SQL).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import re
-import shutil
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -29,8 +27,9 @@ from loragen import adapters as adapter_io
 from loragen.bases import Architecture, BaseSource, read_architecture, resolve_source, weights_digest
 from loragen.config import RegistryConfig
 from loragen.errors import LoragenError, NotFound, quoted
-from loragen.registry import db
-from loragen.registry.blobs import BlobStore
+from loragen.registry import db, upkeep
+from loragen.registry.blobs import BlobStore, media_type
+from loragen.registry.export import EXPORT_RECORD, check_export_target, write_export  # noqa: F401  (the store's API)
 from loragen.registry.models import (
     Adapter,
     BaseModel,
@@ -43,84 +42,42 @@ from loragen.registry.models import (
     TaskDescription,
     TaskRow,
 )
-from loragen.registry.views import (  # noqa: F401  (parse_base_ref, MIN_ID_PREFIX: part of this module's API)
+from loragen.registry.readonly import read_only_file, snapshots_root
+from loragen.registry.records import BaseVersionInfo, Registered, StagedBlob
+from loragen.registry.refs import (  # noqa: F401  (check_name, parse_base_ref, MIN_ID_PREFIX: the store's API)
+    MAX_NAME_LENGTH,
     MIN_ID_PREFIX,
-    EngineReader,
-    Views,
+    NAME_PATTERN,
     adapter_view,
+    check_name,
     id_prefix_range,
     no_such_base,
     no_such_version,
     one_adapter,
     parse_base_ref,
 )
-
-MAX_NAME_LENGTH = 200
-# ASCII on purpose: names are typed in shells and compared byte for byte; a description in any script
-# is kept whole as the task's description (see workflows.slug for the names generate derives).
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-# Written beside an exported adapter: which registered adapter and base version it is.
-EXPORT_RECORD = "loragen.json"
-
-
-@dataclass(frozen=True)
-class StagedBlob:
-    """A file copied into the blob store that no row references yet: gc may remove it until it is recorded."""
-
-    source: Path
-    sha256: str
-    size: int
-    media_type: str
-
-
-@dataclass
-class Registered:
-    """The outcome of a registration: the row's id and whether it is new."""
-
-    id: str
-    created: bool
-
-
-@dataclass(frozen=True)
-class BaseVersionInfo:
-    """A registered base version as plain data, for code outside the registry (no ORM object leaves it)."""
-
-    id: int
-    name: str                              # the base's name, e.g. smollm2-135m
-    version: int
-    architecture: str                      # transformers model_type
-    gguf_file: str | None                  # the file to load when the version is a GGUF file
-    weights_digest: str
-    linear_shapes: dict[str, list[int]]    # module path -> [out_features, in_features]
-    config: dict[str, Any]                 # the transformers config
-    num_parameters: int
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}@v{self.version}"
-
-
-# A work folder untouched this long belongs to no running command.
-STALE_WORK_FOLDER_S = 3600
-
-
-def check_name(kind: str, name: str) -> None:
-    """Refuse a base or task name the registry cannot keep; called before any file is read."""
-    if len(name) > MAX_NAME_LENGTH:
-        raise LoragenError(f"{kind} name {quoted(name)} is too long: at most {MAX_NAME_LENGTH} characters")
-    if not NAME_PATTERN.fullmatch(name):
-        raise LoragenError(f"invalid {kind} name {quoted(name)}: start with a letter or digit, then use letters, "
-                           "digits, '.', '_' and '-' (no '@' or spaces)")
+from loragen.registry.snapshots import link_files, stored_digest, stored_relative_path
+from loragen.registry.views import EngineReader, Views, sqlite_file
 
 
 class Registry:
     def __init__(self, config: RegistryConfig):
         self.config = config
         self.home = config.home_path
-        self.home.mkdir(parents=True, exist_ok=True)
+        if self.home.exists() and not self.home.is_dir():
+            raise LoragenError(f"the registry home {self.home} (LORAGEN_HOME, --home or registry.home) is a file, "
+                               "not a folder")
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise LoragenError(f"cannot create the registry home {self.home}: {err.strerror or err}") from None
         self.blobs = BlobStore(self.home / "blobs")
-        self.engine = db.make_engine(config.database_url)
-        db.ensure_schema(self.engine, self.home / "registry.lock")
+        # A home this process may only read serves the read commands: the file opened read-only, no upgrade.
+        database = sqlite_file(config.database_url)
+        read_only = database is not None and read_only_file(database)
+        self.engine = db.make_engine(config.database_url, read_only_file=database if read_only else None)
+        db.ensure_schema(self.engine, self.home / "registry.lock", read_only=read_only)
+        self.snapshots = snapshots_root(self.home)
         # The read side (list, show): plain SQL over the same engine, one definition per view.
         self.views = Views(EngineReader(self.engine))
 
@@ -155,7 +112,7 @@ class Registry:
         return staged.sha256
 
     def blob_path(self, sha: str) -> Path:
-        path = self.blobs.path(sha)
+        path = self.blobs.path(stored_digest(sha, "a blob"))
         if not path.is_file():
             raise LoragenError(f"blob {sha[:12]} is missing from {self.blobs.root}: the store is damaged")
         return path
@@ -168,7 +125,9 @@ class Registry:
             row = self.resolve_version(s, ref)
             return BaseVersionInfo(
                 id=row.id, name=row.base.name, version=row.version, architecture=row.base.architecture,
-                gguf_file=row.gguf_file, weights_digest=row.weights_digest, linear_shapes=dict(row.linear_shapes),
+                gguf_file=row.gguf_file and stored_relative_path(row.gguf_file, f"the GGUF file of {row.label}"),
+                weights_digest=stored_digest(row.weights_digest, f"the weights digest of {row.label}"),
+                linear_shapes=dict(row.linear_shapes),
                 config=dict(row.config), num_parameters=row.num_parameters)
 
     def resolve_version(self, session: Session, ref: str) -> BaseVersion:
@@ -243,7 +202,7 @@ class Registry:
             return Registered(id=f"{name}@v{version.version}", created=True)
 
     def _stage_base_files(self, source: BaseSource) -> dict[str, StagedBlob]:
-        return {relpath: self._stage_file(source.folder / relpath, _media_type(relpath)) for relpath in source.files}
+        return {relpath: self._stage_file(source.folder / relpath, media_type(relpath)) for relpath in source.files}
 
     def _add_version(self, s: Session, base: BaseModel, number: int, parent_id: int | None, source: BaseSource,
                      architecture: Architecture, digest: str, staged: dict[str, StagedBlob], note: str) -> BaseVersion:
@@ -263,10 +222,11 @@ class Registry:
 
         For a GGUF version, transformers needs `gguf_file=version.gguf_file` as well.
         """
-        folder = self.home / "snapshots" / version.weights_digest[:16]
+        folder = self.snapshots / version.weights_digest[:16]
         with self.session() as s:
             files = s.scalars(select(BaseVersionFile).where(BaseVersionFile.version_id == version.id)).all()
-        self._link_files(folder, {entry.path: self.blob_path(entry.blob_sha256) for entry in files})
+        link_files(folder, {stored_relative_path(entry.path, f"a file of {version.label}"): self.blob_path(entry.blob_sha256)
+                            for entry in files})
         return folder
 
     def list_bases(self) -> list[dict[str, Any]]:
@@ -336,7 +296,10 @@ class Registry:
                         rank=folder.rank, alpha=folder.alpha, target_modules=folder.target_leaf_names(),
                         num_parameters=folder.num_parameters, weights_sha256=weights_sha, config_sha256=config_sha,
                         provenance=provenance, replaces_id=replaces_id))
-            except IntegrityError:  # the same adapter, registered by another process meanwhile
+            except IntegrityError as err:  # the same adapter, registered by another process meanwhile?
+                if s.scalar(select(Adapter.id).where(Adapter.uid == uid)) is None:  # no: the row itself was refused
+                    raise LoragenError(f"the registry refused adapter {uid[:12]}: "
+                                       f"{str(err.orig).splitlines()[0]}") from None
                 return Registered(id=uid[:12], created=False)
             return Registered(id=uid[:12], created=True)
 
@@ -371,22 +334,14 @@ class Registry:
         (a path valid on this machine, so it is written at export, never stored). EXPORT_RECORD beside it names
         the base as NAME@vN: peft warns about keys its config does not know, so the label stays out of the config.
         """
-        from loragen.atomic import staged_folder
-
         weights, config, view = self.adapter_files(ref)
-        out_dir = Path(out_dir)
         check_export_target(out_dir)
         version = self.version(view["base"])
         base_folder = self.base_folder(version)
         record = {"id": view["id"], "uid": view["uid"], "task": view["task"], "origin": view["origin"],
                   "base": version.label, "base_folder": str(base_folder), "base_gguf_file": version.gguf_file,
                   "weights_sha256": view["weights_sha256"]}
-        with staged_folder(out_dir) as staging:
-            shutil.copyfile(weights, staging / adapter_io.WEIGHTS_NAME)
-            (staging / adapter_io.CONFIG_NAME).write_text(
-                adapter_io.config_with_base(config.read_text(), str(base_folder)))
-            (staging / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        return out_dir
+        return write_export(out_dir, weights, config, record, base_folder)
 
     def remove(self, ref: str) -> str:
         """Unregister an adapter (its blobs stay until `gc`)."""
@@ -399,87 +354,19 @@ class Registry:
             return uid
 
     def gc(self, grace_seconds: float | None = None) -> dict[str, int]:
-        """Delete blobs nothing references, and leftovers of interrupted writes.
-
-        Unreferenced blobs written (or stored again) within the grace period stay: a writer
-        may be about to register them (git's prune expiry). Safe beside any writer at any
-        grace, 0 included: deciding and deleting happen under the store's exclusive lock,
-        and writers re-store a staged file gc removed before they take the lock.
-        """
+        """Delete blobs nothing references, and leftovers of interrupted writes (see upkeep.gc)."""
         grace = self.config.gc_grace_seconds if grace_seconds is None else grace_seconds
-        if grace < 0:
-            raise LoragenError(f"the gc grace period must be >= 0 seconds (got {grace})")
-        cutoff = time.time() - grace
-        removed = freed = kept = 0
-        with self.session() as s:
-            db.lock_store(s, exclusive=True)
-            referenced = self._blob_references(s)
-            rows = set(s.scalars(select(Blob.sha256)))
-            dead_rows = []
-            for sha in sorted((rows | set(self.blobs.digests())) - referenced.keys()):
-                modified = self.blobs.modified_at(sha)
-                if modified is not None and modified >= cutoff:
-                    kept += 1
-                    continue
-                if modified is not None:
-                    freed += self.blobs.remove(sha)
-                    removed += 1
-                if sha in rows:
-                    dead_rows.append(sha)
-            for start in range(0, len(dead_rows), 500):
-                s.execute(delete(Blob).where(Blob.sha256.in_(dead_rows[start:start + 500])))
-        return {"blobs_removed": removed, "bytes_freed": freed, "blobs_kept_in_grace": kept,
-                "temp_files_removed": self.blobs.clean_tmp() + self._clean_work_folders()}
+        return upkeep.gc(self.engine, self.blobs, self.home, grace)
 
     def verify_store(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-        """Re-hash every blob a row references; report the missing and damaged ones (a store's fsck).
-
-        Runs beside writers and gc without holding a lock while it hashes; what looks
-        wrong is looked at again under the store's lock, so a blob unregistered and
-        collected meanwhile is not reported.
-        """
-        with self.session() as s:
-            referenced = self._blob_references(s)
-            sizes = dict(s.execute(select(Blob.sha256, Blob.size)).all())
-        shas = sorted(referenced)
-        suspects = []
-        for done, sha in enumerate(shas, 1):
-            if self.blobs.verify(sha) != "ok":
-                suspects.append(sha)
-            if progress:
-                progress(done, len(shas))
-        problems = []
-        if suspects:
-            with self.session() as s:
-                db.lock_store(s, exclusive=False)
-                still = self._blob_references(s)
-                for sha in suspects:
-                    state = self.blobs.verify(sha) if sha in still else "ok"
-                    if state != "ok":
-                        problems.append({"sha256": sha, "problem": state, "referenced_by": still[sha]})
-        unreferenced = [sha for sha in self.blobs.digests() if sha not in referenced]
-        return {"ok": not problems, "blobs_checked": len(shas), "bytes_checked": sum(sizes.get(sha, 0) for sha in shas),
-                "problems": problems, "unreferenced_blobs": len(unreferenced),
-                "temp_files": len(self.blobs.temp_files())}
-
-    def _clean_work_folders(self, older_than_s: float = STALE_WORK_FOLDER_S) -> int:
-        """Remove `loragen-*` work folders (generate, train, selection) that a killed process left behind.
-
-        Only folders untouched for `older_than_s`, so a command still running beside gc keeps its own.
-        """
-        cutoff = time.time() - older_than_s
-        removed = 0
-        for folder in self.home.glob("loragen-*"):
-            if folder.is_dir() and folder.stat().st_mtime < cutoff:
-                shutil.rmtree(folder, ignore_errors=True)
-                removed += 1
-        return removed
+        """Re-hash every blob a row references; report what is missing, damaged or stored unsafely (`doctor`)."""
+        return upkeep.verify_store(self.engine, self.blobs, progress)
 
     def adapter_folder(self, ref: str) -> Path:
         """A PEFT folder of links to the adapter's blobs, for loading it without a copy."""
         weights, config, view = self.adapter_files(ref)
-        folder = self.home / "snapshots" / "adapters" / view["uid"]
-        self._link_files(folder, {adapter_io.WEIGHTS_NAME: weights, adapter_io.CONFIG_NAME: config})
+        folder = self.snapshots / "adapters" / stored_digest(view["uid"], "an adapter's uid")
+        link_files(folder, {adapter_io.WEIGHTS_NAME: weights, adapter_io.CONFIG_NAME: config})
         return folder
 
     # ---------------------------------------------------------------- evaluations
@@ -511,28 +398,6 @@ class Registry:
                      "split": result.split, "adapter": uid, "adapter_task": adapter_task,
                      "origin": origin.value if origin is not None else None}
                     for result, origin, uid, adapter_task in rows]
-
-    def _blob_references(self, s: Session) -> dict[str, list[dict[str, str]]]:
-        """Every blob a row points at, with who points at it: adapters, base version files, generator checkpoints."""
-        references: dict[str, list[dict[str, str]]] = {}
-
-        def add(sha: str, kind: str, ref: str, file: str) -> None:
-            references.setdefault(sha, []).append({"kind": kind, "id": ref, "file": file})
-
-        for uid, weights, config in s.execute(select(Adapter.uid, Adapter.weights_sha256, Adapter.config_sha256)):
-            add(weights, "adapter", uid[:12], adapter_io.WEIGHTS_NAME)
-            add(config, "adapter", uid[:12], adapter_io.CONFIG_NAME)
-        for name, number, path, sha in s.execute(
-                select(BaseModel.name, BaseVersion.version, BaseVersionFile.path, BaseVersionFile.blob_sha256)
-                .join(BaseVersion, BaseVersionFile.version_id == BaseVersion.id)
-                .join(BaseModel, BaseVersion.base_id == BaseModel.id)):
-            add(sha, "base", f"{name}@v{number}", path)
-        for uid, weights, meta in s.execute(
-                select(GeneratorCheckpointRow.uid, GeneratorCheckpointRow.weights_sha256,
-                       GeneratorCheckpointRow.meta_sha256)):
-            add(weights, "generator", uid[:12], "weights")
-            add(meta, "generator", uid[:12], "meta")
-        return references
 
     # ---------------------------------------------------------------- generator support
 
@@ -596,8 +461,8 @@ class Registry:
                 raise NotFound(f"generator id {quoted(ref)} is ambiguous: give more characters")
             row = rows[0]
             weights, meta = self.blob_path(row.weights_sha256), self.blob_path(row.meta_sha256)
-        folder = self.home / "snapshots" / "generators" / row.uid
-        self._link_files(folder, {weights_name: weights, meta_name: meta})
+        folder = self.snapshots / "generators" / stored_digest(row.uid, "a generator's uid")
+        link_files(folder, {weights_name: weights, meta_name: meta})
         return folder, row.uid
 
     def list_generators(self) -> list[dict[str, Any]]:
@@ -606,25 +471,6 @@ class Registry:
             return [{"id": r.uid[:12], "uid": r.uid, "step": r.step, "seed": r.seed, "tasks": r.tasks, "bases": r.bases,
                      "held_out": r.held_out, "adapters": r.num_adapters, "final_loss": r.final_loss,
                      "created_at": r.created_at.isoformat()} for r in rows]
-
-    def _link_files(self, folder: Path, files: dict[str, Path]) -> None:
-        """Point folder/<name> at each stored blob, atomically per link (like the HF cache's snapshots)."""
-        for name, target in files.items():
-            link = folder / name
-            if link.is_symlink() and Path(os.readlink(link)) == target:
-                continue
-            link.parent.mkdir(parents=True, exist_ok=True)
-            tmp_link = link.with_name(f".{link.name}.{os.getpid()}.tmp")
-            tmp_link.unlink(missing_ok=True)
-            tmp_link.symlink_to(target)
-            os.replace(tmp_link, link)
-
-
-def check_export_target(out_dir: Path) -> None:
-    """Refuse a folder `export` could not write, before any work that would end in writing it."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise LoragenError(f"{out_dir}: already exists and is not empty")
 
 
 def _check_same_architecture(latest: BaseVersion, architecture: Architecture) -> None:
@@ -637,16 +483,6 @@ def _check_same_architecture(latest: BaseVersion, architecture: Architecture) ->
         if old.get(module) != new.get(module):
             raise LoragenError(f"architecture differs from {label} at {module}: {old.get(module)} vs {new.get(module)}; "
                                "register it as a new base with `loragen base add`")
-
-
-def _media_type(relpath: str) -> str:
-    if relpath.endswith(".gguf"):
-        return "application/vnd.gguf"
-    if relpath.endswith(".safetensors"):
-        return "application/vnd.safetensors"
-    if relpath.endswith(".json"):
-        return "application/json"
-    return "application/octet-stream"
 
 
 def _adapter_view(adapter: Adapter) -> dict[str, Any]:

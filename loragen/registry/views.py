@@ -10,90 +10,31 @@ loragen.registry.store, which reads through these views too, so a view has one d
 
 from __future__ import annotations
 
-import json
-import re
 import sqlite3
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol
 
-from loragen.errors import LoragenError, NotFound, quoted
+from loragen.errors import LoragenError, quoted
+from loragen.registry.readonly import read_only_file, read_only_uri
+from loragen.registry.refs import (
+    adapter_view,
+    id_prefix_range,
+    iso_column,
+    json_column,
+    no_such_base,
+    no_such_version,
+    one_adapter,
+    parse_base_ref,
+)
 from loragen.registry.revisions import head_revision_fast
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from loragen.config import RegistryConfig
-    from loragen.registry.store import Registry
 
-MIN_ID_PREFIX = 4
-HEX = "0123456789abcdef"
 ORIGINS = ("trained", "ingested", "generated", "carried_over")  # loragen.registry.models.Origin's values
 SQLITE_BUSY_TIMEOUT_S = 30.0
-
-
-def parse_base_ref(ref: str) -> tuple[str, int | None]:
-    """'smollm2@v2' -> ('smollm2', 2); 'smollm2' -> ('smollm2', None) meaning the newest."""
-    name, sep, version = ref.partition("@")
-    if not sep:
-        return name, None
-    match = re.fullmatch(r"v?(\d{1,9})", version)  # bounded: int() of thousands of digits is itself an error
-    if not match:
-        raise LoragenError(f"invalid base reference {quoted(ref)}: expected NAME or NAME@vN")
-    return name, int(match.group(1))
-
-
-def no_such_base(name: str, known: Sequence[str]) -> NotFound:
-    hint = f" (known: {', '.join(known)})" if known else " (none registered: loragen base add NAME --from PATH)"
-    return NotFound(f"no base model named {quoted(name)}{hint}")
-
-
-def no_such_version(name: str, version: int | None) -> NotFound:
-    return NotFound(f"base {quoted(name)} has no version v{version}")
-
-
-def id_prefix_range(ref: str) -> tuple[str, str | None]:
-    """[low, high) of the uids an id prefix names (high None: no upper end), for a range the uid's
-    unique index answers (SQLite cannot use an index for LIKE 'abc%' on a case-sensitive column).
-    high is the next hex string ('abc9' -> 'abca', 'abcf' -> 'abd'), not 'abc:': a punctuation
-    bound would be ignored by PostgreSQL's locale collations."""
-    ref = ref.strip().lower()
-    if not re.fullmatch(r"[0-9a-f]+", ref) or len(ref) < MIN_ID_PREFIX:
-        raise NotFound(f"{quoted(ref)} is not an adapter id (at least {MIN_ID_PREFIX} hex characters, see `loragen list`)")
-    carried = ref.rstrip("f")
-    if not carried:
-        return ref, None
-    return ref, carried[:-1] + HEX[HEX.index(carried[-1]) + 1]
-
-
-def one_adapter(matches: Sequence[Any], low: str) -> Any:
-    """The one adapter an id prefix's range matched (fetch at most two); NotFound for none or several."""
-    if not matches:
-        raise NotFound(f"no adapter with id {quoted(low)}")
-    if len(matches) > 1:
-        raise NotFound(f"adapter id {quoted(low)} is ambiguous: give more characters")
-    return matches[0]
-
-
-def adapter_view(uid: str, task: str, base: str, version: int, origin: str, rank: int, alpha: float,
-                 target_modules: Any, parameters: int, weights_sha256: str, provenance: Any,
-                 created_at: Any) -> dict[str, Any]:
-    """An adapter as `show`, `list --json` and the library report it."""
-    return {
-        "id": uid[:12], "uid": uid, "task": task, "base": f"{base}@v{version}", "origin": origin, "rank": rank,
-        "alpha": alpha, "target_modules": _json(target_modules), "parameters": parameters,
-        "weights_sha256": weights_sha256, "provenance": _json(provenance), "created_at": _iso(created_at),
-    }
-
-
-def _json(value: Any) -> Any:
-    """A JSON column: text from sqlite3, already decoded from SQLAlchemy's drivers."""
-    return json.loads(value) if isinstance(value, (str, bytes)) else value
-
-
-def _iso(value: Any) -> str:
-    """A DateTime column: SQLite holds 'YYYY-MM-DD HH:MM:SS.ffffff' text; other drivers give datetimes."""
-    return (value if isinstance(value, datetime) else datetime.fromisoformat(value)).isoformat()
 
 
 # ---------------------------------------------------------------- readers
@@ -119,7 +60,11 @@ class SqliteReader:
         if head is None:
             return None
         try:
-            connection = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None)
+            if read_only_file(path):  # a home shared read-only: read without writing a journal file
+                connection = sqlite3.connect(read_only_uri(path), timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None,
+                                             uri=True)
+            else:
+                connection = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None)
         except sqlite3.Error:
             return None
         try:
@@ -133,7 +78,10 @@ class SqliteReader:
         return cls(connection)
 
     def rows(self, sql: str, params: dict[str, Any]) -> Iterator[tuple]:
-        return self.connection.execute(sql, params)
+        try:
+            yield from self.connection.execute(sql, params)
+        except sqlite3.DatabaseError as err:  # damaged pages, found only when a query reads them
+            raise LoragenError(f"cannot read the registry database: {err}") from None
 
     def close(self) -> None:
         self.connection.close()
@@ -164,15 +112,15 @@ def sqlite_file(url: str) -> Path | None:
     return Path(url[len(prefix):])
 
 
-def open_views(config: RegistryConfig, open_registry: Callable[[], Registry]) -> Views:
+def open_views(config: RegistryConfig, through_registry: Callable[[], Views]) -> Views:
     """Views on the registry `config` names: straight on its SQLite file when that is at the schema head,
-    else through `open_registry()` (which creates or upgrades the schema first)."""
+    else `through_registry()`: the views of a Registry, which creates or upgrades the schema first."""
     path = sqlite_file(config.database_url)
     if path is not None and path.is_file():
         reader = SqliteReader.at_head(path)
         if reader is not None:
             return Views(reader)
-    return open_registry().views
+    return through_registry()
 
 
 # ---------------------------------------------------------------- views
@@ -284,12 +232,12 @@ class Views:
             "LEFT JOIN base_versions parent ON parent.id = bv.parent_id ORDER BY bv.base_id, bv.version")
         views = []
         for name, version, architecture, parent, note, parameters, config, digest, source, created, adapters in rows:
-            config = _json(config)
+            config = json_column(config)
             views.append({
                 "name": f"{name}@v{version}", "base": name, "version": version, "architecture": architecture,
                 "parent": f"{name}@v{parent}" if parent else None, "note": note, "parameters": parameters,
                 "layers": config.get("num_hidden_layers"), "hidden_size": config.get("hidden_size"),
-                "weights_digest": digest, "source": source, "adapters": adapters, "created_at": _iso(created)})
+                "weights_digest": digest, "source": source, "adapters": adapters, "created_at": iso_column(created)})
         return views
 
     def tasks(self, name: str | None = None) -> list[dict[str, Any]]:
