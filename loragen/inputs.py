@@ -13,8 +13,8 @@ import unicodedata
 from loragen.errors import LoragenError, quoted
 
 MAX_NAME_LENGTH = 200
-# ASCII on purpose: names are typed in shells and compared byte for byte. The registry's rule
-# (loragen.registry.store keeps its own copy of these two lines until it imports them from here).
+# ASCII on purpose: names are typed in shells and compared byte for byte. The registry's rule too
+# (loragen.registry.refs imports it from here).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Whitespace a description may span lines with: stored as single spaces, so never printed raw.
 WHITESPACE_CONTROLS = "\t\n\r"

@@ -12,21 +12,11 @@ from typing import Any, Sequence
 
 from loragen.errors import LoragenError, NotFound, quoted
 
+# The name rule lives once, in loragen.inputs (task folders and YAML names are checked by it too).
+from loragen.inputs import MAX_NAME_LENGTH, NAME_PATTERN, check_name  # noqa: F401  (part of this module's API)
+
 MIN_ID_PREFIX = 4
 HEX = "0123456789abcdef"
-MAX_NAME_LENGTH = 200
-# ASCII on purpose: names are typed in shells and compared byte for byte; a description in any script
-# is kept whole as the task's description (see workflows.slug for the names generate derives).
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-def check_name(kind: str, name: str) -> None:
-    """Refuse a base or task name the registry cannot keep; called before any file is read."""
-    if len(name) > MAX_NAME_LENGTH:
-        raise LoragenError(f"{kind} name {quoted(name)} is too long: at most {MAX_NAME_LENGTH} characters")
-    if not NAME_PATTERN.fullmatch(name):
-        raise LoragenError(f"invalid {kind} name {quoted(name)}: start with a letter or digit, then use letters, "
-                           "digits, '.', '_' and '-' (no '@' or spaces)")
 
 
 def parse_base_ref(ref: str) -> tuple[str, int | None]:

@@ -27,6 +27,7 @@ from loragen import adapters as adapter_io
 from loragen.bases import Architecture, BaseSource, read_architecture, resolve_source, weights_digest
 from loragen.config import RegistryConfig
 from loragen.errors import LoragenError, NotFound, quoted
+from loragen.inputs import check_text
 from loragen.registry import db, upkeep
 from loragen.registry.blobs import BlobStore, media_type
 from loragen.registry.export import EXPORT_RECORD, check_export_target, write_export  # noqa: F401  (the store's API)
@@ -246,6 +247,7 @@ class Registry:
                 task = s.scalar(select(TaskRow).where(TaskRow.name == name))
         known = set(s.scalars(select(TaskDescription.text).where(TaskDescription.task_id == task.id)))
         for text in descriptions:
+            check_text("description", text)  # the library refuses what the CLI refuses: not UTF-8, control characters
             text = " ".join(text.split())
             if text and text not in known:
                 s.add(TaskDescription(task_id=task.id, text=text))
