@@ -182,15 +182,22 @@ def test_a_task_folder_with_a_control_character_in_a_description_is_refused(tmp_
 
 
 def _stored_by_an_older_loragen(tiny_adapter, description: str) -> None:
-    """A description the CLI now refuses, stored through the library as earlier versions let it be."""
+    """A description the library now refuses, stored as earlier versions let it be: registered clean, then the
+    row's text rewritten in the database file."""
+    import sqlite3
+
     from loragen.config import load_settings
     from loragen.registry.store import Registry
 
     registry = Registry(load_settings().registry)
     try:
-        registry.ingest(tiny_adapter, "tiny", "t1", [description])
+        registry.ingest(tiny_adapter, "tiny", "t1", ["placeholder"])
     finally:
         registry.engine.dispose()
+    if os.environ.get("LORAGEN_TEST_POSTGRES_URL"):
+        pytest.skip("rewrites the SQLite file")
+    with sqlite3.connect(os.environ["LORAGEN_HOME"] + "/registry.db") as db:
+        assert db.execute("UPDATE task_descriptions SET text = ? WHERE text = 'placeholder'", (description,)).rowcount == 1
 
 
 def test_list_escapes_control_characters_already_stored(capsys, registered, tiny_adapter):
@@ -335,3 +342,23 @@ def test_lm_evals_own_cli_runs_exported_tasks_from_another_directory(capsys, tin
     assert 0 <= results["results"]["loragen_antonyms"]["exact_match,strip"] <= 1
     assert 0 <= results["results"]["loragen_country_region"]["acc,none"] <= 1
     assert re.search(r"loragen_antonyms", run.stdout)
+
+
+def test_the_library_refuses_what_the_cli_refuses(registered, tiny_adapter):
+    """The checks live below the CLI too: a caller of the library (a benchmark, a script) gets the same refusals."""
+    from loragen import workflows
+    from loragen.config import GeneratorSettings, load_settings
+    from loragen.registry.store import Registry
+
+    registry = Registry(load_settings().registry)
+    try:
+        with pytest.raises(LoragenError, match="control character"):
+            registry.ingest(tiny_adapter, "tiny", "t1", ["evil\x1b[2J"])
+        with pytest.raises(LoragenError, match="not valid UTF-8"):
+            workflows.draw(registry, GeneratorSettings(), task="caf\udcff", base_ref="tiny", seed=0, samples=1)
+        with pytest.raises(LoragenError, match="unknown held-out task"):
+            workflows.train(registry, GeneratorSettings(), held_out=["nope_task"])
+        with pytest.raises(LoragenError, match="task list is empty"):
+            workflows.evaluate_targets(registry, [workflows.EvalTarget(base="tiny", tasks=[])])
+    finally:
+        registry.engine.dispose()
