@@ -85,7 +85,7 @@ def test_cli_flags_are_checked_as_settings(capsys):
 def test_sample_steps_are_bounded_by_the_schedule_itself():
     from loragen.generator.diffusion import DDPMSchedule
 
-    length = DDPMSchedule().num_train_timesteps
+    length = DDPMSchedule(prediction_type=GeneratorSettings().prediction_type).num_train_timesteps
     assert GeneratorSettings(sample_steps=length).sample_steps == length
     with pytest.raises(LoragenError, match="generator.sample_steps"):
         GeneratorSettings(sample_steps=length + 1)

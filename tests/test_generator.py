@@ -36,8 +36,8 @@ def _training_set(tiny_base, tmp_path):
                                       "prototype_dim": 32}],
                          ids=["mamba-only", "with-token-memory", "with-factorised-memory"])
 def test_tiny_generator_overfits_two_adapters_and_regenerates_them(tiny_base, tmp_path, variant):
+    from loragen.generator.sampling import LoadedGenerator, sample_state_dict
     from loragen.generator.training import train_generator
-    from loragen.workflows import LoadedGenerator, sample_state_dict
 
     data = _training_set(tiny_base, tmp_path)
     settings = GeneratorSettings(**dict(TINY, steps=600, **variant))
@@ -61,8 +61,8 @@ def test_tiny_generator_overfits_two_adapters_and_regenerates_them(tiny_base, tm
 
 
 def test_checkpoint_save_load_and_same_seed_same_adapter(tiny_base, tmp_path):
+    from loragen.generator.sampling import LoadedGenerator, sample_state_dict
     from loragen.generator.training import GeneratorCheckpoint, train_generator
-    from loragen.workflows import LoadedGenerator, sample_state_dict
 
     data = _training_set(tiny_base, tmp_path)
     checkpoint = train_generator(data, GeneratorSettings(**dict(TINY, steps=4, memory_slots=2, direct_readout=True)),
@@ -124,7 +124,7 @@ def test_cli_train_generate_registers_provenance_and_loads_in_peft(capsys, tiny_
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from loragen.generator.diffusion import DDPMSchedule
+    from loragen.config import DDPM_TRAIN_TIMESTEPS
 
     registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home, ["upper", "lower", "upper"], steps=8)
     trained = run_cli(capsys, "train", "--json")
@@ -154,7 +154,7 @@ def test_cli_train_generate_registers_provenance_and_loads_in_peft(capsys, tiny_
     ddpm = run_cli(capsys, "generate", "--task", "upper", "--base", "tiny", "--method", "ddpm", "--seed", "1", "--json")
     assert ddpm.code == 0, ddpm.err
     ddpm_provenance = run_cli(capsys, "show", ddpm.json()["id"], "--json").json()["provenance"]
-    assert ddpm_provenance["method"] == "ddpm" and ddpm_provenance["steps"] == DDPMSchedule().num_train_timesteps
+    assert ddpm_provenance["method"] == "ddpm" and ddpm_provenance["steps"] == DDPM_TRAIN_TIMESTEPS
 
 
 def test_generate_without_a_generator_is_a_clear_error(capsys, tiny_base):
@@ -211,7 +211,7 @@ def test_generate_samples_keeps_the_best_candidate_on_validation(capsys, tiny_ba
 
 
 def test_chunked_denoising_gives_the_same_tokens(tiny_base, tmp_path):
-    from loragen.generator.model import sample_tokens
+    from loragen.generator.sampling import sample_tokens
     from loragen.generator.training import train_generator
 
     data = _training_set(tiny_base, tmp_path)
@@ -219,7 +219,7 @@ def test_chunked_denoising_gives_the_same_tokens(tiny_base, tmp_path):
     model, layout = checkpoint.build_model(), checkpoint.layout
     positions = (layout.layer_index(), layout.module_index(), layout.slice_index())
     text, base = data.text_embeddings["alpha"][0], data.base_embeddings["tiny@v1"]
-    whole, chunked = (sample_tokens(model, checkpoint.schedule, positions, text, base, None, steps=3,
+    whole, chunked = (sample_tokens(model, checkpoint.schedule, positions, text, base, None, method="ddim", steps=3, eta=0.0,
                                     generator=torch.Generator().manual_seed(0), chunk_tokens=size)
                       for size in (10_000, 3))
     assert torch.allclose(whole, chunked, atol=1e-6)

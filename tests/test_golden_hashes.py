@@ -53,7 +53,7 @@ def _tensor_sha(tensor: torch.Tensor) -> str:
 
 
 def _sample(checkpoint, text, base, **how):
-    from loragen.workflows import LoadedGenerator, sample_state_dict
+    from loragen.generator.sampling import LoadedGenerator, sample_state_dict
 
     generator = LoadedGenerator(uid="x", checkpoint=checkpoint, model=checkpoint.build_model())
     return sample_state_dict(generator, text, base, **how)
