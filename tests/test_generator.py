@@ -225,15 +225,15 @@ def test_chunked_denoising_gives_the_same_tokens(tiny_base, tmp_path):
     assert torch.allclose(whole, chunked, atol=1e-6)
 
 
-def _config(base_dim: int = 4):
-    """The network config of the TINY settings, for a one-module r=2 layout of 2 tokens."""
+def _config(base_dim: int = 4, settings=None):
+    """The network config of `settings` (default: TINY), for a one-module r=2 layout of 2 tokens."""
     from loragen.generator.model import generator_config_from_settings
     from loragen.generator.tokenizer import LoraLayout
 
     layout = LoraLayout.from_shapes({"base_model.model.layers.0.q_proj.lora_A.weight": (2, 8),
                                      "base_model.model.layers.0.q_proj.lora_B.weight": (8, 2)}, 32)
-    return generator_config_from_settings(GeneratorSettings(**TINY), layout, text_dim=8, base_dim=base_dim,
-                                          num_adapters=2)
+    return generator_config_from_settings(settings or GeneratorSettings(**TINY), layout, text_dim=8,
+                                          base_dim=base_dim, num_adapters=2)
 
 
 def test_base_scaling_does_not_blow_up_a_dimension_that_barely_moved():
@@ -253,14 +253,22 @@ def test_base_scaling_does_not_blow_up_a_dimension_that_barely_moved():
 def test_network_config_comes_from_the_settings():
     from dataclasses import MISSING, fields
 
-    from loragen.generator.model import GeneratorConfig
+    from loragen.config import GeneratorNetworkSettings
+    from loragen.generator.model import NETWORK_SETTINGS, GeneratorConfig
 
-    config = _config()
-    settings = GeneratorSettings(**TINY)
-    for name in ("token_size", "d_model", "n_layers", "d_state", "prototype_dim", "direct_readout", "memory_slots"):
-        assert getattr(config, name) == getattr(settings, name), name
-    assert config.denoiser_channels == tuple(settings.denoiser_channels)
-    assert config.num_tokens == 2 and config.num_permutation_states == 0  # memory on (16 slots), states off
+    settings = GeneratorSettings(**dict(TINY, memory_code_dim=4, permutation_states=True))
+    config = _config(settings=settings)
+    assert _config(settings=settings.network) == config   # the network section alone builds the same network
+    copied = [f.name for f in fields(GeneratorConfig) if f.name in NETWORK_SETTINGS]
+    assert {"token_size", "d_model", "n_layers", "d_state", "prototype_dim", "direct_readout", "memory_slots",
+            "memory_code_dim", "denoiser_channels"} == set(copied)
+    for name in copied:
+        value = getattr(settings, name)
+        assert getattr(config, name) == (tuple(value) if isinstance(value, list) else value), name
+    assert config.num_tokens == 2 and config.num_permutation_states == 2  # memory on (16 slots), one state each
+    assert _config().memory_code_dim == 0 and _config().num_permutation_states == 0
+    # Every network setting reaches the network: copied, or read to derive it (anchor: what the tokens hold).
+    assert set(copied) | {"permutation_states", "anchor"} == {f.name for f in fields(GeneratorNetworkSettings)}
     # No defaults of its own: a field the settings do not fill cannot silently take a stale value.
     assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(GeneratorConfig))
 

@@ -15,25 +15,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
 
-from loragen.config import GeneratorSettings
+from loragen.config import GeneratorNetworkSettings
 from loragen.generator.diffusion import DDPMSchedule, diffusion_loss
 from loragen.generator.modules.denoiser import DenoiserConfig, TokenDenoiser
 from loragen.generator.modules.mamba import MambaConfig, MambaStack
 from loragen.generator.tokenizer import LoraLayout
+
+NETWORK_SETTINGS = frozenset(f.name for f in fields(GeneratorNetworkSettings))
 
 
 @dataclass
 class GeneratorConfig:
     """The network's shape, saved with every checkpoint.
 
-    No defaults: the user's defaults live in GeneratorSettings (loragen/config.py), and
-    `generator_config_from_settings` is the one place that turns settings into this.
+    No defaults: the user's defaults live in GeneratorSettings' network section (loragen/config.py), and
+    `generator_config_from_settings` is the one place that turns settings into this: the fields named like a
+    network setting are copied from it, the others derived from the adapters and conditions.
     """
 
     token_size: int                   # LoRA values per token
@@ -78,20 +81,23 @@ class GeneratorConfig:
         return cls(**{"memory_code_dim": 0, **{key: value for key, value in data.items() if key != "max_layers"}})
 
 
-def generator_config_from_settings(settings: GeneratorSettings, layout: LoraLayout, *, text_dim: int, base_dim: int,
-                                   num_adapters: int) -> GeneratorConfig:
-    """The network `settings` describe, sized for adapters of `layout`, conditions of `text_dim`/`base_dim`
-    values, and `num_adapters` training adapters (one permutation state each, when those are on)."""
-    return GeneratorConfig(
-        token_size=settings.token_size, d_model=settings.d_model, n_layers=settings.n_layers,
-        d_state=settings.d_state, prototype_dim=settings.prototype_dim,
-        denoiser_channels=tuple(settings.denoiser_channels), direct_readout=settings.direct_readout,
-        memory_slots=settings.memory_slots, memory_code_dim=settings.memory_code_dim if settings.memory_slots else 0,
-        num_tokens=layout.num_tokens if settings.memory_slots else 0,
-        text_dim=text_dim, base_dim=base_dim,
-        num_permutation_states=num_adapters if settings.permutation_states else 0,
+def generator_config_from_settings(network: GeneratorNetworkSettings, layout: LoraLayout, *, text_dim: int,
+                                   base_dim: int, num_adapters: int) -> GeneratorConfig:
+    """The network `network` describes (a GeneratorSettings, or its `network` section), sized for adapters of
+    `layout`, conditions of `text_dim`/`base_dim` values, and `num_adapters` training adapters (one permutation
+    state each, when those are on).
+
+    Every config field named like a network setting is copied by name; the rest are derived here.
+    """
+    copied = {f.name: getattr(network, f.name) for f in fields(GeneratorConfig) if f.name in NETWORK_SETTINGS}
+    return GeneratorConfig(**{
+        **copied,
+        "memory_code_dim": network.memory_code_dim if network.memory_slots else 0,
+        "num_tokens": layout.num_tokens if network.memory_slots else 0,
+        "text_dim": text_dim, "base_dim": base_dim,
+        "num_permutation_states": num_adapters if network.permutation_states else 0,
         # At least 64 rows, as every checkpoint so far; rows a layout does not use are never read.
-        num_module_types=max(64, len(layout.module_names)))
+        "num_module_types": max(64, len(layout.module_names))})
 
 
 def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
