@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from loragen.architectures import DEFAULT_ARCHITECTURE
 from loragen.errors import LoragenError
 
 # What the generator's settings may be. The network modules import these (not the other
@@ -110,7 +111,7 @@ class LoraConfig:
     r: int = field(default=8, metadata={"help": "LoRA rank"})
     alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)"})
     dropout: float = field(default=0.0, metadata={"help": "LoRA dropout while fine-tuning"})
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_ARCHITECTURE.lora_targets),
                                       metadata={"help": "module names that get a LoRA"})
 
     def __post_init__(self) -> None:
