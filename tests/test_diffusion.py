@@ -233,3 +233,27 @@ def test_sample_prediction_is_converted_to_eps_for_the_samplers():
     assert torch.equal(DDPMSchedule(prediction_type="epsilon").training_target(x0, noise), noise)
     with pytest.raises(LoragenError, match="prediction_type"):
         DDPMSchedule(prediction_type="v")
+
+
+def test_no_default_where_a_setting_decides():
+    """The prediction type, sampling method, steps, eta and the task loss's timestep are the user's settings
+    (GeneratorSettings), so no function below them carries a default of its own that could disagree."""
+    import inspect
+
+    from loragen.generator.sampling import sample_state_dict, sample_tokens
+    from loragen.generator.task_loss import task_loss
+
+    decided = {DDPMSchedule: ["prediction_type"], DDPMSchedule.sample: ["method", "steps", "eta"],
+               sample_tokens: ["method", "steps", "eta"], sample_state_dict: ["method", "steps", "eta"],
+               task_loss: ["timestep"]}
+    for function, names in decided.items():
+        parameters = inspect.signature(function).parameters
+        for name in names:
+            assert parameters[name].default is inspect.Parameter.empty, (function.__qualname__, name)
+
+
+def test_a_schedule_saved_before_the_prediction_type_was_recorded_loads_as_epsilon():
+    saved = DDPMSchedule(prediction_type="epsilon").to_dict()
+    del saved["prediction_type"]
+    assert DDPMSchedule.from_dict(saved).prediction_type == "epsilon"
+    assert DDPMSchedule.from_dict({**saved, "prediction_type": "sample"}).prediction_type == "sample"
