@@ -266,10 +266,11 @@ _Section = TypeVar("_Section")
 @dataclass
 class GeneratorSettings(GeneratorTaskLossSettings, GeneratorSamplingSettings, GeneratorTrainingSettings,
                         GeneratorNetworkSettings):
-    """The generator's knobs: the four sections' fields side by side, in GENERATOR_SECTIONS' order (dataclasses
-    collect a base class's fields last-base-first). This flat form is loragen.toml's [generator] table, the flags'
-    target (dataclasses.replace) and what a checkpoint records (asdict); `network`, `training`, `sampling` and
-    `task_loss` give one section, for code that needs only that. The only place these defaults live.
+    """The generator's knobs: the four sections' fields side by side, in GENERATOR_SECTIONS' order (a dataclass
+    takes its bases' fields last base first). This flat form is loragen.toml's [generator] table, what the flags
+    override (dataclasses.replace) and what run folders and checkpoints record (asdict). `network`, `training`,
+    `sampling` and `task_loss` give a copy of one section, for code that needs only that. The only place these
+    defaults live.
     """
 
     def __post_init__(self) -> None:
