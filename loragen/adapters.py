@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loragen.architectures import LORA_KEY_PATTERN
 from loragen.atomic import staged_folder
 from loragen.errors import InvalidAdapter
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-KEY_PATTERN = re.compile(r"^base_model\.model\.(?P<module>.+)\.(?P<kind>lora_A|lora_B)\.weight$")
+KEY_PATTERN = LORA_KEY_PATTERN
 DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 # Beyond any LoRA anyone trains (ranks are a few to a few hundred; alpha a small multiple of the rank), and

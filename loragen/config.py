@@ -12,8 +12,9 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from loragen.architectures import DEFAULT_ARCHITECTURE
 from loragen.errors import LoragenError
 
 # What the generator's settings may be. The network modules import these (not the other
@@ -80,6 +81,8 @@ def denoiser_channels_problem(channels: Sequence[Any], num_groups: int) -> str |
 
 # `loragen refresh`: generated candidates drawn beside the carried-over adapter when the task has validation data.
 REFRESH_SAMPLES = 2
+# `generate --samples N` and `refresh`: validation examples each candidate is scored on (--select-limit).
+SELECT_LIMIT = 50
 
 @dataclass
 class RegistryConfig:
@@ -108,7 +111,7 @@ class LoraConfig:
     r: int = field(default=8, metadata={"help": "LoRA rank"})
     alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)"})
     dropout: float = field(default=0.0, metadata={"help": "LoRA dropout while fine-tuning"})
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_ARCHITECTURE.lora_targets),
                                       metadata={"help": "module names that get a LoRA"})
 
     def __post_init__(self) -> None:
@@ -148,11 +151,12 @@ class EvalConfig:
 
 
 @dataclass
-class GeneratorSettings:
-    """The generator's architecture, training and sampling knobs: the only place their defaults live.
+class GeneratorNetworkSettings:
+    """What the generator is: its network's sizes, and how adapters are put to it (anchor, per-adapter states).
 
-    `generator_config_from_settings` (loragen/generator/model.py) builds the network from them.
-    RPG's sizes (d_model 4096, prototype 1024, channels 32-64) are GPU-sized; these fit a 2-core CPU.
+    `generator_config_from_settings` (loragen/generator/model.py) copies these into the network's
+    GeneratorConfig by name. RPG's sizes (d_model 4096, prototype 1024, channels 32-64) are GPU-sized;
+    these fit a 2-core CPU.
     """
 
     token_size: int = field(default=1024, metadata={"help": "LoRA values per token (RPG: 1024-16384)"})
@@ -170,6 +174,26 @@ class GeneratorSettings:
         "help": "> 0: factorised memory, a per-token code of this width times per-slot maps (size linear in the "
                 "adapter with a small constant); 0: a full table per slot"})
     direct_readout: bool = field(default=True, metadata={"help": "time-gated linear path prototype -> denoiser output"})
+
+    def __post_init__(self) -> None:
+        _check_positive_ints("generator", self, ("token_size", "d_model", "n_layers", "d_state", "prototype_dim"))
+        if self.d_model % 2:
+            raise LoragenError(f"generator.d_model must be even: the position code has sine and cosine halves "
+                               f"(got {self.d_model})")
+        problem = denoiser_channels_problem(self.denoiser_channels, DENOISER_NORM_GROUPS)
+        if problem:
+            raise LoragenError(f"generator.denoiser_channels {problem}")
+        _check_bools("generator", self, ("anchor", "permutation_states", "direct_readout"))
+        if not _is_int(self.memory_slots) or self.memory_slots < 0:
+            raise LoragenError(f"generator.memory_slots must be >= 0 (got {self.memory_slots!r})")
+        if not _is_int(self.memory_code_dim) or self.memory_code_dim < 0:
+            raise LoragenError(f"generator.memory_code_dim must be >= 0 (got {self.memory_code_dim!r})")
+
+
+@dataclass
+class GeneratorTrainingSettings:
+    """How the generator is trained on the diffusion loss (and what its denoiser learns to predict)."""
+
     steps: int = field(default=800, metadata={"help": "training steps"})
     batch_size: int = field(default=4, metadata={"help": "adapters per step"})
     tokens_per_step: int = field(default=512, metadata={"help": "tokens the loss sees per step (bounds memory)"})
@@ -178,10 +202,42 @@ class GeneratorSettings:
     seed: int = field(default=0, metadata={"help": "training seed"})
     prediction_type: str = field(default="sample", metadata={"help": "what the denoiser predicts: "
                                                                      + " or ".join(PREDICTION_TYPES)})
+
+    def __post_init__(self) -> None:
+        _check_positive_ints("generator", self, ("steps", "batch_size", "tokens_per_step", "checkpoint_every"))
+        _check_positive_number("generator", "learning_rate", self.learning_rate)
+        _check_seed("generator", self.seed)
+        _check_choice("generator", "prediction_type", self.prediction_type, PREDICTION_TYPES)
+
+
+@dataclass
+class GeneratorSamplingSettings:
+    """How an adapter is drawn from a trained generator (`loragen generate`, `loragen refresh`)."""
+
     sample_method: str = field(default="ddim", metadata={"help": " or ".join(SAMPLING_METHODS)})
     sample_steps: int = field(default=10, metadata={"help": f"DDIM steps, at most {DDPM_TRAIN_TIMESTEPS} "
                                                             f"(DDPM always runs all {DDPM_TRAIN_TIMESTEPS})"})
     eta: float = field(default=0.0, metadata={"help": "DDIM eta (0: deterministic given the seed)"})
+
+    def __post_init__(self) -> None:
+        _check_positive_ints("generator", self, ("sample_steps",))
+        _check_choice("generator", "sample_method", self.sample_method, SAMPLING_METHODS)
+        if self.sample_steps > DDPM_TRAIN_TIMESTEPS:
+            raise LoragenError(f"generator.sample_steps must be at most {DDPM_TRAIN_TIMESTEPS}, the noise schedule's "
+                               f"length (got {self.sample_steps})")
+        if not _is_number(self.eta) or not 0.0 <= self.eta <= 1.0:
+            raise LoragenError(f"generator.eta must be in [0, 1] (got {self.eta!r})")
+
+    @property
+    def steps_per_sample(self) -> int:
+        """Denoiser passes per generated adapter: DDIM runs `sample_steps`, DDPM the whole schedule."""
+        return self.sample_steps if self.sample_method == "ddim" else DDPM_TRAIN_TIMESTEPS
+
+
+@dataclass
+class GeneratorTaskLossSettings:
+    """The task loss beside the diffusion loss (loragen/generator/task_loss.py); off by default."""
+
     task_loss_weight: float = field(default=0.0, metadata={
         "help": "weight of the task loss beside the diffusion loss: the generator's predicted adapter applied to the "
                 "base, next-token loss on the task's training answers (0: off; needs bundled tasks' data)"})
@@ -195,39 +251,50 @@ class GeneratorSettings:
                   "timestep)"})
 
     def __post_init__(self) -> None:
-        _check_positive_ints("generator", self, ("token_size", "d_model", "n_layers", "d_state", "prototype_dim",
-                                                 "steps", "batch_size", "tokens_per_step", "checkpoint_every",
-                                                 "sample_steps"))
-        if self.d_model % 2:
-            raise LoragenError(f"generator.d_model must be even: the position code has sine and cosine halves "
-                               f"(got {self.d_model})")
-        problem = denoiser_channels_problem(self.denoiser_channels, DENOISER_NORM_GROUPS)
-        if problem:
-            raise LoragenError(f"generator.denoiser_channels {problem}")
-        _check_bools("generator", self, ("anchor", "permutation_states", "direct_readout"))
-        if not _is_int(self.memory_slots) or self.memory_slots < 0:
-            raise LoragenError(f"generator.memory_slots must be >= 0 (got {self.memory_slots!r})")
-        if not _is_int(self.memory_code_dim) or self.memory_code_dim < 0:
-            raise LoragenError(f"generator.memory_code_dim must be >= 0 (got {self.memory_code_dim!r})")
-        _check_positive_number("generator", "learning_rate", self.learning_rate)
-        _check_seed("generator", self.seed)
-        _check_choice("generator", "prediction_type", self.prediction_type, PREDICTION_TYPES)
-        _check_choice("generator", "sample_method", self.sample_method, SAMPLING_METHODS)
-        if self.sample_steps > DDPM_TRAIN_TIMESTEPS:
-            raise LoragenError(f"generator.sample_steps must be at most {DDPM_TRAIN_TIMESTEPS}, the noise schedule's "
-                               f"length (got {self.sample_steps})")
-        if not _is_number(self.eta) or not 0.0 <= self.eta <= 1.0:
-            raise LoragenError(f"generator.eta must be in [0, 1] (got {self.eta!r})")
         if not _is_number(self.task_loss_weight) or self.task_loss_weight < 0:  # _is_number: finite
             raise LoragenError(f"generator.task_loss_weight must be a number >= 0 (got {self.task_loss_weight!r})")
         _check_positive_ints("generator", self, ("task_loss_every", "task_examples_per_step",
                                                  "task_descriptions_per_step"))
         _check_choice("generator", "task_loss_timestep", self.task_loss_timestep, TASK_LOSS_TIMESTEPS)
 
+
+GENERATOR_SECTIONS = (GeneratorNetworkSettings, GeneratorTrainingSettings, GeneratorSamplingSettings,
+                      GeneratorTaskLossSettings)
+_Section = TypeVar("_Section")
+
+
+@dataclass
+class GeneratorSettings(GeneratorTaskLossSettings, GeneratorSamplingSettings, GeneratorTrainingSettings,
+                        GeneratorNetworkSettings):
+    """The generator's knobs: the four sections' fields side by side, in GENERATOR_SECTIONS' order (a dataclass
+    takes its bases' fields last base first). This flat form is loragen.toml's [generator] table, what the flags
+    override (dataclasses.replace) and what run folders and checkpoints record (asdict). `network`, `training`,
+    `sampling` and `task_loss` give a copy of one section, for code that needs only that. The only place these
+    defaults live.
+    """
+
+    def __post_init__(self) -> None:
+        for section in GENERATOR_SECTIONS:
+            section.__post_init__(self)
+
+    def _section(self, section: type[_Section]) -> _Section:
+        return section(**{f.name: getattr(self, f.name) for f in fields(section)})
+
     @property
-    def steps_per_sample(self) -> int:
-        """Denoiser passes per generated adapter: DDIM runs `sample_steps`, DDPM the whole schedule."""
-        return self.sample_steps if self.sample_method == "ddim" else DDPM_TRAIN_TIMESTEPS
+    def network(self) -> GeneratorNetworkSettings:
+        return self._section(GeneratorNetworkSettings)
+
+    @property
+    def training(self) -> GeneratorTrainingSettings:
+        return self._section(GeneratorTrainingSettings)
+
+    @property
+    def sampling(self) -> GeneratorSamplingSettings:
+        return self._section(GeneratorSamplingSettings)
+
+    @property
+    def task_loss(self) -> GeneratorTaskLossSettings:
+        return self._section(GeneratorTaskLossSettings)
 
 
 @dataclass

@@ -85,7 +85,7 @@ def test_cli_flags_are_checked_as_settings(capsys):
 def test_sample_steps_are_bounded_by_the_schedule_itself():
     from loragen.generator.diffusion import DDPMSchedule
 
-    length = DDPMSchedule().num_train_timesteps
+    length = DDPMSchedule(prediction_type=GeneratorSettings().prediction_type).num_train_timesteps
     assert GeneratorSettings(sample_steps=length).sample_steps == length
     with pytest.raises(LoragenError, match="generator.sample_steps"):
         GeneratorSettings(sample_steps=length + 1)
@@ -109,3 +109,27 @@ def test_the_projects_loragen_toml_restates_only_code_defaults():
 def test_float_setting_accepts_an_integer(tmp_path):
     (tmp_path / "loragen.toml").write_text("[finetune]\nlearning_rate = 1\n")
     assert load_settings(cwd=tmp_path).finetune.learning_rate == 1
+
+
+def test_generator_settings_are_four_sections_side_by_side():
+    """The flat form keeps the keys and order that loragen.toml, run folders' names and checkpoints record."""
+    from dataclasses import asdict, fields
+
+    from loragen.config import GENERATOR_SECTIONS, GeneratorSamplingSettings, GeneratorTrainingSettings
+
+    recorded = ["token_size", "d_model", "n_layers", "d_state", "prototype_dim", "denoiser_channels", "anchor",
+                "permutation_states", "memory_slots", "memory_code_dim", "direct_readout", "steps", "batch_size",
+                "tokens_per_step", "learning_rate", "checkpoint_every", "seed", "prediction_type", "sample_method",
+                "sample_steps", "eta", "task_loss_weight", "task_loss_every", "task_examples_per_step",
+                "task_descriptions_per_step", "task_loss_timestep"]
+    assert list(asdict(GeneratorSettings())) == recorded
+    assert [f.name for section in GENERATOR_SECTIONS for f in fields(section)] == recorded  # each key in one section
+    settings = GeneratorSettings(steps=5, sample_method="ddpm", task_loss_weight=0.5, d_model=64)
+    assert settings.training == GeneratorTrainingSettings(steps=5)
+    assert settings.sampling == GeneratorSamplingSettings(sample_method="ddpm")
+    assert settings.network.d_model == 64 and settings.task_loss.task_loss_weight == 0.5
+    assert settings.sampling.steps_per_sample == settings.steps_per_sample == 1000
+    with pytest.raises(LoragenError, match="generator.sample_steps"):
+        GeneratorSamplingSettings(sample_steps=0)  # a section checks its own fields
+    with pytest.raises(LoragenError, match="generator.d_model must be even"):
+        GeneratorSettings(d_model=33)  # and the whole checks every section

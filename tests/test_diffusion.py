@@ -20,7 +20,7 @@ def oracle(schedule: DDPMSchedule, x0: torch.Tensor):
 
 
 def test_schedule_values():
-    s = DDPMSchedule()
+    s = DDPMSchedule(prediction_type="epsilon")
     assert s.betas.shape == (1000,)
     assert s.betas[0].item() == pytest.approx(1e-4) and s.betas[-1].item() == pytest.approx(0.02)
     assert torch.all(s.alphas_cumprod[1:] < s.alphas_cumprod[:-1])
@@ -49,7 +49,7 @@ def test_schedule_values():
 )
 def test_schedule_rejects_bad_config(kwargs):
     with pytest.raises(LoragenError):
-        DDPMSchedule(**kwargs)
+        DDPMSchedule(prediction_type="epsilon", **kwargs)
 
 
 def test_schedule_from_dict_rejects_unknown_option():
@@ -58,7 +58,7 @@ def test_schedule_from_dict_rejects_unknown_option():
 
 
 def test_add_noise_statistics():
-    s = DDPMSchedule()
+    s = DDPMSchedule(prediction_type="epsilon")
     g = torch.Generator().manual_seed(0)
     n = 200_000
     x0 = torch.full((n,), 2.0)
@@ -71,7 +71,7 @@ def test_add_noise_statistics():
 
 
 def test_add_noise_per_row_timesteps():
-    s = DDPMSchedule()
+    s = DDPMSchedule(prediction_type="epsilon")
     x0 = torch.randn(4, 8)
     noise = torch.randn(4, 8)
     t = torch.tensor([0, 10, 500, 999])
@@ -85,7 +85,7 @@ def test_add_noise_per_row_timesteps():
 
 
 def test_ddim_timesteps():
-    s = DDPMSchedule()
+    s = DDPMSchedule(prediction_type="epsilon")
     for steps in (1, 7, 50, 60, 999, 1000):
         ts = s.ddim_timesteps(steps)
         assert ts.shape == (steps,) and ts.dtype == torch.long
@@ -99,12 +99,15 @@ def test_ddim_timesteps():
 
 
 def test_ddpm_full_chain_recovers_x0_with_oracle():
-    s = DDPMSchedule()
+    s = DDPMSchedule(prediction_type="epsilon")
     x0 = torch.randn(8, 16, generator=torch.Generator().manual_seed(1))
     calls = []
     out = s.sample(
         oracle(s, x0),
         x0.shape,
+        method="ddpm",
+        steps=None,
+        eta=0.0,
         generator=torch.Generator().manual_seed(2),
         progress=lambda done, total: calls.append((done, total)),
     )
@@ -114,7 +117,7 @@ def test_ddpm_full_chain_recovers_x0_with_oracle():
 
 @pytest.mark.parametrize("eta", [0.0, 0.5])
 def test_ddim_recovers_x0_with_oracle(eta):
-    s = DDPMSchedule()
+    s = DDPMSchedule(prediction_type="epsilon")
     x0 = torch.randn(8, 16, generator=torch.Generator().manual_seed(1))
     seen = []
 
@@ -132,7 +135,7 @@ def test_ddim_recovers_x0_with_oracle(eta):
 def test_reverse_chain_keeps_the_forward_marginals(method):
     # with the oracle, every x_t of the reverse chain must be distributed as q(x_t | x0):
     # mean sqrt(abar_t) x0, std sqrt(1 - abar_t); checks the posterior variance (DDPM) and sigma (DDIM, eta 1)
-    s = DDPMSchedule()
+    s = DDPMSchedule(prediction_type="epsilon")
     g = torch.Generator().manual_seed(5)
     x0 = torch.full((20_000, 1), 1.5)
     denoise = oracle(s, x0)
@@ -154,7 +157,7 @@ def test_reverse_chain_keeps_the_forward_marginals(method):
 
 
 def test_sampling_is_deterministic_given_the_generator():
-    s = DDPMSchedule(num_train_timesteps=100)
+    s = DDPMSchedule(prediction_type="epsilon", num_train_timesteps=100)
 
     def crude(x_t, t):  # a fixed, imperfect denoiser so the sampler's own noise matters
         return 0.5 * x_t
@@ -168,21 +171,21 @@ def test_sampling_is_deterministic_given_the_generator():
 
 
 def test_ddim_eta_zero_is_deterministic_from_x_T():
-    s = DDPMSchedule(num_train_timesteps=100)
+    s = DDPMSchedule(prediction_type="epsilon", num_train_timesteps=100)
     x_T = torch.randn(3, 5)
 
     def crude(x_t, t):
         return 0.3 * x_t
 
     a, b = (
-        s.sample(crude, x_T.shape, steps=10, method="ddim", x_T=x_T, generator=torch.Generator().manual_seed(i))
+        s.sample(crude, x_T.shape, steps=10, method="ddim", eta=0.0, x_T=x_T, generator=torch.Generator().manual_seed(i))
         for i in (0, 1)
     )
     assert torch.equal(a, b)
 
 
 def test_single_steps():
-    s = DDPMSchedule()
+    s = DDPMSchedule(prediction_type="epsilon")
     x0 = torch.randn(4, 8)
     noise = torch.randn(4, 8)
     x_t = s.add_noise(x0, noise, 0)
@@ -200,21 +203,21 @@ def test_single_steps():
 
 
 def test_clip_sample_bounds_predicted_x0():
-    s = DDPMSchedule(clip_sample=1.0)
+    s = DDPMSchedule(prediction_type="epsilon", clip_sample=1.0)
     x_t = torch.full((2, 3), 10.0)
     assert s.predict_x0(torch.zeros(2, 3), 10, x_t).max().item() == 1.0
-    out = s.sample(lambda x, t: torch.zeros_like(x), (2, 3), steps=5, method="ddim", x_T=x_t)
+    out = s.sample(lambda x, t: torch.zeros_like(x), (2, 3), steps=5, method="ddim", eta=0.0, x_T=x_t)
     assert out.abs().max().item() <= 1.0 + 1e-6
 
 
 def test_sample_argument_errors():
-    s = DDPMSchedule(num_train_timesteps=10)
+    s = DDPMSchedule(prediction_type="epsilon", num_train_timesteps=10)
     with pytest.raises(ValueError, match="ddim"):
-        s.sample(lambda x, t: x, (2, 2), steps=5, method="ddpm")
+        s.sample(lambda x, t: x, (2, 2), steps=5, method="ddpm", eta=0.0)
     with pytest.raises(ValueError, match="unknown sampling method"):
-        s.sample(lambda x, t: x, (2, 2), method="euler")
+        s.sample(lambda x, t: x, (2, 2), method="euler", steps=None, eta=0.0)
     with pytest.raises(ValueError, match="denoiser returned"):
-        s.sample(lambda x, t: x[:1], (2, 2))
+        s.sample(lambda x, t: x[:1], (2, 2), method="ddpm", steps=None, eta=0.0)
 
 
 def test_sample_prediction_is_converted_to_eps_for_the_samplers():
@@ -222,11 +225,35 @@ def test_sample_prediction_is_converted_to_eps_for_the_samplers():
     schedule = DDPMSchedule(prediction_type="sample")
     torch.manual_seed(0)
     x0 = torch.randn(3, 8)
-    out = schedule.sample(lambda x_t, t: x0, x0.shape, steps=20, method="ddim",
+    out = schedule.sample(lambda x_t, t: x0, x0.shape, steps=20, method="ddim", eta=0.0,
                           generator=torch.Generator().manual_seed(1))
     assert torch.allclose(out, x0, atol=1e-4)
     noise = torch.randn(3, 8)
     assert torch.equal(schedule.training_target(x0, noise), x0)
-    assert torch.equal(DDPMSchedule().training_target(x0, noise), noise)
+    assert torch.equal(DDPMSchedule(prediction_type="epsilon").training_target(x0, noise), noise)
     with pytest.raises(LoragenError, match="prediction_type"):
         DDPMSchedule(prediction_type="v")
+
+
+def test_no_default_where_a_setting_decides():
+    """The prediction type, sampling method, steps, eta and the task loss's timestep are the user's settings
+    (GeneratorSettings), so no function below them carries a default of its own that could disagree."""
+    import inspect
+
+    from loragen.generator.sampling import sample_state_dict, sample_tokens
+    from loragen.generator.task_loss import task_loss
+
+    decided = {DDPMSchedule: ["prediction_type"], DDPMSchedule.sample: ["method", "steps", "eta"],
+               sample_tokens: ["method", "steps", "eta"], sample_state_dict: ["method", "steps", "eta"],
+               task_loss: ["timestep"]}
+    for function, names in decided.items():
+        parameters = inspect.signature(function).parameters
+        for name in names:
+            assert parameters[name].default is inspect.Parameter.empty, (function.__qualname__, name)
+
+
+def test_a_schedule_saved_before_the_prediction_type_was_recorded_loads_as_epsilon():
+    saved = DDPMSchedule(prediction_type="epsilon").to_dict()
+    del saved["prediction_type"]
+    assert DDPMSchedule.from_dict(saved).prediction_type == "epsilon"
+    assert DDPMSchedule.from_dict({**saved, "prediction_type": "sample"}).prediction_type == "sample"

@@ -36,8 +36,8 @@ def _training_set(tiny_base, tmp_path):
                                       "prototype_dim": 32}],
                          ids=["mamba-only", "with-token-memory", "with-factorised-memory"])
 def test_tiny_generator_overfits_two_adapters_and_regenerates_them(tiny_base, tmp_path, variant):
+    from loragen.generator.sampling import LoadedGenerator, sample_state_dict
     from loragen.generator.training import train_generator
-    from loragen.workflows import LoadedGenerator, sample_state_dict
 
     data = _training_set(tiny_base, tmp_path)
     settings = GeneratorSettings(**dict(TINY, steps=600, **variant))
@@ -61,8 +61,8 @@ def test_tiny_generator_overfits_two_adapters_and_regenerates_them(tiny_base, tm
 
 
 def test_checkpoint_save_load_and_same_seed_same_adapter(tiny_base, tmp_path):
+    from loragen.generator.sampling import LoadedGenerator, sample_state_dict
     from loragen.generator.training import GeneratorCheckpoint, train_generator
-    from loragen.workflows import LoadedGenerator, sample_state_dict
 
     data = _training_set(tiny_base, tmp_path)
     checkpoint = train_generator(data, GeneratorSettings(**dict(TINY, steps=4, memory_slots=2, direct_readout=True)),
@@ -124,7 +124,7 @@ def test_cli_train_generate_registers_provenance_and_loads_in_peft(capsys, tiny_
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from loragen.generator.diffusion import DDPMSchedule
+    from loragen.config import DDPM_TRAIN_TIMESTEPS
 
     registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home, ["upper", "lower", "upper"], steps=8)
     trained = run_cli(capsys, "train", "--json")
@@ -154,7 +154,7 @@ def test_cli_train_generate_registers_provenance_and_loads_in_peft(capsys, tiny_
     ddpm = run_cli(capsys, "generate", "--task", "upper", "--base", "tiny", "--method", "ddpm", "--seed", "1", "--json")
     assert ddpm.code == 0, ddpm.err
     ddpm_provenance = run_cli(capsys, "show", ddpm.json()["id"], "--json").json()["provenance"]
-    assert ddpm_provenance["method"] == "ddpm" and ddpm_provenance["steps"] == DDPMSchedule().num_train_timesteps
+    assert ddpm_provenance["method"] == "ddpm" and ddpm_provenance["steps"] == DDPM_TRAIN_TIMESTEPS
 
 
 def test_generate_without_a_generator_is_a_clear_error(capsys, tiny_base):
@@ -211,7 +211,7 @@ def test_generate_samples_keeps_the_best_candidate_on_validation(capsys, tiny_ba
 
 
 def test_chunked_denoising_gives_the_same_tokens(tiny_base, tmp_path):
-    from loragen.generator.model import sample_tokens
+    from loragen.generator.sampling import sample_tokens
     from loragen.generator.training import train_generator
 
     data = _training_set(tiny_base, tmp_path)
@@ -219,21 +219,21 @@ def test_chunked_denoising_gives_the_same_tokens(tiny_base, tmp_path):
     model, layout = checkpoint.build_model(), checkpoint.layout
     positions = (layout.layer_index(), layout.module_index(), layout.slice_index())
     text, base = data.text_embeddings["alpha"][0], data.base_embeddings["tiny@v1"]
-    whole, chunked = (sample_tokens(model, checkpoint.schedule, positions, text, base, None, steps=3,
+    whole, chunked = (sample_tokens(model, checkpoint.schedule, positions, text, base, None, method="ddim", steps=3, eta=0.0,
                                     generator=torch.Generator().manual_seed(0), chunk_tokens=size)
                       for size in (10_000, 3))
     assert torch.allclose(whole, chunked, atol=1e-6)
 
 
-def _config(base_dim: int = 4):
-    """The network config of the TINY settings, for a one-module r=2 layout of 2 tokens."""
+def _config(base_dim: int = 4, settings=None):
+    """The network config of `settings` (default: TINY), for a one-module r=2 layout of 2 tokens."""
     from loragen.generator.model import generator_config_from_settings
     from loragen.generator.tokenizer import LoraLayout
 
     layout = LoraLayout.from_shapes({"base_model.model.layers.0.q_proj.lora_A.weight": (2, 8),
                                      "base_model.model.layers.0.q_proj.lora_B.weight": (8, 2)}, 32)
-    return generator_config_from_settings(GeneratorSettings(**TINY), layout, text_dim=8, base_dim=base_dim,
-                                          num_adapters=2)
+    return generator_config_from_settings(settings or GeneratorSettings(**TINY), layout, text_dim=8,
+                                          base_dim=base_dim, num_adapters=2)
 
 
 def test_base_scaling_does_not_blow_up_a_dimension_that_barely_moved():
@@ -253,14 +253,22 @@ def test_base_scaling_does_not_blow_up_a_dimension_that_barely_moved():
 def test_network_config_comes_from_the_settings():
     from dataclasses import MISSING, fields
 
-    from loragen.generator.model import GeneratorConfig
+    from loragen.config import GeneratorNetworkSettings
+    from loragen.generator.model import NETWORK_SETTINGS, GeneratorConfig
 
-    config = _config()
-    settings = GeneratorSettings(**TINY)
-    for name in ("token_size", "d_model", "n_layers", "d_state", "prototype_dim", "direct_readout", "memory_slots"):
-        assert getattr(config, name) == getattr(settings, name), name
-    assert config.denoiser_channels == tuple(settings.denoiser_channels)
-    assert config.num_tokens == 2 and config.num_permutation_states == 0  # memory on (16 slots), states off
+    settings = GeneratorSettings(**dict(TINY, memory_code_dim=4, permutation_states=True))
+    config = _config(settings=settings)
+    assert _config(settings=settings.network) == config   # the network section alone builds the same network
+    copied = [f.name for f in fields(GeneratorConfig) if f.name in NETWORK_SETTINGS]
+    assert {"token_size", "d_model", "n_layers", "d_state", "prototype_dim", "direct_readout", "memory_slots",
+            "memory_code_dim", "denoiser_channels"} == set(copied)
+    for name in copied:
+        value = getattr(settings, name)
+        assert getattr(config, name) == (tuple(value) if isinstance(value, list) else value), name
+    assert config.num_tokens == 2 and config.num_permutation_states == 2  # memory on (16 slots), one state each
+    assert _config().memory_code_dim == 0 and _config().num_permutation_states == 0
+    # Every network setting reaches the network: copied, or read to derive it (anchor: what the tokens hold).
+    assert set(copied) | {"permutation_states", "anchor"} == {f.name for f in fields(GeneratorNetworkSettings)}
     # No defaults of its own: a field the settings do not fill cannot silently take a stale value.
     assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(GeneratorConfig))
 

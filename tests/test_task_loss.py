@@ -42,8 +42,8 @@ def tiny_task_set(tiny_base, folder, *, r: int = 2):
 def held_in_loss(checkpoint, data, *, seed: int = 0, examples: int = 24) -> float:
     """Mean over tasks and their descriptions of the base's answer loss with the generated adapter."""
     from loragen.finetune import collate, encode_examples
+    from loragen.generator.sampling import LoadedGenerator, sample_state_dict
     from loragen.generator.task_loss import base_loss
-    from loragen.workflows import LoadedGenerator, sample_state_dict
 
     model, tokenizer = data.load_base("tiny@v1")
     generator = LoadedGenerator(uid="", checkpoint=checkpoint, model=checkpoint.build_model())

@@ -54,6 +54,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from loragen.architectures import (
+    CONFIG_SIZE_KEYS,
+    EMBEDDING_NAMES,
+    HEAD_NAMES,
+    LAYER_CONTAINER_PATTERN,
+    PROJECTION_ROLES,
+    ROLE_OF_PROJECTION,
+)
 from loragen.errors import LoragenError
 
 # ---------------------------------------------------------------------------
@@ -185,25 +193,9 @@ class TextEncoder:
 # ---------------------------------------------------------------------------
 # Base model
 
-STRUCT_FIELDS = (
-    ("hidden_size", "n_embd", "d_model"),
-    ("num_hidden_layers", "n_layer", "num_layers"),
-    ("intermediate_size", "n_inner", "ffn_dim"),
-    ("num_attention_heads", "n_head"),
-    ("num_key_value_heads", "num_attention_heads", "n_head"),  # no GQA: as many KV heads as heads
-    ("vocab_size",),
-)
+STRUCT_FIELDS = CONFIG_SIZE_KEYS
 TYPE_CODE_DIM = 8
-SLOTS = ("q", "k", "v", "o", "gate", "up", "down", "other")
-SLOT_OF_LEAF = {
-    "q_proj": "q", "query": "q", "wq": "q",
-    "k_proj": "k", "key": "k", "wk": "k",
-    "v_proj": "v", "value": "v", "wv": "v",
-    "o_proj": "o", "out_proj": "o", "wo": "o",
-    "gate_proj": "gate", "w1": "gate",
-    "up_proj": "up", "w3": "up", "fc1": "up", "c_fc": "up",
-    "down_proj": "down", "w2": "down", "fc2": "down",
-}
+SLOTS = PROJECTION_ROLES + ("other",)  # other: fused or unknown projections
 DEPTH_BINS = 4
 MATRIX_STATS = 4  # log2(std)/16, mean/std, mean|w|/std, sketch/std
 VECTOR_STATS = 2  # mean, std
@@ -217,9 +209,7 @@ BASE_EMBED_DIM = STRUCT_DIM + LAYER_MATRIX_DIM + LAYER_VECTOR_DIM + GLOBAL_DIM  
 # registry recompute them. Bump it when the layout or a statistic changes.
 BASE_EMBED_FORMAT_VERSION = 1
 
-_LAYER_RE = re.compile(r"^(.*?)(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.(.+)$")
-_EMBED_LEAVES = ("embed_tokens", "wte", "word_embeddings", "tok_embeddings")
-_HEAD_LEAVES = ("lm_head", "output")
+_LAYER_RE = re.compile(rf"^(.*?)(?:^|\.){LAYER_CONTAINER_PATTERN}\.(\d+)\.(.+)$")
 _SKETCH_SALT = b"loragen-base-sketch-v1"
 _LOG_SCALE = 16.0
 _MIN_STD = 1e-12
@@ -334,7 +324,7 @@ def weight_features(state_dict: Mapping[str, torch.Tensor], num_layers_hint: int
         vectors = []
         for name, tensor in sorted(items, key=lambda item: item[0]):
             if tensor.ndim == 2 and name.endswith(".weight"):
-                slot = SLOTS.index(SLOT_OF_LEAF.get(_leaf(name[: -len(".weight")]), "other"))
+                slot = SLOTS.index(ROLE_OF_PROJECTION.get(_leaf(name[: -len(".weight")]), "other"))
                 slot_sums[slot] += matrix_stats(tensor)
                 slot_counts[slot] += 1
             elif tensor.ndim == 1:
@@ -359,8 +349,8 @@ def weight_features(state_dict: Mapping[str, torch.Tensor], num_layers_hint: int
                 vector_part[b] = np.mean(vecs, axis=0)
 
     global_part = np.zeros(GLOBAL_DIM)
-    embed = _find_outside(outside, _EMBED_LEAVES)
-    head = _find_outside(outside, _HEAD_LEAVES)
+    embed = _find_outside(outside, EMBEDDING_NAMES)
+    head = _find_outside(outside, HEAD_NAMES)
     embed_stats = matrix_stats(embed) if embed is not None else None
     if embed_stats is not None:
         global_part[0:MATRIX_STATS] = embed_stats

@@ -1,14 +1,17 @@
-"""DDPM noise schedule and the DDPM / DDIM samplers, independent of any network.
+"""The diffusion objective: DDPM noise schedule, the training loss, and the DDPM / DDIM sampling loop.
 
 The schedule only does arithmetic on tensors (diffusers' split): the denoiser
-predicts the noise `eps` of x_t, the schedule turns it into x_{t-1}.
+predicts the noise `eps` (or x0) of x_t, the schedule turns it into x_{t-1}.
 
-    schedule = DDPMSchedule()                      # beta linear 1e-4 .. 0.02, T = DDPM_TRAIN_TIMESTEPS
-    x_t = schedule.add_noise(x0, noise, t)         # training: t is (N,) long
-    x0 = schedule.sample(lambda x, t: model(x, proto, t), shape, method="ddim", steps=60)
+    schedule = DDPMSchedule(prediction_type="sample")  # beta linear 1e-4 .. 0.02, T = DDPM_TRAIN_TIMESTEPS
+    x_t = schedule.add_noise(x0, noise, t)              # training: t is (N,) long
+    loss = diffusion_loss(model, schedule, tokens, mask, ...)   # what the generator is trained on
+    x0 = schedule.sample(lambda x, t: model(x, proto, t), shape, method="ddim", steps=10, eta=0.0)
 
 Timesteps run 0 .. T-1; t = 0 is the least noisy. Coefficients are computed in
-float64 and cast to the data's dtype where they are used.
+float64 and cast to the data's dtype where they are used. Nothing here has a default
+that a setting also has: prediction type, method, steps and eta come from the caller
+(GeneratorSettings in loragen/config.py, or a checkpoint).
 """
 
 from __future__ import annotations
@@ -16,11 +19,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from loragen.config import DDPM_TRAIN_TIMESTEPS, PREDICTION_TYPES, SAMPLING_METHODS
 from loragen.errors import LoragenError
+
+if TYPE_CHECKING:
+    from loragen.generator.model import ORALGenerator
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ProgressFn = Callable[[int, int], None]
@@ -34,15 +41,16 @@ class DDPMSchedule:
     at every sampling step (off by default: z-scored LoRA values are not bounded).
     prediction_type: what the network predicts, as in diffusers: "epsilon" (the
     noise, DDPM's choice) or "sample" (x0). The samplers always step with eps;
-    a "sample" prediction is converted first.
+    a "sample" prediction is converted first. No default: it is the generator's
+    setting (GeneratorSettings.prediction_type), saved with its checkpoint.
     """
 
+    prediction_type: str
     num_train_timesteps: int = DDPM_TRAIN_TIMESTEPS
     beta_start: float = 1e-4
     beta_end: float = 0.02
     beta_schedule: str = "linear"
     clip_sample: float | None = None
-    prediction_type: str = "epsilon"
 
     betas: torch.Tensor = field(init=False, repr=False, compare=False)
     alphas: torch.Tensor = field(init=False, repr=False, compare=False)
@@ -76,7 +84,8 @@ class DDPMSchedule:
         unknown = set(data) - known
         if unknown:
             raise LoragenError(f"unknown diffusion schedule option(s): {', '.join(sorted(unknown))}")
-        return cls(**dict(data))
+        # Checkpoints written before the prediction type was recorded predicted the noise.
+        return cls(**{"prediction_type": "epsilon", **dict(data)})
 
     # -- helpers ------------------------------------------------------------
 
@@ -111,6 +120,10 @@ class DDPMSchedule:
             return output
         abar = self._alpha_bar(t)
         return (x_t - abar ** 0.5 * output) / (1.0 - abar) ** 0.5
+
+    def x0_from_output(self, output: torch.Tensor, t: int | torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        """The network's output as a clean-sample estimate, whatever it predicts."""
+        return self.predict_x0(output, t, x_t) if self.prediction_type == "epsilon" else output
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         """q(x_t | x0): sqrt(abar_t) x0 + sqrt(1 - abar_t) noise.
@@ -220,9 +233,9 @@ class DDPMSchedule:
         denoise_fn: DenoiseFn,
         shape: Sequence[int],
         *,
-        steps: int | None = None,
-        method: str = "ddpm",
-        eta: float = 0.0,
+        method: str,
+        steps: int | None,
+        eta: float,
         generator: torch.Generator | None = None,
         progress: ProgressFn | None = None,
         device: torch.device | str | None = None,
@@ -232,6 +245,7 @@ class DDPMSchedule:
         """Draw x0 of `shape` by running the reverse chain from pure noise.
 
         denoise_fn(x_t, t) -> eps (or x0, per prediction_type), with t a (shape[0],) long tensor.
+        method: "ddpm" or "ddim"; eta: DDIM's noise (0: deterministic; DDPM ignores it).
         steps: None runs every one of the T timesteps; DDPM only runs all of them,
         DDIM runs `steps` evenly spaced ones. progress(done, total) is called after
         each step. Deterministic for a given `generator` (which must live on
@@ -273,3 +287,25 @@ class DDPMSchedule:
                 if progress is not None:
                     progress(i + 1, total)
         return x
+
+
+def diffusion_loss(model: ORALGenerator, schedule: DDPMSchedule, tokens: torch.Tensor, mask: torch.Tensor,
+                   positions: tuple[torch.Tensor, torch.Tensor, torch.Tensor], text: torch.Tensor,
+                   base: torch.Tensor, state: torch.Tensor | None, tokens_per_step: int,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """DDPM loss (eps or x0 target, per the schedule) on a random subset of the batch's tokens (RPG bounds memory so).
+
+    tokens/mask: (B, L, token_size); padding (mask False) is left out of the loss.
+    """
+    batch, length, token_size = tokens.shape
+    prototypes = model.prototypes(*positions, text, base, state)            # (B, L, P)
+    flat_tokens, flat_mask = tokens.reshape(-1, token_size), mask.reshape(-1, token_size)
+    flat_protos = prototypes.reshape(batch * length, -1)
+    count = min(tokens_per_step, batch * length)
+    chosen = torch.randperm(batch * length, generator=generator)[:count].to(tokens.device)
+    x0, keep, protos = flat_tokens[chosen], flat_mask[chosen], flat_protos[chosen]
+    t = schedule.sample_timesteps(count, generator=generator).to(tokens.device)
+    noise = torch.randn(x0.shape, generator=generator).to(tokens.device)
+    output = model.denoise(schedule.add_noise(x0, noise, t), protos, t)
+    squared = (output - schedule.training_target(x0, noise)) ** 2
+    return (squared * keep).sum() / keep.sum().clamp_min(1)

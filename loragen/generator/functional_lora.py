@@ -17,9 +17,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from loragen.architectures import PEFT_PREFIX
 from loragen.errors import InvalidAdapter
-
-_PEFT_PREFIX = "base_model.model."
 
 
 def lora_pairs(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -34,7 +33,7 @@ def lora_pairs(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.
         kind = tail.split(".", 1)[0]
         if not tail or kind not in ("A", "B"):
             raise InvalidAdapter(f"adapter key {key!r} is not a LoRA A or B matrix")
-        module = head.removeprefix(_PEFT_PREFIX)
+        module = head.removeprefix(PEFT_PREFIX)
         halves.setdefault(module, {})[kind] = value
     incomplete = sorted(m for m, pair in halves.items() if set(pair) != {"A", "B"})
     if incomplete:

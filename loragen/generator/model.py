@@ -7,32 +7,36 @@ Read top to bottom:
   3. a Mamba stack reads that sequence and emits one prototype per token. It never
      sees the noisy weights, so at sampling time it runs once per adapter;
   4. a small per-token conv denoiser predicts the noise of each token given its
-     prototype and the timestep. The noise schedule lives in diffusion.py.
+     prototype and the timestep. The noise schedule and the training loss live in
+     diffusion.py; drawing an adapter, in sampling.py.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
 
-from loragen.config import GeneratorSettings
-from loragen.generator.diffusion import DDPMSchedule
+from loragen.config import GeneratorNetworkSettings
+from loragen.generator.diffusion import DDPMSchedule, diffusion_loss
 from loragen.generator.modules.denoiser import DenoiserConfig, TokenDenoiser
 from loragen.generator.modules.mamba import MambaConfig, MambaStack
 from loragen.generator.tokenizer import LoraLayout
+
+NETWORK_SETTINGS = frozenset(f.name for f in fields(GeneratorNetworkSettings))
 
 
 @dataclass
 class GeneratorConfig:
     """The network's shape, saved with every checkpoint.
 
-    No defaults: the user's defaults live in GeneratorSettings (loragen/config.py), and
-    `generator_config_from_settings` is the one place that turns settings into this.
+    No defaults: the user's defaults live in GeneratorSettings' network section (loragen/config.py), and
+    `generator_config_from_settings` is the one place that turns settings into this: the fields named like a
+    network setting are copied from it, the others derived from the adapters and conditions.
     """
 
     token_size: int                   # LoRA values per token
@@ -77,20 +81,23 @@ class GeneratorConfig:
         return cls(**{"memory_code_dim": 0, **{key: value for key, value in data.items() if key != "max_layers"}})
 
 
-def generator_config_from_settings(settings: GeneratorSettings, layout: LoraLayout, *, text_dim: int, base_dim: int,
-                                   num_adapters: int) -> GeneratorConfig:
-    """The network `settings` describe, sized for adapters of `layout`, conditions of `text_dim`/`base_dim`
-    values, and `num_adapters` training adapters (one permutation state each, when those are on)."""
-    return GeneratorConfig(
-        token_size=settings.token_size, d_model=settings.d_model, n_layers=settings.n_layers,
-        d_state=settings.d_state, prototype_dim=settings.prototype_dim,
-        denoiser_channels=tuple(settings.denoiser_channels), direct_readout=settings.direct_readout,
-        memory_slots=settings.memory_slots, memory_code_dim=settings.memory_code_dim if settings.memory_slots else 0,
-        num_tokens=layout.num_tokens if settings.memory_slots else 0,
-        text_dim=text_dim, base_dim=base_dim,
-        num_permutation_states=num_adapters if settings.permutation_states else 0,
+def generator_config_from_settings(network: GeneratorNetworkSettings, layout: LoraLayout, *, text_dim: int,
+                                   base_dim: int, num_adapters: int) -> GeneratorConfig:
+    """The network `network` describes (a GeneratorSettings, or its `network` section), sized for adapters of
+    `layout`, conditions of `text_dim`/`base_dim` values, and `num_adapters` training adapters (one permutation
+    state each, when those are on).
+
+    Every config field named like a network setting is copied by name; the rest are derived here.
+    """
+    copied = {f.name: getattr(network, f.name) for f in fields(GeneratorConfig) if f.name in NETWORK_SETTINGS}
+    return GeneratorConfig(**{
+        **copied,
+        "memory_code_dim": network.memory_code_dim if network.memory_slots else 0,
+        "num_tokens": layout.num_tokens if network.memory_slots else 0,
+        "text_dim": text_dim, "base_dim": base_dim,
+        "num_permutation_states": num_adapters if network.permutation_states else 0,
         # At least 64 rows, as every checkpoint so far; rows a layout does not use are never read.
-        num_module_types=max(64, len(layout.module_names)))
+        "num_module_types": max(64, len(layout.module_names))})
 
 
 def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -249,48 +256,12 @@ class ORALGenerator(nn.Module):
         return diffusion_loss(self, schedule, tokens, mask, positions, text, base, state, tokens_per_step, generator)
 
 
-def diffusion_loss(model: ORALGenerator, schedule: DDPMSchedule, tokens: torch.Tensor, mask: torch.Tensor,
-                   positions: tuple[torch.Tensor, torch.Tensor, torch.Tensor], text: torch.Tensor,
-                   base: torch.Tensor, state: torch.Tensor | None, tokens_per_step: int,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """DDPM loss (eps or x0 target, per the schedule) on a random subset of the batch's tokens (RPG bounds memory so).
 
-    tokens/mask: (B, L, token_size); padding (mask False) is left out of the loss.
-    """
-    batch, length, token_size = tokens.shape
-    prototypes = model.prototypes(*positions, text, base, state)            # (B, L, P)
-    flat_tokens, flat_mask = tokens.reshape(-1, token_size), mask.reshape(-1, token_size)
-    flat_protos = prototypes.reshape(batch * length, -1)
-    count = min(tokens_per_step, batch * length)
-    chosen = torch.randperm(batch * length, generator=generator)[:count].to(tokens.device)
-    x0, keep, protos = flat_tokens[chosen], flat_mask[chosen], flat_protos[chosen]
-    t = schedule.sample_timesteps(count, generator=generator).to(tokens.device)
-    noise = torch.randn(x0.shape, generator=generator).to(tokens.device)
-    output = model.denoise(schedule.add_noise(x0, noise, t), protos, t)
-    squared = (output - schedule.training_target(x0, noise)) ** 2
-    return (squared * keep).sum() / keep.sum().clamp_min(1)
+def __getattr__(name: str) -> Any:
+    """`sample_tokens` moved to loragen.generator.sampling (issue 19); loragen.workflows and bench/bench_scale.py
+    still import it from here until they are rewired. Remove this then."""
+    if name == "sample_tokens":
+        from loragen.generator.sampling import sample_tokens
 
-
-@torch.no_grad()
-def sample_tokens(model: ORALGenerator, schedule: DDPMSchedule, positions: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                  text: torch.Tensor, base: torch.Tensor, state: torch.Tensor | None, *, method: str = "ddim",
-                  steps: int | None = 50, eta: float = 0.0, generator: torch.Generator | None = None,
-                  progress=None, chunk_tokens: int = 2048) -> torch.Tensor:
-    """Generate one adapter's tokens (L, token_size): prototypes once, then every token denoised independently.
-
-    Tokens go through the denoiser `chunk_tokens` at a time, so the working memory
-    beyond the (L, token_size) sample itself stays fixed however large the adapter.
-    """
-    prototypes = model.prototypes(*positions, text[None], base[None], state[None] if state is not None else None)[0]
-    length = prototypes.shape[0]
-    # The prototype's projections do not change between steps: computed once when the adapter
-    # fits one chunk (kept for every chunk they would cost ~2.5x the sample's memory).
-    features = model.denoiser.prototype_features(prototypes) if length <= chunk_tokens else None
-
-    def denoise_in_chunks(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return torch.cat([model.denoise(x_t[i:i + chunk_tokens], prototypes[i:i + chunk_tokens], t[i:i + chunk_tokens],
-                                        features)
-                          for i in range(0, length, chunk_tokens)])
-
-    return schedule.sample(denoise_in_chunks, (length, model.config.token_size), steps=steps, method=method, eta=eta,
-                           generator=generator, progress=progress, device=prototypes.device)
+        return sample_tokens
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

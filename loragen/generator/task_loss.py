@@ -30,7 +30,8 @@ from torch.utils.checkpoint import checkpoint
 from loragen.generator.diffusion import DDPMSchedule
 from loragen.generator.functional_lora import applied_lora
 from loragen.generator.model import ORALGenerator
-from loragen.generator.tokenizer import LoraLayout, NormStats, tokens_to_tensors
+from loragen.generator.sampling import adapter_from_tokens
+from loragen.generator.tokenizer import LoraLayout, NormStats
 
 
 def predicted_tokens(model: ORALGenerator, schedule: DDPMSchedule, positions: tuple[torch.Tensor, ...],
@@ -66,30 +67,20 @@ def predicted_tokens(model: ORALGenerator, schedule: DDPMSchedule, positions: tu
         output = torch.cat([checkpoint(model.denoise, flat_x_t[i:i + chunk_tokens], flat_protos[i:i + chunk_tokens],
                                        t_tokens[i:i + chunk_tokens], use_reentrant=False)
                             for i in range(0, batch * length, chunk_tokens)])
-    if schedule.prediction_type == "epsilon":
-        output = schedule.predict_x0(output, t_tokens, flat_x_t)
-    return output.reshape(batch, length, size)
-
-
-def adapter_from_tokens(tokens: torch.Tensor, layout: LoraLayout, stats: NormStats,
-                        anchor: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """One adapter's tokens (L, token_size) -> PEFT state dict, keeping the graph; the anchor is added back."""
-    residual = tokens_to_tensors(tokens, layout, stats)
-    if not anchor:
-        return residual
-    return {key: value + anchor[key].to(value.device, value.dtype) for key, value in residual.items()}
+    return schedule.x0_from_output(output, t_tokens, flat_x_t).reshape(batch, length, size)
 
 
 def task_loss(model: ORALGenerator, schedule: DDPMSchedule, layout: LoraLayout, stats: NormStats,
               anchor: Mapping[str, torch.Tensor], lora_scale: float, positions: tuple[torch.Tensor, ...],
               text: torch.Tensor, base: torch.Tensor, state: torch.Tensor | None,
-              bases: Sequence[nn.Module], batches: Sequence[Mapping[str, torch.Tensor]], *, timestep: str = "noise",
+              bases: Sequence[nn.Module], batches: Sequence[Mapping[str, torch.Tensor]], *, timestep: str,
               clean: torch.Tensor | None = None, generator: torch.Generator | None = None,
               chunk_tokens: int = 4096) -> torch.Tensor:
     """Mean next-token loss of B generated adapters, adapter i applied to `bases[i]` on `batches[i]`.
 
     text/base: (B, dim) conditions; batches[i]: input_ids, attention_mask and labels (answer tokens only,
     as loragen.finetune.collate builds them). The bases stay frozen: only the generator gets gradients.
+    timestep: where x0 is read (see `predicted_tokens`; the setting GeneratorSettings.task_loss_timestep).
     """
     tokens = predicted_tokens(model, schedule, positions, text, base, state, timestep=timestep, clean=clean,
                               generator=generator, chunk_tokens=chunk_tokens)

@@ -22,16 +22,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from loragen.architectures import LAYER_CONTAINER_PATTERN, PEFT_PREFIX
 from loragen.errors import InvalidAdapter, LoragenError
 
 LAYOUT_FORMAT_VERSION = 1
 STATS_FORMAT_VERSION = 1
 DEFAULT_MIN_STD = 1e-8
 
-# `.layers.3.` (Llama, Mistral, Qwen, Gemma), `.h.3.` (GPT-2), `.blocks.3.`, `.block.3.` (T5)
-_LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)")
-# PEFT's wrapper prefix, dropped from module names of keys that carry no layer index
-_PEFT_PREFIX = "base_model.model."
+# A layer index: `.layers.3.` (Llama), `.h.3.` (GPT-2), ... (loragen/architectures.py)
+_LAYER_RE = re.compile(rf"(?:^|\.){LAYER_CONTAINER_PATTERN}\.(\d+)(?:\.|$)")
 
 
 def _kind_rank(kind: str) -> int:
@@ -63,7 +62,7 @@ def parse_key(key: str) -> tuple[int, str, str]:
         module = head[match.end() :]
     else:
         layer = 0
-        module = head[len(_PEFT_PREFIX) :] if head.startswith(_PEFT_PREFIX) else head
+        module = head.removeprefix(PEFT_PREFIX)  # PEFT's wrapper prefix, where no layer index follows
     return layer, module, kind
 
 

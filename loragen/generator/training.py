@@ -23,6 +23,7 @@ from loragen.errors import LoragenError
 from loragen.generator.conditioning import BASE_EMBED_FORMAT_VERSION
 from loragen.generator.diffusion import DDPMSchedule
 from loragen.generator.model import GeneratorConfig, ORALGenerator, generator_config_from_settings
+from loragen.generator.sampling import token_positions
 from loragen.generator.tokenizer import LoraLayout, NormStats, tokenize
 
 WEIGHTS_FILE = "generator.safetensors"
@@ -144,10 +145,6 @@ def common_layout(adapters: Sequence[TrainingAdapter], token_size: int) -> LoraL
     return LoraLayout.from_state_dict(adapters[0].state_dict, token_size)
 
 
-def _positions(layout: LoraLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return layout.layer_index(), layout.module_index(), layout.slice_index()
-
-
 @dataclass
 class Prepared:
     """What training reads off a training set: the token layout and scaling, every adapter as tokens, and the
@@ -182,7 +179,7 @@ def prepare_training(data: TrainingSet, settings: GeneratorSettings) -> Prepared
     model.condition.fit_base_scaling(torch.stack(list(base_table.values())))
     return Prepared(layout=layout, anchor=anchor, stats=stats, tokens=torch.stack([t for t, _ in tokenized]),
                     masks=torch.stack([m for _, m in tokenized]).float(),
-                    schedule=DDPMSchedule(prediction_type=settings.prediction_type), positions=_positions(layout),
+                    schedule=DDPMSchedule(prediction_type=settings.prediction_type), positions=token_positions(layout),
                     base_rows=torch.stack([base_table[a.base] for a in data.adapters]), model=model)
 
 
