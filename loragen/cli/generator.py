@@ -11,6 +11,7 @@ import typer
 from loragen.cli.context import state
 from loragen.cli.options import split_names
 from loragen.cli.render import Column, StepProgress, render, say
+from loragen.config import SELECT_LIMIT
 
 
 def train(tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these tasks' adapters (comma-separated)."),
@@ -83,7 +84,7 @@ def generate(task: str = typer.Option(..., "--task", help="A task name in the re
              generator: Optional[str] = typer.Option(None, "--generator", help="Generator id (default: newest)."),
              method: Optional[str] = typer.Option(None, help="ddim or ddpm (settings: generator.sample_method)."),
              sample_steps: Optional[int] = typer.Option(None, help="DDIM steps (settings: generator.sample_steps)."),
-             select_limit: int = typer.Option(50, min=1, help="Validation examples per candidate when --samples > 1."),
+             select_limit: int = typer.Option(SELECT_LIMIT, min=1, help="Validation examples per candidate when --samples > 1."),
              out: Optional[Path] = typer.Option(None, "--out", help="Also export the adapter to this folder."),
              as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
     """Generate a LoRA adapter from a task description and register it (origin=generated)."""

@@ -10,7 +10,7 @@ import typer
 from loragen.cli.context import state
 from loragen.cli.options import split_names
 from loragen.cli.render import Column, StepProgress, render
-from loragen.config import REFRESH_SAMPLES
+from loragen.config import REFRESH_SAMPLES, SELECT_LIMIT
 
 
 def _score(item: dict, key: str) -> Optional[str]:
@@ -41,7 +41,7 @@ def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this b
             no_shift: bool = typer.Option(
                 False, "--no-shift",
                 help="Leave out the shifted candidate: the carried-over adapter moved by the generator's predicted change."),
-            select_limit: int = typer.Option(50, "--select-limit", min=1, help="Validation examples per candidate."),
+            select_limit: int = typer.Option(SELECT_LIMIT, "--select-limit", min=1, help="Validation examples per candidate."),
             run_eval: bool = typer.Option(False, "--eval", help="Score old-on-new, zero-shot and refreshed with lm-eval."),
             limit: Optional[int] = typer.Option(None, "--limit", help="Examples per task for --eval (settings: eval.limit)."),
             seed: int = typer.Option(0, help="Sampling seed."),

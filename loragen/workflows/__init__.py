@@ -57,7 +57,6 @@ from loragen.workflows.generation import (
     Candidate,
     Drawn,
     GenerateResult,
-    LoadedGenerator,
     choose,
     draw,
     generate,
@@ -84,6 +83,7 @@ __all__ = [
 # The data-parallel helpers live beside the generator's training loop, whose module imports torch: handed out on
 # first use, so importing the workflows (as every CLI command does) stays light.
 _GENERATOR_TRAINING = ("distributed_rank", "join_process_group", "ranks_weight_digests")
+_GENERATOR_SAMPLING = ("LoadedGenerator",)  # likewise: the loaded generator's type lives beside the sampler
 
 
 def __getattr__(name: str):
@@ -91,5 +91,9 @@ def __getattr__(name: str):
         from loragen.generator import training
 
         return getattr(training, name)
+    if name in _GENERATOR_SAMPLING:
+        from loragen.generator import sampling
+
+        return getattr(sampling, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

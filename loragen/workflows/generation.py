@@ -8,9 +8,9 @@ import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from loragen.config import GeneratorSettings
+from loragen.config import SELECT_LIMIT, GeneratorSettings
 from loragen.errors import LoragenError, quoted
 from loragen.inputs import check_text
 from loragen.registry.models import Origin
@@ -18,18 +18,15 @@ from loragen.registry.store import BaseVersionInfo, Registered, Registry, check_
 from loragen.workflows.bases import base_condition, bundled_task, find_task, load_base, text_encoder
 from loragen.workflows.evaluate import validation_scores
 
+if TYPE_CHECKING:
+    from loragen.generator.sampling import LoadedGenerator
+
 MAX_SEED = 2**63 - 1  # torch.Generator's seeds
-
-
-@dataclass
-class LoadedGenerator:
-    uid: str
-    checkpoint: Any          # GeneratorCheckpoint
-    model: Any               # ORALGenerator
 
 
 def load_generator(registry: Registry, ref: str | None = None) -> LoadedGenerator:
     from loragen.generator.conditioning import BASE_EMBED_FORMAT_VERSION
+    from loragen.generator.sampling import LoadedGenerator
     from loragen.generator.training import META_FILE, WEIGHTS_FILE, GeneratorCheckpoint
 
     folder, uid = registry.generator_folder(ref, weights_name=WEIGHTS_FILE, meta_name=META_FILE)
@@ -40,28 +37,14 @@ def load_generator(registry: Registry, ref: str | None = None) -> LoadedGenerato
     return LoadedGenerator(uid=uid, checkpoint=checkpoint, model=checkpoint.build_model())
 
 
-def sample_state_dict(generator: LoadedGenerator, text, base, *, seed: int, method: str, steps: int, eta: float,
-                      progress: Callable[[int, int], None] | None = None):
-    """One adapter's LoRA tensors from a condition; the same seed gives the same tensors."""
-    import torch
+def sample_state_dict(generator: LoadedGenerator, text, base, **options) -> dict:
+    """The generator's draw (loragen.generator.sampling.sample_state_dict: seed, method, steps, eta, progress),
+    imported on first use so that importing the workflows loads no torch."""
+    from loragen.generator import sampling
 
-    from loragen.generator.model import sample_tokens
-    from loragen.generator.tokenizer import detokenize
-
-    checkpoint = generator.checkpoint
-    rng = torch.Generator().manual_seed(seed)
-    state = None
-    if checkpoint.config.num_permutation_states:  # RPG: one training state drawn at random
-        state = torch.randint(checkpoint.config.num_permutation_states, (), generator=rng)
-    positions = (checkpoint.layout.layer_index(), checkpoint.layout.module_index(), checkpoint.layout.slice_index())
-    tokens = sample_tokens(generator.model, checkpoint.schedule, positions, text.float(), base.float(), state,
-                           method=method, steps=None if method == "ddpm" else steps, eta=eta, generator=rng,
-                           progress=progress)
-    residual = detokenize(tokens, checkpoint.layout, checkpoint.stats)
-    return {k: v + checkpoint.anchor[k] if checkpoint.anchor else v for k, v in residual.items()}
+    return sampling.sample_state_dict(generator, text, base, **options)
 
 
-# Latin letters that Unicode decomposition leaves whole; spelled the way German, Danish, Polish, … write them in ASCII.
 _LATIN_LETTERS_TO_ASCII = str.maketrans({
     "ß": "ss", "ẞ": "SS", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o", "Ø": "O", "ł": "l", "Ł": "L",
     "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "þ": "th", "Þ": "TH", "ı": "i"})
@@ -152,7 +135,7 @@ class GenerateResult:
 
 def generate(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref: str, seed: int = 0,
              samples: int = 1, name: str | None = None, generator_ref: str | None = None,
-             select_limit: int = 50, validate_on: str | None = None, replaces: str | None = None,
+             select_limit: int = SELECT_LIMIT, validate_on: str | None = None, replaces: str | None = None,
              loaded: LoadedGenerator | None = None,
              progress: Callable[[int, int], None] | None = None) -> GenerateResult:
     """Generate an adapter for `task` (a registered task name or a free description) on a base version.
@@ -224,7 +207,7 @@ class Drawn:
 def draw(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref: str, seed: int, samples: int,
          name: str | None = None, generator_ref: str | None = None, loaded: LoadedGenerator | None = None,
          progress: Callable[[int, int], None] | None = None, validate_on: str | None = None,
-         select_limit: int = 50) -> Drawn:
+         select_limit: int = SELECT_LIMIT) -> Drawn:
     """Check the request (the validation set for several samples included) before loading the generator, then
     sample `samples` adapters (seeds seed, seed+1, …)."""
     import time

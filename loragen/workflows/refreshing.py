@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from loragen.config import REFRESH_SAMPLES, GeneratorSettings
+from loragen.config import REFRESH_SAMPLES, SELECT_LIMIT, GeneratorSettings
 from loragen.errors import LoragenError
 from loragen.registry.models import Origin
 from loragen.registry.store import Registry
@@ -87,7 +87,7 @@ def _newest_versions(registry: Registry, base: str | None) -> list[str]:
 
 def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None = None,
             tasks: Sequence[str] | None = None, seed: int = 0, samples: int = REFRESH_SAMPLES, validate: bool = True,
-            shift: bool = True, select_limit: int = 50, evaluate_limit: int | None = None, run_eval: bool = False,
+            shift: bool = True, select_limit: int = SELECT_LIMIT, evaluate_limit: int | None = None, run_eval: bool = False,
             progress: Callable[[int, int], None] | None = None) -> list[RefreshItem]:
     """Give each task an adapter for the newest base version; idempotent (done tasks are skipped).
 
