@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import BASE, command_line, git_revision, machine, open_registry, write_json
+from bench.harness import BASE, command_line, machine, open_registry, write_summary
 
 
 def main() -> None:
@@ -93,8 +93,8 @@ def main() -> None:
                "final_loss": checkpoint.training["final_loss"], "train_s": round(train_s, 1),
                "settings": {k: getattr(settings, k) for k in overrides}}
     print(summary)
-    write_json(args.out, {"command": command_line(), "machine": machine(), "revision": git_revision(),
-                          "summary": summary, "rows": rows})
+    write_summary(args.out, {"command": command_line(), "machine": machine(),
+                             "summary": summary, "rows": rows})
 
 
 if __name__ == "__main__":

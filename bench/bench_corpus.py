@@ -77,7 +77,7 @@ def _read_rows(path: Path) -> list[dict]:
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
     """Write all rows at once (write_json: a kill mid-write leaves the previous file whole)."""
-    from bench.common import write_json
+    from bench.harness import write_json
 
     write_json(path, {"rows": rows})
 
@@ -100,7 +100,7 @@ def main() -> None:
 
     import torch
 
-    from bench.common import BASE, command_line, machine, open_registry, write_json
+    from bench.harness import BASE, command_line, machine, open_registry, write_summary
     from loragen.config import FinetuneConfig, LoraConfig
     from loragen.tasks.split import load_split
     from loragen.tasks.suite import get_task, list_tasks
@@ -117,7 +117,7 @@ def main() -> None:
                        held_out=frozenset(load_split().held_out_tasks), extra={"base": version.label})
     weak = [r["task"] for r in rows if not r["learnable"]]
     asked = {t.name for t in tasks}
-    write_json(args.summary, {"command": command_line(), "machine": machine(), "tasks_total": len(list_tasks()),
+    write_summary(args.summary, {"command": command_line(), "machine": machine(), "tasks_total": len(list_tasks()),
                               "tasks_scored": len([r for r in rows if r["task"] in asked]),
                               "rows": [r for r in rows if r["task"] in asked]})
     print(f"{len(rows)} tasks scored on {machine()['cpu']}; gain < {args.min_gain} on {len(weak)}: {', '.join(weak)}")

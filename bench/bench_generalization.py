@@ -38,18 +38,19 @@ from pathlib import Path
 from bench.bench_corpus import DEFAULT_OUT as CORPUS_OUT
 from bench.bench_corpus import DEFAULT_RUNS as CORPUS_RUNS
 from bench.bench_corpus import MIN_GAIN
-from bench.common import (
+from bench.harness import (
     BASE,
     bootstrap_ci,
     chosen_stages,
     command_line,
-    git_revision,
     machine,
     mean_or_none,
+    open_registry,
     parse_shard,
     run_stages,
     scores_lock,
     write_json,
+    write_summary,
 )
 
 STAGES = ("corpus", "register", "multitask", "generators", "adapters", "evaluate", "summary")
@@ -118,8 +119,6 @@ class Bench:
     @property
     def registry(self):
         if self._registry is None:
-            from bench.common import open_registry
-
             self._registry = open_registry(Path(self.args.home), add_bundled=self.args.base == BASE)
         return self._registry
 
@@ -428,7 +427,7 @@ class Bench:
                         for c in made.values() if isinstance(c, dict) and "generate_s" in c]
         missing = [[t, c] for t in self.plan.evaluated for c in self.columns(t) if c not in table.get(t, {})]
         summary = {
-            "command": command_line(), "machine": machine(), "revision": git_revision(),
+            "command": command_line(), "machine": machine(),
             "complete": not missing, "missing_scores": len(missing),
             "tasks_total": len(all_tasks), "families": len(families),
             "training_tasks": len(self.training_tasks()) if all(t in corpus for t in self.plan.training) else None,
@@ -444,7 +443,7 @@ class Bench:
                              "nearest_training_task": manifest.get(t, {}).get("nearest_task", {}).get("task")}
                          for t in self.plan.evaluated},
         }
-        write_json(Path(self.args.summary), summary)
+        summary = write_summary(Path(self.args.summary), summary)
         if table:
             _plot(summary, Path(self.args.summary).with_suffix(".png"), self.plan.held_out)
         _print_tables(summary)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import BASE, command_line, git_revision, machine, open_registry, write_json
+from bench.harness import BASE, command_line, machine, open_registry, write_summary
 
 
 def flat(state_dict, keys):
@@ -181,7 +181,7 @@ def main() -> None:
     if summary["generation_s_mean"] and summary["finetune_s_mean"]:
         summary["speedup_generate_vs_finetune"] = round(summary["finetune_s_mean"] / summary["generation_s_mean"], 1)
     print(summary)
-    write_json(args.out, {"command": command_line(), "machine": machine(), "revision": git_revision(),
+    write_summary(args.out, {"command": command_line(), "machine": machine(),
                           "settings": {**vars(args), "generator": settings.__dict__}, "held_out": held_out,
                           "withheld_descriptions": withheld, "rows": rows, "summary": summary,
                           "generator_training": checkpoint.training})

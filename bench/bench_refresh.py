@@ -38,18 +38,19 @@ from pathlib import Path
 
 import torch
 
-from bench.common import (
+from bench.harness import (
     BASE,
     bootstrap_ci,
     chosen_stages,
     command_line,
-    git_revision,
     machine,
     mean_or_none,
+    open_registry,
     parse_shard,
     run_stages,
     scores_lock,
     write_json,
+    write_summary,
 )
 
 STAGES = ("finetune", "generator", "refresh", "evaluate", "geometry", "summary")
@@ -62,7 +63,6 @@ DEFAULT_HOME = "bench/out/ladder/home"  # the ladder's own registry (bench/evolv
 
 class Bench:
     def __init__(self, args):
-        from bench.common import open_registry
         from bench.evolve_base import LADDER
         from loragen.config import FinetuneConfig, LoraConfig, load_settings
 
@@ -302,7 +302,7 @@ class Bench:
             examples[(row["version"], row["task"])] = row["examples"]
         geometry = self.read("geometry.json", {"tasks": {}, "base_distance_to_training": {}})
         ran_on = machine()
-        out = {"command": command_line(), "date": ran_on["date"], "machine": ran_on, "revision": git_revision(),
+        out = {"command": command_line(), "date": ran_on["date"], "machine": ran_on,
                "versions": len(self.train_versions) + len(self.unseen), "train_versions": self.train_versions,
                "tasks": self.tasks}
         for role, version in self.unseen.items():
@@ -335,7 +335,7 @@ class Bench:
                 group["geometry"] = {key: mean_or_none(row[key] for row in rows.values()) for key in next(iter(rows.values()))}
                 group["geometry"]["base_distance_to_training"] = geometry["base_distance_to_training"][version]
             out[role] = group
-        write_json(Path(self.args.summary), out)
+        out = write_summary(Path(self.args.summary), out)
         if scores["rows"]:
             _plot(out, Path(self.args.summary).with_suffix(".png"))
         for role in self.unseen:

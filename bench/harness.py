@@ -1,7 +1,14 @@
-"""Shared set-up for the benchmarks: a registry with the real SmolLM2 base, machine facts, result files.
+"""The benchmarks' staged-run harness: their registry, stages, shards, scoring, statistics and result files.
 
-Fine-tuning and evaluation go through loragen.workflows, as the CLI does, so a benchmark and `loragen finetune`
-with the same settings share one run folder (<home>/runs/<task>__<base>__seed<seed>__<fingerprint>).
+Every benchmark builds on this one module:
+  * open_registry: a registry with the real SmolLM2 base (fine-tuning and evaluation go through loragen.workflows,
+    as the CLI does, so a benchmark and `loragen finetune` with the same settings share one run folder,
+    <home>/runs/<task>__<base>__seed<seed>__<fingerprint>);
+  * chosen_stages / run_stages: `--stages` of a staged benchmark, each stage a method of its benchmark object;
+  * parse_shard / scores_lock: N processes sharing one scores.json, each scoring every N-th piece;
+  * score_columns: a task scored zero-shot and with each of its adapter folders on one loaded base;
+  * mean_or_none / bootstrap_ci: the summaries' statistics;
+  * write_json (work files) and write_summary (results, stamped with the code revision that produced them).
 """
 
 from __future__ import annotations
@@ -102,12 +109,34 @@ def write_json(path: Path, payload: dict) -> None:
     partial.replace(path)
 
 
-def git_revision() -> str:
+# The code a result depends on; bench/results is left out, since a benchmark writes there while it runs.
+CODE_PATHS = ("loragen", "bench", ":(exclude)bench/results")
+
+
+def code_revision(root: Path = ROOT) -> str:
+    """The commit whose code is running: `git rev-parse --short HEAD`, or "<commit>+diff.<12 hex>" when tracked
+    files under loragen/ or bench/ differ from it (the sha256 of `git diff HEAD` over them, so two runs of the same
+    uncommitted code carry the same revision), or "unknown" outside a git checkout."""
+    import hashlib
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        diff = git("diff", "--binary", "HEAD", "--", *CODE_PATHS)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return f"{commit}+diff.{hashlib.sha256(diff.encode()).hexdigest()[:12]}" if diff else commit
+
+
+def write_summary(path: Path, payload: dict, *, root: Path = ROOT) -> dict:
+    """Write a benchmark's result file, like write_json: `payload` with its `revision` set to the code that produced
+    it (code_revision). Every summary goes through here, so none can name a commit whose code it did not run.
+    Returns what was written."""
+    stamped = {**payload, "revision": code_revision(root)}
+    write_json(path, stamped)
+    return stamped
 
 
 def mean_or_none(values) -> float | None:
