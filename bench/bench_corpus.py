@@ -37,7 +37,7 @@ def score_tasks(model, tokenizer, tasks, *, out: Path, runs: Path, lora, config,
     recomputed; rows of other settings stay in the file but are not returned.
     Every new row is written before the next task starts.
     """
-    from loragen.evaluation import attached, evaluate
+    from bench.harness import score_columns
     from loragen.finetune import finetune
 
     settings = {"lora": asdict(lora), "finetune": asdict(config), "limit": limit, "split": "validation",
@@ -50,13 +50,13 @@ def score_tasks(model, tokenizer, tasks, *, out: Path, runs: Path, lora, config,
             log(f"{task.name}: already scored")
             continue
         began = time.perf_counter()
-        [zero] = evaluate(model, tokenizer, [task], split="validation", limit=limit, batch_size=batch_size)
+        options = {"split": "validation", "limit": limit, "batch_size": batch_size}
+        [(_, zero, _)] = score_columns(model, tokenizer, task, {"zero_shot": None}, **options)
         # Named by everything that changes the weights, so other settings never resume (or reuse) this run.
         run_dir = runs / (f"{task.name}-s{config.seed}-n{config.steps}-lr{config.learning_rate}-b{config.batch_size}"
                           f"-r{lora.r}-{(extra or {}).get('base', 'base').replace('@', '_')}")
         result = finetune(model, tokenizer, task.examples("train"), lora, config, run_dir)
-        with attached(model, result.checkpoints[-1].path) as peft_model:
-            [trained] = evaluate(peft_model, tokenizer, [task], split="validation", limit=limit, batch_size=batch_size)
+        [(_, trained, _)] = score_columns(model, tokenizer, task, {"fine_tuned": result.checkpoints[-1].path}, **options)
         gain = trained.value - zero.value
         rows[task.name] = {
             "task": task.name, "family": task.family, "kind": task.kind, "held_out": task.name in held_out,

@@ -48,6 +48,7 @@ from bench.harness import (
     open_registry,
     parse_shard,
     run_stages,
+    score_columns,
     scores_lock,
     write_json,
     write_summary,
@@ -327,7 +328,6 @@ class Bench:
     def evaluate(self) -> None:
         """Score each (task, column) of this process's shard; shards run as separate processes share scores.json,
         each adding its rows under a file lock (two 1-thread processes beat one 2-thread process on this machine)."""
-        from loragen.evaluation import attached, evaluate
         from loragen.tasks.suite import get_task
 
         manifest = self.read("adapters.json", {})
@@ -344,21 +344,18 @@ class Bench:
         waiting: list[str] = []
         model, tokenizer = self.base()
         for task_name in self.plan.evaluated[index - 1::count]:
-            task = get_task(task_name)
+            adapters = {}  # the columns still to score: None for zero-shot, else the adapter's folder
             for column in self.columns(task_name):
                 if (task_name, column) in done or column not in self.evaluated_columns:
                     continue
                 if column != "zero_shot" and column not in manifest.get(task_name, {}):
                     waiting.append(f"{task_name}/{column}")
                     continue
-                began = time.perf_counter()
-                if column == "zero_shot":
-                    [score] = evaluate(model, tokenizer, [task], limit=self.args.limit or None)
-                else:
-                    with attached(model, manifest[task_name][column]["path"]) as peft_model:
-                        [score] = evaluate(peft_model, tokenizer, [task], limit=self.args.limit or None)
+                adapters[column] = None if column == "zero_shot" else manifest[task_name][column]["path"]
+            for column, score, seconds in score_columns(model, tokenizer, get_task(task_name), adapters,
+                                                        limit=self.args.limit or None):
                 row = {"task": task_name, "column": column, "value": score.value, "metric": score.metric,
-                       "examples": score.num_examples, "eval_s": round(time.perf_counter() - began, 1),
+                       "examples": score.num_examples, "eval_s": round(seconds, 1),
                        "made_from": _made_from(manifest, task_name, column)}
                 with scores_lock(self.work):  # re-read: another shard may have added rows since
                     scores = self.read("scores.json", scores)

@@ -48,6 +48,7 @@ from bench.harness import (
     open_registry,
     parse_shard,
     run_stages,
+    score_columns,
     scores_lock,
     write_json,
     write_summary,
@@ -211,7 +212,6 @@ class Bench:
                   f"{validated_s:.0f} s: " + ", ".join(f"{i.task} {i.action}" for i in items), flush=True)
 
     def evaluate(self) -> None:
-        from loragen.evaluation import attached, evaluate
         from loragen.tasks.suite import get_task
 
         finetuned, refreshed = self.read("finetune.json", {}), self.read("refreshed.json", {})
@@ -228,20 +228,14 @@ class Bench:
         for version in dict.fromkeys(version for version, _ in pairs):
             model, tokenizer, _ = self.loader.get(version)
             for task_name in (task for v, task in pairs if v == version):
-                task = get_task(task_name)
                 made = refreshed[version]["tasks"][task_name]
-                folders = {"carried_over": self.registry.adapter_folder(made["carried_over"]),
+                folders = {"zero_shot": None, "carried_over": self.registry.adapter_folder(made["carried_over"]),
                            "regenerated": made["folder"], "shifted": made["shifted_folder"],
                            "refresh_validated": self.registry.adapter_folder(made["refresh_validated"]),
                            "finetuned": finetuned[version][task_name]["folder"]}
-                for column in COLUMNS:
-                    if (version, task_name, column) in done:
-                        continue
-                    if column == "zero_shot":
-                        [score] = evaluate(model, tokenizer, [task], limit=self.args.limit)
-                    else:
-                        with attached(model, folders[column]) as peft_model:
-                            [score] = evaluate(peft_model, tokenizer, [task], limit=self.args.limit)
+                waiting = {c: folders[c] for c in COLUMNS if (version, task_name, c) not in done}
+                for column, score, _ in score_columns(model, tokenizer, get_task(task_name), waiting,
+                                                      limit=self.args.limit):
                     with scores_lock(self.work):  # re-read: another shard may have added rows since
                         scores = self.read("scores.json", scores)
                         scores["rows"].append({"version": version, "task": task_name, "column": column,

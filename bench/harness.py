@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,6 +138,23 @@ def write_summary(path: Path, payload: dict, *, root: Path = ROOT) -> dict:
     stamped = {**payload, "revision": code_revision(root)}
     write_json(path, stamped)
     return stamped
+
+
+def score_columns(model, tokenizer, task, adapters: Mapping[str, str | Path | None], *, limit: int | None,
+                  split: str = "test", batch_size: int = 16) -> Iterator[tuple[str, object, float]]:
+    """Score `task` on a loaded base once per column, in the order given: zero-shot for a column whose adapter is
+    None, else with that adapter folder attached. Yields (column, Score, seconds) as each one finishes, so a
+    resumable stage can write it down before the next begins."""
+    from loragen.evaluation import attached, evaluate
+
+    for column, folder in adapters.items():
+        began = time.perf_counter()
+        if folder is None:
+            [score] = evaluate(model, tokenizer, [task], split=split, limit=limit, batch_size=batch_size)
+        else:
+            with attached(model, Path(folder)) as peft_model:
+                [score] = evaluate(peft_model, tokenizer, [task], split=split, limit=limit, batch_size=batch_size)
+        yield column, score, time.perf_counter() - began
 
 
 def mean_or_none(values) -> float | None:
