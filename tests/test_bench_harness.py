@@ -52,3 +52,23 @@ def test_a_summary_from_changed_code_carries_the_hash_of_the_change(tmp_path):
 
 def test_outside_a_checkout_the_revision_is_unknown(tmp_path):
     assert code_revision(tmp_path) == "unknown"
+
+
+def test_score_columns_scores_zero_shot_and_each_adapter_one_at_a_time(tiny_base, tiny_adapter, tmp_path):
+    import pytest
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench.harness import score_columns
+    from loragen.tasks.suite import get_task
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    plain = sorted(name for name, _ in model.named_parameters())
+    columns = {"zero_shot": None, "adapter": tiny_adapter, "missing": tmp_path / "no-such-adapter"}
+    scores = score_columns(model, tokenizer, get_task("element_symbol"), columns, limit=2, batch_size=2)
+    done = [next(scores), next(scores)]  # each column comes as soon as it is scored, before the next is touched
+    assert [column for column, _, _ in done] == ["zero_shot", "adapter"]
+    assert all(score.num_examples == 2 and seconds > 0 for _, score, seconds in done)
+    assert sorted(name for name, _ in model.named_parameters()) == plain  # the adapter came off again
+    with pytest.raises(ValueError, match="adapter_config.json"):  # reached only now, on the third next()
+        next(scores)
