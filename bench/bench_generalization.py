@@ -40,6 +40,7 @@ from bench.bench_corpus import DEFAULT_RUNS as CORPUS_RUNS
 from bench.bench_corpus import MIN_GAIN
 from bench.harness import (
     BASE,
+    StagedBench,
     bootstrap_ci,
     chosen_stages,
     command_line,
@@ -50,7 +51,6 @@ from bench.harness import (
     run_stages,
     score_columns,
     scores_lock,
-    write_json,
     write_summary,
 )
 
@@ -92,15 +92,14 @@ def make_plan(split, *, training_limit: int = 0, held_out_limit: int = 0, seen_l
                 seen_sample=tuple(seen_sample), held_out_families=split.held_out_families)
 
 
-class Bench:
+class Bench(StagedBench):
     """One benchmark run: its settings, its registry and its work folder; one method per stage."""
 
     def __init__(self, args, plan: Plan, split):
         from loragen.config import FinetuneConfig, LoraConfig, load_settings
 
+        super().__init__(Path(args.work))
         self.args, self.plan, self.split = args, plan, split
-        self.work = Path(args.work)
-        self.work.mkdir(parents=True, exist_ok=True)
         self.lora = LoraConfig()
         self.corpus_config = FinetuneConfig(steps=args.ft_steps, batch_size=8, learning_rate=args.ft_lr,
                                             checkpoints=1, checkpoint_every=args.ft_steps, seed=args.seed)
@@ -135,16 +134,6 @@ class Bench:
             model, tokenizer, _ = load_base(self.registry, self.args.base)
             self._base = (model, tokenizer)
         return self._base
-
-    def path(self, name: str) -> Path:
-        return self.work / name
-
-    def read(self, name: str, default):
-        file = self.path(name)
-        return json.loads(file.read_text()) if file.is_file() else default
-
-    def write(self, name: str, payload) -> None:
-        write_json(self.path(name), payload)  # atomic: a kill mid-write leaves the previous file whole
 
     def corpus_rows(self) -> dict[str, dict]:
         """The corpus stage's rows for this run's settings, by task."""
@@ -334,7 +323,7 @@ class Bench:
         with scores_lock(self.work):
             scores = self.read("scores.json", {"settings": self.eval_settings(), "rows": []})
             if scores["settings"] != self.eval_settings():
-                raise SystemExit(f"{self.path('scores.json')} holds scores of other evaluation settings: move it away")
+                raise SystemExit(f"{self.work / 'scores.json'} holds scores of other evaluation settings: move it away")
             # A score counts only for the adapter it was made on: rows of adapters made again since are dropped.
             scores["rows"] = [r for r in scores["rows"] if r["column"] == "zero_shot"
                               or r.get("made_from") == _made_from(manifest, r["task"], r["column"])]
@@ -357,10 +346,7 @@ class Bench:
                 row = {"task": task_name, "column": column, "value": score.value, "metric": score.metric,
                        "examples": score.num_examples, "eval_s": round(seconds, 1),
                        "made_from": _made_from(manifest, task_name, column)}
-                with scores_lock(self.work):  # re-read: another shard may have added rows since
-                    scores = self.read("scores.json", scores)
-                    scores["rows"].append(row)
-                    self.write("scores.json", scores)
+                scores = self.add_score(row, scores)
             print(f"evaluate: {task_name} " + " ".join(
                 f"{r['column']}={r['value']:.3f}" for r in scores["rows"] if r["task"] == task_name), flush=True)
         if waiting:

@@ -31,7 +31,6 @@ when it is below -2 standard errors of the difference of two proportions on the 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 
 from bench.harness import (
     BASE,
+    StagedBench,
     bootstrap_ci,
     chosen_stages,
     command_line,
@@ -50,7 +50,6 @@ from bench.harness import (
     run_stages,
     score_columns,
     scores_lock,
-    write_json,
     write_summary,
 )
 
@@ -62,14 +61,13 @@ DEFAULT_TASKS = "adjective_comparative,country_region,hypernym_choice,noun_plura
 DEFAULT_HOME = "bench/out/ladder/home"  # the ladder's own registry (bench/evolve_base.py writes the same default)
 
 
-class Bench:
+class Bench(StagedBench):
     def __init__(self, args):
         from bench.evolve_base import LADDER
         from loragen.config import FinetuneConfig, LoraConfig, load_settings
 
+        super().__init__(Path(args.work))
         self.args = args
-        self.work = Path(args.work)
-        self.work.mkdir(parents=True, exist_ok=True)
         self.registry = open_registry(Path(args.home), add_bundled=args.base == BASE)
         self.tasks = [t for t in args.tasks.split(",") if t]
         # The ladder's roles, unless given (tests use a tiny base with versions of their own).
@@ -95,13 +93,6 @@ class Bench:
 
         self._loader = self._loader or BaseLoader(self.registry)
         return self._loader
-
-    def read(self, name, default):
-        path = self.work / name
-        return json.loads(path.read_text()) if path.is_file() else default
-
-    def write(self, name, payload) -> None:
-        write_json(self.work / name, payload)  # atomic: a kill mid-write leaves the previous file whole
 
     def require(self, versions, stage: str) -> None:
         """Stop with one line when a version `stage` needs is not on the ladder yet."""
@@ -236,11 +227,8 @@ class Bench:
                 waiting = {c: folders[c] for c in COLUMNS if (version, task_name, c) not in done}
                 for column, score, _ in score_columns(model, tokenizer, get_task(task_name), waiting,
                                                       limit=self.args.limit):
-                    with scores_lock(self.work):  # re-read: another shard may have added rows since
-                        scores = self.read("scores.json", scores)
-                        scores["rows"].append({"version": version, "task": task_name, "column": column,
-                                               "value": score.value, "examples": score.num_examples})
-                        self.write("scores.json", scores)
+                    scores = self.add_score({"version": version, "task": task_name, "column": column,
+                                             "value": score.value, "examples": score.num_examples}, scores)
                 print(f"evaluate: {task_name} on {version}: " + " ".join(
                     f"{r['column']}={r['value']:.3f}" for r in scores["rows"]
                     if r["version"] == version and r["task"] == task_name), flush=True)

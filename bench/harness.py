@@ -4,8 +4,10 @@ Every benchmark builds on this one module:
   * open_registry: a registry with the real SmolLM2 base (fine-tuning and evaluation go through loragen.workflows,
     as the CLI does, so a benchmark and `loragen finetune` with the same settings share one run folder,
     <home>/runs/<task>__<base>__seed<seed>__<fingerprint>);
-  * chosen_stages / run_stages: `--stages` of a staged benchmark, each stage a method of its benchmark object;
-  * parse_shard / scores_lock: N processes sharing one scores.json, each scoring every N-th piece;
+  * StagedBench / chosen_stages / run_stages: a staged benchmark's work folder and `--stages`, each stage a method
+    of its benchmark object;
+  * parse_shard / scores_lock / StagedBench.add_score: N processes sharing one scores.json, each scoring every
+    N-th piece;
   * score_columns: a task scored zero-shot and with each of its adapter folders on one loaded base;
   * mean_or_none / bootstrap_ci: the summaries' statistics;
   * write_json (work files) and write_summary (results, stamped with the code revision that produced them).
@@ -185,6 +187,32 @@ def chosen_stages(parser, value: str, stages: tuple[str, ...]) -> tuple[str, ...
     if unknown:
         parser.error(f"unknown stage {unknown[0]!r}: choose from {', '.join(stages)}")
     return chosen
+
+
+class StagedBench:
+    """What a staged benchmark object shares with the others: its work folder, whose JSON files are read and written
+    whole, and work/scores.json, which shard processes add their scores to under a lock. Subclasses add one method
+    per stage (run_stages calls them)."""
+
+    def __init__(self, work: Path):
+        self.work = Path(work)
+        self.work.mkdir(parents=True, exist_ok=True)
+
+    def read(self, name: str, default):
+        path = self.work / name
+        return json.loads(path.read_text()) if path.is_file() else default
+
+    def write(self, name: str, payload) -> None:
+        write_json(self.work / name, payload)  # atomic: a kill mid-write leaves the previous file whole
+
+    def add_score(self, row: dict, scores: dict) -> dict:
+        """Append `row` to scores.json (`scores`: its content when there is no file yet) and return the file's rows
+        as written. Read again under the lock: another shard may have added rows since."""
+        with scores_lock(self.work):
+            scores = self.read("scores.json", scores)
+            scores["rows"].append(row)
+            self.write("scores.json", scores)
+        return scores
 
 
 def run_stages(bench, stages: tuple[str, ...]) -> None:
