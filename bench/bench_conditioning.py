@@ -2,27 +2,24 @@
 
     python -m bench.bench_conditioning --home bench/out/home --steps 800 [--d-model 256 ...]
 
-Trains a generator (the settings of loragen.toml, overridable here) on the trained
-adapters in --home, then samples one adapter per training task from that task's
-description and compares the sampled residual (adapter minus the mean training
-adapter) with every task's mean residual. A generator that reads its condition
-lands nearest its own task; one that ignores it lands nowhere in particular.
-Also prints the share of the residual's variance that lies between tasks (the
-part only the condition can explain) in the generator's normalised token space.
+Trains a generator (the settings of loragen.toml, overridable here) on the trained adapters in --home
+(workflows.train, which registers it there), then samples one adapter per training task from that task's
+description and compares the sampled residual (adapter minus the mean training adapter) with every task's mean
+residual. A generator that reads its condition lands nearest its own task; one that ignores it lands nowhere in
+particular. Also prints the share of the residual's variance that lies between tasks (the part only the condition
+can explain) in the generator's normalised token space.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from bench.common import BASE, command_line, git_revision, machine, open_registry, write_json
+from bench.harness import BASE, command_line, machine, open_registry, write_summary
 
 
 def main() -> None:
@@ -45,8 +42,8 @@ def main() -> None:
 
     from loragen.config import load_settings
     from loragen.generator.tokenizer import NormStats, tokenize
-    from loragen.generator.training import common_layout, mean_adapter, subtract, train_generator
-    from loragen.workflows import LoadedGenerator, collect_training_set, sample_state_dict
+    from loragen.generator.training import common_layout, mean_adapter, subtract
+    from loragen.workflows import collect_training_set, load_generator, sample_state_dict, train
 
     torch.set_num_threads(args.threads)
     registry = open_registry(args.home)
@@ -55,7 +52,8 @@ def main() -> None:
                  "batch_size": args.batch_size, "learning_rate": args.lr, "memory_slots": args.memory_slots,
                  "direct_readout": None if args.direct_readout is None else bool(args.direct_readout)}
     settings = replace(load_settings().generator, seed=args.seed, **{k: v for k, v in overrides.items() if v is not None})
-    data = collect_training_set(registry, bases=args.bases.split(","))
+    bases = args.bases.split(",")
+    data = collect_training_set(registry, bases=bases)  # what workflows.train collects too, read for the analysis
     tasks = sorted(data.task_descriptions)
 
     # Share of variance between tasks, in the token space the generator is trained in.
@@ -68,11 +66,10 @@ def main() -> None:
     within = torch.stack([(tokens[a.uid] - task_mean[a.task]).pow(2).mean() for a in data.adapters]).mean().item()
 
     began = time.perf_counter()
-    key = hashlib.sha256(json.dumps([asdict(settings), args.bases]).encode()).hexdigest()[:12]
-    run_dir = args.home / "runs" / f"conditioning-{key}"
-    checkpoint = train_generator(data, settings, run_dir)
+    registered, _ = train(registry, settings, bases=bases)
     train_s = time.perf_counter() - began
-    generator = LoadedGenerator(uid="bench", checkpoint=checkpoint, model=checkpoint.build_model())
+    generator = load_generator(registry, registered.id)
+    checkpoint = generator.checkpoint
 
     rows, hits = [], 0
     for task in tasks:
@@ -93,8 +90,8 @@ def main() -> None:
                "final_loss": checkpoint.training["final_loss"], "train_s": round(train_s, 1),
                "settings": {k: getattr(settings, k) for k in overrides}}
     print(summary)
-    write_json(args.out, {"command": command_line(), "machine": machine(), "revision": git_revision(),
-                          "summary": summary, "rows": rows})
+    write_summary(args.out, {"command": command_line(), "machine": machine(),
+                             "summary": summary, "rows": rows})
 
 
 if __name__ == "__main__":

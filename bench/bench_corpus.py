@@ -37,7 +37,7 @@ def score_tasks(model, tokenizer, tasks, *, out: Path, runs: Path, lora, config,
     recomputed; rows of other settings stay in the file but are not returned.
     Every new row is written before the next task starts.
     """
-    from loragen.evaluation import attached, evaluate
+    from bench.harness import score_columns
     from loragen.finetune import finetune
 
     settings = {"lora": asdict(lora), "finetune": asdict(config), "limit": limit, "split": "validation",
@@ -50,13 +50,13 @@ def score_tasks(model, tokenizer, tasks, *, out: Path, runs: Path, lora, config,
             log(f"{task.name}: already scored")
             continue
         began = time.perf_counter()
-        [zero] = evaluate(model, tokenizer, [task], split="validation", limit=limit, batch_size=batch_size)
+        options = {"split": "validation", "limit": limit, "batch_size": batch_size}
+        [(_, zero, _)] = score_columns(model, tokenizer, task, {"zero_shot": None}, **options)
         # Named by everything that changes the weights, so other settings never resume (or reuse) this run.
         run_dir = runs / (f"{task.name}-s{config.seed}-n{config.steps}-lr{config.learning_rate}-b{config.batch_size}"
                           f"-r{lora.r}-{(extra or {}).get('base', 'base').replace('@', '_')}")
         result = finetune(model, tokenizer, task.examples("train"), lora, config, run_dir)
-        with attached(model, result.checkpoints[-1].path) as peft_model:
-            [trained] = evaluate(peft_model, tokenizer, [task], split="validation", limit=limit, batch_size=batch_size)
+        [(_, trained, _)] = score_columns(model, tokenizer, task, {"fine_tuned": result.checkpoints[-1].path}, **options)
         gain = trained.value - zero.value
         rows[task.name] = {
             "task": task.name, "family": task.family, "kind": task.kind, "held_out": task.name in held_out,
@@ -77,7 +77,7 @@ def _read_rows(path: Path) -> list[dict]:
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
     """Write all rows at once (write_json: a kill mid-write leaves the previous file whole)."""
-    from bench.common import write_json
+    from bench.harness import write_json
 
     write_json(path, {"rows": rows})
 
@@ -100,7 +100,7 @@ def main() -> None:
 
     import torch
 
-    from bench.common import BASE, command_line, machine, open_registry, write_json
+    from bench.harness import BASE, command_line, machine, open_registry, write_summary
     from loragen.config import FinetuneConfig, LoraConfig
     from loragen.tasks.split import load_split
     from loragen.tasks.suite import get_task, list_tasks
@@ -117,7 +117,7 @@ def main() -> None:
                        held_out=frozenset(load_split().held_out_tasks), extra={"base": version.label})
     weak = [r["task"] for r in rows if not r["learnable"]]
     asked = {t.name for t in tasks}
-    write_json(args.summary, {"command": command_line(), "machine": machine(), "tasks_total": len(list_tasks()),
+    write_summary(args.summary, {"command": command_line(), "machine": machine(), "tasks_total": len(list_tasks()),
                               "tasks_scored": len([r for r in rows if r["task"] in asked]),
                               "rows": [r for r in rows if r["task"] in asked]})
     print(f"{len(rows)} tasks scored on {machine()['cpu']}; gain < {args.min_gain} on {len(weak)}: {', '.join(weak)}")

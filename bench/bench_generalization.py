@@ -38,18 +38,20 @@ from pathlib import Path
 from bench.bench_corpus import DEFAULT_OUT as CORPUS_OUT
 from bench.bench_corpus import DEFAULT_RUNS as CORPUS_RUNS
 from bench.bench_corpus import MIN_GAIN
-from bench.common import (
+from bench.harness import (
     BASE,
+    StagedBench,
     bootstrap_ci,
     chosen_stages,
     command_line,
-    git_revision,
     machine,
     mean_or_none,
+    open_registry,
     parse_shard,
     run_stages,
+    score_columns,
     scores_lock,
-    write_json,
+    write_summary,
 )
 
 STAGES = ("corpus", "register", "multitask", "generators", "adapters", "evaluate", "summary")
@@ -90,15 +92,14 @@ def make_plan(split, *, training_limit: int = 0, held_out_limit: int = 0, seen_l
                 seen_sample=tuple(seen_sample), held_out_families=split.held_out_families)
 
 
-class Bench:
+class Bench(StagedBench):
     """One benchmark run: its settings, its registry and its work folder; one method per stage."""
 
     def __init__(self, args, plan: Plan, split):
         from loragen.config import FinetuneConfig, LoraConfig, load_settings
 
+        super().__init__(Path(args.work))
         self.args, self.plan, self.split = args, plan, split
-        self.work = Path(args.work)
-        self.work.mkdir(parents=True, exist_ok=True)
         self.lora = LoraConfig()
         self.corpus_config = FinetuneConfig(steps=args.ft_steps, batch_size=8, learning_rate=args.ft_lr,
                                             checkpoints=1, checkpoint_every=args.ft_steps, seed=args.seed)
@@ -118,8 +119,6 @@ class Bench:
     @property
     def registry(self):
         if self._registry is None:
-            from bench.common import open_registry
-
             self._registry = open_registry(Path(self.args.home), add_bundled=self.args.base == BASE)
         return self._registry
 
@@ -135,16 +134,6 @@ class Bench:
             model, tokenizer, _ = load_base(self.registry, self.args.base)
             self._base = (model, tokenizer)
         return self._base
-
-    def path(self, name: str) -> Path:
-        return self.work / name
-
-    def read(self, name: str, default):
-        file = self.path(name)
-        return json.loads(file.read_text()) if file.is_file() else default
-
-    def write(self, name: str, payload) -> None:
-        write_json(self.path(name), payload)  # atomic: a kill mid-write leaves the previous file whole
 
     def corpus_rows(self) -> dict[str, dict]:
         """The corpus stage's rows for this run's settings, by task."""
@@ -328,14 +317,13 @@ class Bench:
     def evaluate(self) -> None:
         """Score each (task, column) of this process's shard; shards run as separate processes share scores.json,
         each adding its rows under a file lock (two 1-thread processes beat one 2-thread process on this machine)."""
-        from loragen.evaluation import attached, evaluate
         from loragen.tasks.suite import get_task
 
         manifest = self.read("adapters.json", {})
         with scores_lock(self.work):
             scores = self.read("scores.json", {"settings": self.eval_settings(), "rows": []})
             if scores["settings"] != self.eval_settings():
-                raise SystemExit(f"{self.path('scores.json')} holds scores of other evaluation settings: move it away")
+                raise SystemExit(f"{self.work / 'scores.json'} holds scores of other evaluation settings: move it away")
             # A score counts only for the adapter it was made on: rows of adapters made again since are dropped.
             scores["rows"] = [r for r in scores["rows"] if r["column"] == "zero_shot"
                               or r.get("made_from") == _made_from(manifest, r["task"], r["column"])]
@@ -345,26 +333,20 @@ class Bench:
         waiting: list[str] = []
         model, tokenizer = self.base()
         for task_name in self.plan.evaluated[index - 1::count]:
-            task = get_task(task_name)
+            adapters = {}  # the columns still to score: None for zero-shot, else the adapter's folder
             for column in self.columns(task_name):
                 if (task_name, column) in done or column not in self.evaluated_columns:
                     continue
                 if column != "zero_shot" and column not in manifest.get(task_name, {}):
                     waiting.append(f"{task_name}/{column}")
                     continue
-                began = time.perf_counter()
-                if column == "zero_shot":
-                    [score] = evaluate(model, tokenizer, [task], limit=self.args.limit or None)
-                else:
-                    with attached(model, manifest[task_name][column]["path"]) as peft_model:
-                        [score] = evaluate(peft_model, tokenizer, [task], limit=self.args.limit or None)
+                adapters[column] = None if column == "zero_shot" else manifest[task_name][column]["path"]
+            for column, score, seconds in score_columns(model, tokenizer, get_task(task_name), adapters,
+                                                        limit=self.args.limit or None):
                 row = {"task": task_name, "column": column, "value": score.value, "metric": score.metric,
-                       "examples": score.num_examples, "eval_s": round(time.perf_counter() - began, 1),
+                       "examples": score.num_examples, "eval_s": round(seconds, 1),
                        "made_from": _made_from(manifest, task_name, column)}
-                with scores_lock(self.work):  # re-read: another shard may have added rows since
-                    scores = self.read("scores.json", scores)
-                    scores["rows"].append(row)
-                    self.write("scores.json", scores)
+                scores = self.add_score(row, scores)
             print(f"evaluate: {task_name} " + " ".join(
                 f"{r['column']}={r['value']:.3f}" for r in scores["rows"] if r["task"] == task_name), flush=True)
         if waiting:
@@ -428,7 +410,7 @@ class Bench:
                         for c in made.values() if isinstance(c, dict) and "generate_s" in c]
         missing = [[t, c] for t in self.plan.evaluated for c in self.columns(t) if c not in table.get(t, {})]
         summary = {
-            "command": command_line(), "machine": machine(), "revision": git_revision(),
+            "command": command_line(), "machine": machine(),
             "complete": not missing, "missing_scores": len(missing),
             "tasks_total": len(all_tasks), "families": len(families),
             "training_tasks": len(self.training_tasks()) if all(t in corpus for t in self.plan.training) else None,
@@ -444,7 +426,7 @@ class Bench:
                              "nearest_training_task": manifest.get(t, {}).get("nearest_task", {}).get("task")}
                          for t in self.plan.evaluated},
         }
-        write_json(Path(self.args.summary), summary)
+        summary = write_summary(Path(self.args.summary), summary)
         if table:
             _plot(summary, Path(self.args.summary).with_suffix(".png"), self.plan.held_out)
         _print_tables(summary)

@@ -4,7 +4,8 @@
 
 Needs the trained adapters that bench/bench_tasks.py registered in --home. In one run:
   * trains a generator on every task but the held-out ones (--held-out plus the committed split's),
-    each seen task's split-held-out description withheld;
+    each seen task's split-held-out description withheld (workflows.train: registered in --home, held-out
+    tasks recorded);
   * per task: generated adapter (seen description / held-out description / held-out task),
     ablations with a random text or random base embedding (ORAL fig. 3), and the
     memorisation baselines of Zeng et al. 2025: (a) nearest training adapter by
@@ -18,17 +19,15 @@ Results print as a table and go to bench/out/generator.json.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from bench.common import BASE, command_line, git_revision, machine, open_registry, write_json
+from bench.harness import BASE, command_line, machine, open_registry, score_columns, write_summary
 
 
 def flat(state_dict, keys):
@@ -48,17 +47,17 @@ def main() -> None:
 
     from loragen.adapters import lora_config_dict, write_adapter_folder
     from loragen.config import load_settings
-    from loragen.evaluation import attached, comparison, evaluate
-    from loragen.generator.training import train_generator
+    from loragen.evaluation import comparison
     from loragen.tasks.split import load_split
     from loragen.tasks.suite import get_task, list_tasks
     from loragen.workflows import (
-        LoadedGenerator,
         base_condition,
         collect_training_set,
         load_base,
+        load_generator,
         sample_state_dict,
         text_encoder,
+        train,
     )
 
     torch.set_num_threads(args.threads)
@@ -73,14 +72,15 @@ def main() -> None:
     held_out = sorted({t for t in args.held_out.split(",") if t} | (set(split.held_out_tasks) & set(tasks)))
     seen = [t for t in tasks if t not in held_out]
 
-    # Training set: seen tasks only, each without the description the split holds out.
+    # Training set: seen tasks only, each without the description the split holds out (what workflows.train
+    # collects from the same arguments; read here too for the baselines).
     data = collect_training_set(registry, tasks=seen, bases=[v1], split=split)
     withheld = {t: split.held_out_description(t) for t in data.task_descriptions if t in split.held_out_descriptions}
     began = time.perf_counter()
-    key = hashlib.sha256(json.dumps([asdict(settings), held_out]).encode()).hexdigest()[:12]
-    checkpoint = train_generator(data, settings, args.home / "runs" / f"bench-generator-{key}")
+    registered, _ = train(registry, settings, tasks=seen, bases=[v1], held_out=held_out, split=split)
     train_seconds = time.perf_counter() - began
-    generator = LoadedGenerator(uid="bench", checkpoint=checkpoint, model=checkpoint.build_model())
+    generator = load_generator(registry, registered.id)
+    checkpoint = generator.checkpoint
     keys = checkpoint.layout.keys
     print(f"generator: {len(data.adapters)} adapters of {len(seen)} tasks, {checkpoint.layout.num_tokens} tokens of "
           f"{checkpoint.config.token_size}, trained {train_seconds:.0f} s, final loss {checkpoint.training['final_loss']:.4f}",
@@ -100,11 +100,12 @@ def main() -> None:
     zero_shot = {r["task"]: r["zero_shot"]["mean"] for r in comparison(registry.eval_results())
                  if r["zero_shot"] and r["base"] == v1}
 
-    def score(task_name, state_dict, tmp):
-        folder = write_adapter_folder(Path(tmp) / f"a{time.perf_counter_ns()}", state_dict, lora)
-        with attached(model, folder) as peft_model:
-            [result] = evaluate(peft_model, tokenizer, [get_task(task_name)], limit=args.limit)
-        return result.value
+    def score(task_name, state_dicts: dict, tmp) -> dict[str, float]:
+        """Each column's adapter (its LoRA tensors) scored on the task's test split."""
+        folders = {column: write_adapter_folder(Path(tmp) / task_name / column, state_dict, lora)
+                   for column, state_dict in state_dicts.items()}
+        return {column: result.value for column, result, _ in
+                score_columns(model, tokenizer, get_task(task_name), folders, limit=args.limit)}
 
     def nearest_training(vector):
         sims = {uid: torch.nn.functional.cosine_similarity(vector, v, dim=0).item() for uid, v in training_vectors.items()}
@@ -125,29 +126,28 @@ def main() -> None:
             generated = sample_state_dict(generator, text, base, seed=args.seed, method=settings.sample_method,
                                           steps=settings.sample_steps, eta=settings.eta)
             row["generate_s"] = round(time.perf_counter() - t0, 2)
-            row["trained"] = score(task, own.state_dict, tmp)
-            row["generated"] = score(task, generated, tmp)
+            adapters = {"trained": own.state_dict, "generated": generated}  # column -> LoRA tensors, scored below
             gen_vector = flat(generated, keys)
             near_uid, near_cos = nearest_training(gen_vector)
             row["nearest_training_task"], row["cosine_to_nearest"] = task_of[near_uid], round(near_cos, 4)
             if is_seen and task in withheld:
-                other = sample_state_dict(generator, encoder.encode([withheld[task]])[0], base, seed=args.seed,
-                                          method=settings.sample_method, steps=settings.sample_steps, eta=settings.eta)
-                row["generated_heldout_description"] = score(task, other, tmp)
-            row["ablation_random_text"] = score(task, sample_state_dict(
+                adapters["generated_heldout_description"] = sample_state_dict(
+                    generator, encoder.encode([withheld[task]])[0], base, seed=args.seed,
+                    method=settings.sample_method, steps=settings.sample_steps, eta=settings.eta)
+            adapters["ablation_random_text"] = sample_state_dict(
                 generator, random_text, base, seed=args.seed, method=settings.sample_method,
-                steps=settings.sample_steps, eta=settings.eta), tmp)
-            row["ablation_random_base"] = score(task, sample_state_dict(
+                steps=settings.sample_steps, eta=settings.eta)
+            adapters["ablation_random_base"] = sample_state_dict(
                 generator, text, random_base, seed=args.seed, method=settings.sample_method,
-                steps=settings.sample_steps, eta=settings.eta), tmp)
+                steps=settings.sample_steps, eta=settings.eta)
             # Memorisation baselines, conditioned the way the generator is: by the description.
             nearest_task = max(seen, key=lambda t: torch.dot(seen_text[t], text).item())
             neighbours = by_task[nearest_task]
             row["baseline_nearest_task"] = nearest_task
             nearest_adapter = neighbours[-1].state_dict
-            row["baseline_a_nearest"] = row["trained"] if nearest_task == task else score(task, nearest_adapter, tmp)
-            mean_adapter = {k: torch.stack([a.state_dict[k] for a in neighbours]).mean(0) for k in keys}
-            row["baseline_b_mean"] = score(task, mean_adapter, tmp)
+            if nearest_task != task:  # else baseline (a) is the task's own adapter, scored as "trained"
+                adapters["baseline_a_nearest"] = nearest_adapter
+            adapters["baseline_b_mean"] = {k: torch.stack([a.state_dict[k] for a in neighbours]).mean(0) for k in keys}
             distance = (gen_vector - flat(nearest_adapter, keys)).norm()
             noise = torch.randn(gen_vector.shape, generator=rng)
             noise = noise / noise.norm() * distance
@@ -156,7 +156,9 @@ def main() -> None:
                 size = nearest_adapter[k].numel()
                 noisy[k] = nearest_adapter[k] + noise[offset:offset + size].view_as(nearest_adapter[k])
                 offset += size
-            row["baseline_c_noise"] = score(task, noisy, tmp)
+            adapters["baseline_c_noise"] = noisy
+            row.update(score(task, adapters, tmp))
+            row.setdefault("baseline_a_nearest", row["trained"])
             row["finetune_s"] = registry.get_adapter(own.uid[:12])["provenance"].get("wall_time_s")
             row["metric"] = "acc" if task_obj.kind == "multiple_choice" else "exact_match"
             rows.append(row)
@@ -181,7 +183,7 @@ def main() -> None:
     if summary["generation_s_mean"] and summary["finetune_s_mean"]:
         summary["speedup_generate_vs_finetune"] = round(summary["finetune_s_mean"] / summary["generation_s_mean"], 1)
     print(summary)
-    write_json(args.out, {"command": command_line(), "machine": machine(), "revision": git_revision(),
+    write_summary(args.out, {"command": command_line(), "machine": machine(),
                           "settings": {**vars(args), "generator": settings.__dict__}, "held_out": held_out,
                           "withheld_descriptions": withheld, "rows": rows, "summary": summary,
                           "generator_training": checkpoint.training})

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import command_line, machine, write_json
+from bench.harness import command_line, machine, write_summary
 
 
 def main() -> None:
@@ -65,7 +65,7 @@ def main() -> None:
                              "final_loss": round(checkpoint.training["final_loss"], 4),
                              "train_s": round(time.perf_counter() - began, 1)})
                 print(rows[-1], flush=True)
-    write_json(args.out, {"command": command_line(), "machine": machine(), "rows": rows})
+    write_summary(args.out, {"command": command_line(), "machine": machine(), "rows": rows})
 
 
 if __name__ == "__main__":

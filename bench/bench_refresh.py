@@ -31,25 +31,26 @@ when it is below -2 standard errors of the difference of two proportions on the 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-from bench.common import (
+from bench.harness import (
     BASE,
+    StagedBench,
     bootstrap_ci,
     chosen_stages,
     command_line,
-    git_revision,
     machine,
     mean_or_none,
+    open_registry,
     parse_shard,
     run_stages,
+    score_columns,
     scores_lock,
-    write_json,
+    write_summary,
 )
 
 STAGES = ("finetune", "generator", "refresh", "evaluate", "geometry", "summary")
@@ -60,15 +61,13 @@ DEFAULT_TASKS = "adjective_comparative,country_region,hypernym_choice,noun_plura
 DEFAULT_HOME = "bench/out/ladder/home"  # the ladder's own registry (bench/evolve_base.py writes the same default)
 
 
-class Bench:
+class Bench(StagedBench):
     def __init__(self, args):
-        from bench.common import open_registry
         from bench.evolve_base import LADDER
         from loragen.config import FinetuneConfig, LoraConfig, load_settings
 
+        super().__init__(Path(args.work))
         self.args = args
-        self.work = Path(args.work)
-        self.work.mkdir(parents=True, exist_ok=True)
         self.registry = open_registry(Path(args.home), add_bundled=args.base == BASE)
         self.tasks = [t for t in args.tasks.split(",") if t]
         # The ladder's roles, unless given (tests use a tiny base with versions of their own).
@@ -94,13 +93,6 @@ class Bench:
 
         self._loader = self._loader or BaseLoader(self.registry)
         return self._loader
-
-    def read(self, name, default):
-        path = self.work / name
-        return json.loads(path.read_text()) if path.is_file() else default
-
-    def write(self, name, payload) -> None:
-        write_json(self.work / name, payload)  # atomic: a kill mid-write leaves the previous file whole
 
     def require(self, versions, stage: str) -> None:
         """Stop with one line when a version `stage` needs is not on the ladder yet."""
@@ -211,7 +203,6 @@ class Bench:
                   f"{validated_s:.0f} s: " + ", ".join(f"{i.task} {i.action}" for i in items), flush=True)
 
     def evaluate(self) -> None:
-        from loragen.evaluation import attached, evaluate
         from loragen.tasks.suite import get_task
 
         finetuned, refreshed = self.read("finetune.json", {}), self.read("refreshed.json", {})
@@ -228,25 +219,16 @@ class Bench:
         for version in dict.fromkeys(version for version, _ in pairs):
             model, tokenizer, _ = self.loader.get(version)
             for task_name in (task for v, task in pairs if v == version):
-                task = get_task(task_name)
                 made = refreshed[version]["tasks"][task_name]
-                folders = {"carried_over": self.registry.adapter_folder(made["carried_over"]),
+                folders = {"zero_shot": None, "carried_over": self.registry.adapter_folder(made["carried_over"]),
                            "regenerated": made["folder"], "shifted": made["shifted_folder"],
                            "refresh_validated": self.registry.adapter_folder(made["refresh_validated"]),
                            "finetuned": finetuned[version][task_name]["folder"]}
-                for column in COLUMNS:
-                    if (version, task_name, column) in done:
-                        continue
-                    if column == "zero_shot":
-                        [score] = evaluate(model, tokenizer, [task], limit=self.args.limit)
-                    else:
-                        with attached(model, folders[column]) as peft_model:
-                            [score] = evaluate(peft_model, tokenizer, [task], limit=self.args.limit)
-                    with scores_lock(self.work):  # re-read: another shard may have added rows since
-                        scores = self.read("scores.json", scores)
-                        scores["rows"].append({"version": version, "task": task_name, "column": column,
-                                               "value": score.value, "examples": score.num_examples})
-                        self.write("scores.json", scores)
+                waiting = {c: folders[c] for c in COLUMNS if (version, task_name, c) not in done}
+                for column, score, _ in score_columns(model, tokenizer, get_task(task_name), waiting,
+                                                      limit=self.args.limit):
+                    scores = self.add_score({"version": version, "task": task_name, "column": column,
+                                             "value": score.value, "examples": score.num_examples}, scores)
                 print(f"evaluate: {task_name} on {version}: " + " ".join(
                     f"{r['column']}={r['value']:.3f}" for r in scores["rows"]
                     if r["version"] == version and r["task"] == task_name), flush=True)
@@ -302,7 +284,7 @@ class Bench:
             examples[(row["version"], row["task"])] = row["examples"]
         geometry = self.read("geometry.json", {"tasks": {}, "base_distance_to_training": {}})
         ran_on = machine()
-        out = {"command": command_line(), "date": ran_on["date"], "machine": ran_on, "revision": git_revision(),
+        out = {"command": command_line(), "date": ran_on["date"], "machine": ran_on,
                "versions": len(self.train_versions) + len(self.unseen), "train_versions": self.train_versions,
                "tasks": self.tasks}
         for role, version in self.unseen.items():
@@ -335,7 +317,7 @@ class Bench:
                 group["geometry"] = {key: mean_or_none(row[key] for row in rows.values()) for key in next(iter(rows.values()))}
                 group["geometry"]["base_distance_to_training"] = geometry["base_distance_to_training"][version]
             out[role] = group
-        write_json(Path(self.args.summary), out)
+        out = write_summary(Path(self.args.summary), out)
         if scores["rows"]:
             _plot(out, Path(self.args.summary).with_suffix(".png"))
         for role in self.unseen:

@@ -281,7 +281,7 @@ def main() -> None:
     if args.baseline:
         trees = {"before": args.baseline.resolve(), **trees}
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    from bench.common import command_line, write_json  # not at the top: the fill subprocess runs without it
+    from bench.harness import command_line, write_summary  # not at the top: the fill subprocess runs without it
 
     report = {"command": command_line(), "machine": machine_facts(), "trees": {k: str(v) for k, v in trees.items()},
               "fill": "bulk insert of adapter rows over a few really ingested adapters' blobs (not N ingest calls)",
@@ -296,7 +296,7 @@ def main() -> None:
             results = time_commands(code, home, facts, runs, home.parent / "work", args.slow)
             report["stages"].append({"tree": label, "size": size, "fill": facts, "load_before": load_before,
                                      "load_after": load_average(), "results": results})
-            write_json(args.results, report)
+            write_summary(args.results, report)
     _print_table(report)
 
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.common import command_line, machine, write_json
+from bench.harness import command_line, machine, write_summary
 
 BASES = {
     "SmolLM2-135M": dict(model_type="llama", hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
@@ -112,7 +112,7 @@ def main() -> None:
                 row = json.loads(done.stdout.strip().splitlines()[-1])
             rows.append(row)
             print(row, flush=True)
-    write_json(args.out, {"command": command_line(), "machine": machine(), "rows": rows})
+    write_summary(args.out, {"command": command_line(), "machine": machine(), "rows": rows})
     plot(rows, args.out.with_suffix(".png"))
 
 

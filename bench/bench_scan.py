@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from bench.common import command_line, machine
+from bench.harness import command_line, machine
 from loragen.generator.modules.mamba import MambaConfig, MambaStack
 from loragen.generator.ops.selective_scan import (
     DEFAULT_CHUNK_SIZE,

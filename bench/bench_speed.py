@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import BASE, command_line, git_revision, machine, open_registry, write_json
+from bench.harness import BASE, command_line, machine, open_registry, write_summary
 
 
 def main() -> None:
@@ -71,7 +71,7 @@ def main() -> None:
     print(f"fine-tuning {args.finetune_steps} steps: {result.wall_time_s:.1f} s", flush=True)
     ratios = {steps: round(result.wall_time_s / row["seconds_median"], 1) for steps, row in sampling.items()}
     print("fine-tuning / generation:", ", ".join(f"{ratio}x at {steps} steps" for steps, ratio in ratios.items()))
-    write_json(args.out, {"command": command_line(), "machine": machine(), "revision": git_revision(),
+    write_summary(args.out, {"command": command_line(), "machine": machine(),
                           "generator": generator.uid[:12], "task": task.name, "finetune_s": round(result.wall_time_s, 1),
                           "sampling": sampling, "speedup": ratios})
 

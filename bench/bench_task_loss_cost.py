@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import command_line, machine
+from bench.harness import command_line, machine
 
 
 def measure(data, settings, batch_size: int, repeats: int, seed: int = 0) -> dict:
@@ -95,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from bench.common import open_registry
+    from bench.harness import open_registry
     from loragen.config import load_settings
     from loragen.tasks.split import load_split
     from loragen.workflows import collect_training_set

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import BASE, command_line, git_revision, machine, open_registry, write_json
+from bench.harness import BASE, code_revision, command_line, machine, open_registry, write_summary
 
 
 def main() -> None:
@@ -62,13 +62,13 @@ def main() -> None:
               f"fine-tune {finetune_s:6.1f} s", flush=True)
     # Runs on a subset of tasks update their rows and keep the others (each row says which run made it).
     previous = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
-    run = {"command": command_line(), "machine": machine(), "revision": git_revision()}
+    run = {"command": command_line(), "machine": machine(), "revision": code_revision()}
     for row in rows:
         row["run"] = run
     rows = sorted([r for r in previous if r["task"] not in {row["task"] for row in rows}] + rows, key=lambda r: r["task"])
     wins = sum(r["trained"] > r["zero_shot"] for r in rows)
     print(f"trained beats zero-shot on {wins}/{len(rows)} tasks")
-    write_json(args.out, {"command": command_line(), "machine": machine(), "revision": git_revision(),
+    write_summary(args.out, {"command": command_line(), "machine": machine(),
                           "settings": vars(args), "rows": rows})
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import BASE, command_line, git_revision, machine, open_registry, write_json
+from bench.harness import BASE, command_line, machine, open_registry, write_summary
 from loragen.atomic import torch_load_state, torch_save_atomic
 from loragen.errors import LoragenError
 
@@ -381,7 +381,7 @@ def main() -> None:
                                               seed=seed, out=Path("bench/out/evolved"), zero_shot_tasks=zero_shot_tasks,
                                               zero_shot_limit=args.zero_shot_limit,
                                               log=lambda line: print(line, flush=True))
-        write_json(args.out, {"command": command_line(), "machine": machine(), "revision": git_revision(),
+        write_summary(args.out, {"command": command_line(), "machine": machine(),
                               "settings": {k: str(v) for k, v in vars(args).items()},
                               "versions": [records[v] for v in sorted(records)]})
 

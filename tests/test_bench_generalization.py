@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.bench_generalization import COLUMNS, make_plan
-from bench.common import bootstrap_ci
+from bench.harness import bootstrap_ci
 from loragen.tasks.split import load_split
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -209,7 +209,7 @@ def test_cli_and_library_share_one_run_and_each_base_loads_once(capsys, tiny_reg
 def test_bench_runs_of_the_old_layout_are_adopted(capsys, tiny_registered, tmp_path):
     """A fine-tuning run that an earlier benchmark kept under runs/bench-<task>-<base>-s<seed>-n<steps> is renamed
     to the workflow's folder for the same settings, and finetune_task then reuses it instead of training again."""
-    from bench.common import adopt_legacy_runs
+    from bench.harness import adopt_legacy_runs
     from loragen import workflows
     from loragen.cli.context import state
     from loragen.config import FinetuneConfig, LoraConfig

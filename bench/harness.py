@@ -1,7 +1,16 @@
-"""Shared set-up for the benchmarks: a registry with the real SmolLM2 base, machine facts, result files.
+"""The benchmarks' staged-run harness: their registry, stages, shards, scoring, statistics and result files.
 
-Fine-tuning and evaluation go through loragen.workflows, as the CLI does, so a benchmark and `loragen finetune`
-with the same settings share one run folder (<home>/runs/<task>__<base>__seed<seed>__<fingerprint>).
+Every benchmark builds on this one module:
+  * open_registry: a registry with the real SmolLM2 base (fine-tuning and evaluation go through loragen.workflows,
+    as the CLI does, so a benchmark and `loragen finetune` with the same settings share one run folder,
+    <home>/runs/<task>__<base>__seed<seed>__<fingerprint>);
+  * StagedBench / chosen_stages / run_stages: a staged benchmark's work folder and `--stages`, each stage a method
+    of its benchmark object;
+  * parse_shard / scores_lock / StagedBench.add_score: N processes sharing one scores.json, each scoring every
+    N-th piece;
+  * score_columns: a task scored zero-shot and with each of its adapter folders on one loaded base;
+  * mean_or_none / bootstrap_ci: the summaries' statistics;
+  * write_json (work files) and write_summary (results, stamped with the code revision that produced them).
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,12 +112,51 @@ def write_json(path: Path, payload: dict) -> None:
     partial.replace(path)
 
 
-def git_revision() -> str:
+# The code a result depends on; bench/results is left out, since a benchmark writes there while it runs.
+CODE_PATHS = ("loragen", "bench", ":(exclude)bench/results")
+
+
+def code_revision(root: Path = ROOT) -> str:
+    """The commit whose code is running: `git rev-parse --short HEAD`, or "<commit>+diff.<12 hex>" when tracked
+    files under loragen/ or bench/ differ from it (the sha256 of `git diff HEAD` over them, so two runs of the same
+    uncommitted code carry the same revision), or "unknown" outside a git checkout."""
+    import hashlib
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        diff = git("diff", "--binary", "HEAD", "--", *CODE_PATHS)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return f"{commit}+diff.{hashlib.sha256(diff.encode()).hexdigest()[:12]}" if diff else commit
+
+
+def write_summary(path: Path, payload: dict, *, root: Path = ROOT) -> dict:
+    """Write a benchmark's result file, like write_json: `payload` with its `revision` set to the code that produced
+    it (code_revision). Every summary goes through here, so none can name a commit whose code it did not run.
+    Returns what was written."""
+    stamped = {**payload, "revision": code_revision(root)}
+    write_json(path, stamped)
+    return stamped
+
+
+def score_columns(model, tokenizer, task, adapters: Mapping[str, str | Path | None], *, limit: int | None,
+                  split: str = "test", batch_size: int = 16) -> Iterator[tuple[str, object, float]]:
+    """Score `task` on a loaded base once per column, in the order given: zero-shot for a column whose adapter is
+    None, else with that adapter folder attached. Yields (column, Score, seconds) as each one finishes, so a
+    resumable stage can write it down before the next begins."""
+    from loragen.evaluation import attached, evaluate
+
+    for column, folder in adapters.items():
+        began = time.perf_counter()
+        if folder is None:
+            [score] = evaluate(model, tokenizer, [task], split=split, limit=limit, batch_size=batch_size)
+        else:
+            with attached(model, Path(folder)) as peft_model:
+                [score] = evaluate(peft_model, tokenizer, [task], split=split, limit=limit, batch_size=batch_size)
+        yield column, score, time.perf_counter() - began
 
 
 def mean_or_none(values) -> float | None:
@@ -138,6 +187,32 @@ def chosen_stages(parser, value: str, stages: tuple[str, ...]) -> tuple[str, ...
     if unknown:
         parser.error(f"unknown stage {unknown[0]!r}: choose from {', '.join(stages)}")
     return chosen
+
+
+class StagedBench:
+    """What a staged benchmark object shares with the others: its work folder, whose JSON files are read and written
+    whole, and work/scores.json, which shard processes add their scores to under a lock. Subclasses add one method
+    per stage (run_stages calls them)."""
+
+    def __init__(self, work: Path):
+        self.work = Path(work)
+        self.work.mkdir(parents=True, exist_ok=True)
+
+    def read(self, name: str, default):
+        path = self.work / name
+        return json.loads(path.read_text()) if path.is_file() else default
+
+    def write(self, name: str, payload) -> None:
+        write_json(self.work / name, payload)  # atomic: a kill mid-write leaves the previous file whole
+
+    def add_score(self, row: dict, scores: dict) -> dict:
+        """Append `row` to scores.json (`scores`: its content when there is no file yet) and return the file's rows
+        as written. Read again under the lock: another shard may have added rows since."""
+        with scores_lock(self.work):
+            scores = self.read("scores.json", scores)
+            scores["rows"].append(row)
+            self.write("scores.json", scores)
+        return scores
 
 
 def run_stages(bench, stages: tuple[str, ...]) -> None:
