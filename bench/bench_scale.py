@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from bench.harness import command_line, machine, write_summary
+from loragen.architectures import LLAMA
 
 BASES = {
     "SmolLM2-135M": dict(model_type="llama", hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
@@ -30,7 +31,7 @@ BASES = {
                              num_key_value_heads=8, intermediate_size=14336, vocab_size=32000),
 }
 LORAS = {"r8-qv": (8, ["q_proj", "v_proj"]),
-         "r64-all": (64, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])}
+         "r64-all": (64, list(LLAMA.projections))}  # every projection of a Llama layer (loragen.architectures)
 
 
 def lora_shapes(base: dict, rank: int, targets: list[str]) -> dict[str, tuple[int, int]]:
@@ -60,7 +61,8 @@ def one_case(base_name: str, lora_name: str, steps: int) -> dict:
     from loragen.config import load_settings
     from loragen.generator.conditioning import BASE_EMBED_DIM, TEXT_EMBED_DIM
     from loragen.generator.diffusion import DDPMSchedule
-    from loragen.generator.model import ORALGenerator, generator_config_from_settings, sample_tokens
+    from loragen.generator.model import ORALGenerator, generator_config_from_settings
+    from loragen.generator.sampling import sample_tokens
     from loragen.generator.tokenizer import LoraLayout
 
     torch.set_num_threads(2)
@@ -81,7 +83,7 @@ def one_case(base_name: str, lora_name: str, steps: int) -> dict:
     began = time.perf_counter()
     sample_tokens(model, DDPMSchedule(prediction_type=settings.prediction_type), positions,
                   torch.zeros(TEXT_EMBED_DIM), torch.zeros(BASE_EMBED_DIM), None,
-                  method="ddim", steps=steps, generator=torch.Generator().manual_seed(0))
+                  method="ddim", steps=steps, eta=0.0, generator=torch.Generator().manual_seed(0))
     sample_s = time.perf_counter() - began
     step_s = max(0.0, sample_s - backbone_s) / steps
     return {"base": base_name, "lora": lora_name, "values": layout.num_values, "tokens": layout.num_tokens,

@@ -254,14 +254,3 @@ class ORALGenerator(nn.Module):
                 state: torch.Tensor | None, tokens_per_step: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """The training loss (a forward, so DistributedDataParallel sees the whole computation)."""
         return diffusion_loss(self, schedule, tokens, mask, positions, text, base, state, tokens_per_step, generator)
-
-
-
-def __getattr__(name: str) -> Any:
-    """`sample_tokens` moved to loragen.generator.sampling (issue 19); loragen.workflows and bench/bench_scale.py
-    still import it from here until they are rewired. Remove this then."""
-    if name == "sample_tokens":
-        from loragen.generator.sampling import sample_tokens
-
-        return sample_tokens
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
