@@ -19,15 +19,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from loragen.config import DDPM_TRAIN_TIMESTEPS, PREDICTION_TYPES, SAMPLING_METHODS
 from loragen.errors import LoragenError
 
-if TYPE_CHECKING:
-    from loragen.generator.model import ORALGenerator
+
+class PrototypeDenoiser(Protocol):
+    """What the loss needs of a network (ORALGenerator is one): prototypes from positions and conditions, and a
+    denoiser of tokens given their prototypes. Named here so the schedule and loss never import the network."""
+
+    def prototypes(self, layer: torch.Tensor, module: torch.Tensor, slice_: torch.Tensor, text: torch.Tensor,
+                   base: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor: ...
+
+    def denoise(self, x_t: torch.Tensor, prototypes: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ProgressFn = Callable[[int, int], None]
@@ -289,7 +296,7 @@ class DDPMSchedule:
         return x
 
 
-def diffusion_loss(model: ORALGenerator, schedule: DDPMSchedule, tokens: torch.Tensor, mask: torch.Tensor,
+def diffusion_loss(model: PrototypeDenoiser, schedule: DDPMSchedule, tokens: torch.Tensor, mask: torch.Tensor,
                    positions: tuple[torch.Tensor, torch.Tensor, torch.Tensor], text: torch.Tensor,
                    base: torch.Tensor, state: torch.Tensor | None, tokens_per_step: int,
                    generator: torch.Generator | None = None) -> torch.Tensor:

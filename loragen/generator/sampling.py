@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
@@ -20,16 +20,13 @@ from loragen.generator.diffusion import DDPMSchedule
 from loragen.generator.model import ORALGenerator
 from loragen.generator.tokenizer import LoraLayout, NormStats, detokenize, tokens_to_tensors
 
-if TYPE_CHECKING:
-    from loragen.generator.training import GeneratorCheckpoint
-
 Positions = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclass
 class LoadedGenerator:
     uid: str                           # the registry's id of the checkpoint ("" for one not registered)
-    checkpoint: GeneratorCheckpoint
+    checkpoint: Any                    # a GeneratorCheckpoint (training.py imports this module, not back)
     model: ORALGenerator               # checkpoint.build_model()
 
 
