@@ -3,6 +3,7 @@ that finds everything done and changes nothing."""
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,18 @@ def test_every_stage_on_a_tiny_base_then_a_resumed_run_changes_nothing(tmp_path,
     for group, columns in (("held_out", [c for c in COLUMNS if c != "heldout_description"]), ("seen", COLUMNS)):
         for column in columns:
             assert 0.0 <= result[group][column] <= 1.0, (group, column)
+    # The per-task rows are the scores the evaluation stage recorded, and each group's column means are their means.
+    recorded: dict[str, dict[str, float]] = {}
+    for row in json.loads((work / "scores.json").read_text())["rows"]:
+        recorded.setdefault(row["task"], {})[row["column"]] = row["value"]
+    assert {t: {c: v for c, v in row.items() if c in COLUMNS} for t, row in result["per_task"].items()} == recorded
+    for group in ("held_out", "seen"):
+        rows = [row for row in result["per_task"].values() if row["split"] == group]
+        assert len(rows) == result[group]["tasks"] == 1
+        for column in COLUMNS:
+            values = [row[column] for row in rows if column in row]
+            assert result[group][column] == (pytest.approx(statistics.fmean(values), abs=1e-4) if values else None), (
+                group, column)
     assert result["held_out"]["generated_above_zero_shot_of"] == 1
     above = result["held_out"]["above_zero_shot"]
     assert set(above) == set(COLUMNS) - {"zero_shot"} and above["generated"] == result["held_out"]["generated_above_zero_shot"]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -69,10 +70,18 @@ def test_every_stage_on_a_tiny_ladder_then_a_resumed_run_changes_nothing(tmp_pat
     result = json.loads(summary.read_text())
     assert result["versions"] == 4 and result["train_versions"] == ["tiny@v1", "tiny@v2"]
     assert result["date"] == result["machine"]["date"] and "bench_refresh" in result["command"]
+    recorded = json.loads((work / "scores.json").read_text())["rows"]
     for role, version in (("near", "tiny@v3"), ("far", "tiny@v4")):
         group = result[role]
         assert group["version"] == version
         assert all(0.0 <= group[column] <= 1.0 for column in COLUMNS)
+        # The per-task rows are the scores the evaluation stage recorded, and the column means are their means.
+        assert group["per_task"] == {task: {r["column"]: r["value"] for r in recorded
+                                            if (r["version"], r["task"]) == (version, task)}
+                                     for task in ("element_symbol", "noun_singular")}
+        for column in COLUMNS:
+            values = [row[column] for row in group["per_task"].values()]
+            assert group[column] == pytest.approx(statistics.fmean(values), abs=1e-4), (role, column)
         assert set(group["winners"].values()) <= {"carried_over", "generated", "shifted"}  # the winning candidate
         assert group["refresh_seconds"] > 0 and group["finetune_seconds"] > 0
         difference = [group["per_task"][t]["regenerated"] - group["per_task"][t]["carried_over"]

@@ -23,8 +23,15 @@ def test_a_step_is_split_into_the_generators_x0_and_the_base_passes(tmp_path, ti
     assert task_loss.predicted_tokens is original  # the timing wrapper is taken off again
     assert result["rows"] == 4 and result["examples_per_row"] == 3 and len(result["runs"]) == 2
     assert result["step_s"] > 0 and 0 < result["generator_share"] <= 1
-    assert abs(result["generator_x0_s"] + result["base_passes_s"] - result["step_s"]) < 0.02 or result["base_passes_s"] == 0
-    assert all(run["forward_x0_s"] <= run["forward_s"] for run in result["runs"])
+    # The split, recomputed from the runs it reports: the fastest run's step, its x0 alone, the base passes the rest.
+    best = min(result["runs"], key=lambda run: run["forward_s"] + run["backward_s"])
+    step = best["forward_s"] + best["backward_s"]
+    generator = best["x0_alone_forward_s"] + best["x0_alone_backward_s"]
+    assert result["step_s"] == round(step, 2) and result["generator_x0_s"] == round(generator, 2)
+    assert result["base_passes_s"] == round(max(0.0, step - generator), 2)
+    assert result["generator_share"] == round(min(1.0, generator / step), 3)
+    # The timing wrapper saw the step's own x0, which is part of its forward pass.
+    assert all(0 < run["forward_x0_s"] <= run["forward_s"] for run in result["runs"])
 
 
 def test_a_missing_record_or_a_generator_without_the_task_loss_is_refused(tmp_path):

@@ -1,5 +1,7 @@
 """Per-token conv denoiser: config checks, shapes, and that it can learn (overfit) a few tokens."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,22 +29,22 @@ def test_rpg_widths_build_rpg_stack():
 
 
 @pytest.mark.parametrize(
-    "overrides",
+    ("overrides", "message"),
     [
-        {"token_size": 0},
-        {"prototype_dim": -1},
-        {"kernel_size": 4},
-        {"time_embed_dim": 31},
-        {"channels": ()},
-        {"channels": (16, 32)},
-        {"channels": (16, 32, 8)},
-        {"channels": (16, 30, 16)},  # not divisible by num_groups
-        {"num_groups": 0},
-        {"token_size": 16.0},
+        ({"token_size": 0}, "token_size must be a positive integer, got 0"),
+        ({"prototype_dim": -1}, "prototype_dim must be a positive integer, got -1"),
+        ({"kernel_size": 4}, "kernel_size must be odd"),
+        ({"time_embed_dim": 31}, "time_embed_dim must be even"),
+        ({"channels": ()}, "channels must have an odd length"),
+        ({"channels": (16, 32)}, "channels must have an odd length"),
+        ({"channels": (16, 32, 8)}, "channels must be a palindrome"),
+        ({"channels": (16, 30, 16)}, "channels must be multiples of 4, the GroupNorm groups"),  # not divisible by num_groups
+        ({"num_groups": 0}, "num_groups must be a positive integer, got 0"),
+        ({"token_size": 16.0}, "token_size must be a positive integer, got 16.0"),
     ],
 )
-def test_config_is_strict(overrides):
-    with pytest.raises(LoragenError):
+def test_config_is_strict(overrides, message):
+    with pytest.raises(LoragenError, match=re.escape(message)):
         tiny_config(**overrides)
 
 

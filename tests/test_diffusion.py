@@ -1,6 +1,7 @@
 """DDPM schedule and samplers, checked with an oracle noise predictor (no network)."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -38,18 +39,18 @@ def test_schedule_values():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "message"),
     [
-        {"num_train_timesteps": 1},
-        {"beta_start": 0.0},
-        {"beta_start": 0.1, "beta_end": 0.01},
-        {"beta_schedule": "cosine"},
-        {"clip_sample": -1.0},
+        ({"num_train_timesteps": 1}, "num_train_timesteps must be an integer >= 2, got 1"),
+        ({"beta_start": 0.0}, "0 < beta_start <= beta_end < 1, got 0.0"),
+        ({"beta_start": 0.1, "beta_end": 0.01}, "0 < beta_start <= beta_end < 1, got 0.1, 0.01"),
+        ({"beta_schedule": "cosine"}, "unknown beta_schedule 'cosine'"),
+        ({"clip_sample": -1.0}, "clip_sample must be positive or None, got -1.0"),
     ],
 )
-def test_schedule_rejects_bad_config(kwargs):
-    with pytest.raises(LoragenError):
-        DDPMSchedule(prediction_type="epsilon", **kwargs)
+def test_schedule_rejects_bad_config(kwargs, message):
+    with pytest.raises(LoragenError, match=re.escape(message)):
+        DDPMSchedule(**{"prediction_type": "epsilon", **kwargs})
 
 
 def test_schedule_from_dict_rejects_unknown_option():
@@ -78,9 +79,9 @@ def test_add_noise_per_row_timesteps():
     batched = s.add_noise(x0, noise, t)
     for i in range(4):
         assert torch.allclose(batched[i], s.add_noise(x0[i], noise[i], int(t[i])))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape("timesteps of shape (2,) do not match a batch of 4")):
         s.add_noise(x0, noise, torch.tensor([1, 2]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape("timesteps must lie in [0, 999]")):
         s.add_noise(x0, noise, 1000)
 
 
@@ -94,7 +95,7 @@ def test_ddim_timesteps():
         assert torch.all(ts[1:] < ts[:-1])
     assert s.ddim_timesteps(1000).tolist() == list(range(999, -1, -1))
     for bad in (0, 1001):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=re.escape(f"DDIM steps must be an integer in [1, 1000], got {bad}")):
             s.ddim_timesteps(bad)
 
 
@@ -196,9 +197,9 @@ def test_single_steps():
     x_500 = s.add_noise(x0, noise, 500)
     torch.testing.assert_close(s.ddim_step(noise, 500, 200, x_500), s.add_noise(x0, noise, 200), rtol=0, atol=1e-5)
     torch.testing.assert_close(s.ddim_step(noise, 500, -1, x_500), x0, rtol=0, atol=1e-5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="t_prev=500 must be smaller than t=200"):
         s.ddim_step(noise, 200, 500, x_500)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape("t must be a single timestep here, got shape (4,)")):
         s.ddpm_step(noise, torch.tensor([1, 2, 3, 4]), x_t)
 
 

@@ -4,8 +4,9 @@ Real processes on one registry (SQLite, or PostgreSQL with LORAGEN_TEST_POSTGRES
 `gc --grace 0` (the worst case: nothing is young enough to be spared) as fast as it can, the
 others ingest, add and update bases, or generate; the adapter writers remove some of what they
 registered then register the same bytes again, so that gc finds orphans, and a writer's dedup'd
-bytes sit on disk as an orphan while gc runs. Afterwards every row's blob must exist and hash to its name,
-and no writer may have failed.
+bytes sit on disk as an orphan while gc runs; they remove a few others for good. Afterwards every row's
+blob must exist and hash to its name, no writer may have failed, and gc must have deleted for real: every
+orphan is gone from disk.
 """
 
 import json
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import registry_with_adapters, run_cli
+from tests.helpers import blob_files, registry_with_adapters, run_cli
 from tests.tiny import make_lora
 
 GC_ARGS = ["--grace", "0"]
@@ -39,10 +40,11 @@ def loragen(*args):
     return code, out.getvalue()
 
 mode, spec = sys.argv[1], json.loads(sys.argv[2])
-summary = {"failed": [], "kept": [], "runs": 0, "blobs_removed": 0}
+summary = {"failed": [], "kept": [], "removed": [], "runs": 0, "blobs_removed": 0}
 if mode == "gc":
     started, stop = Path(spec["started"]), Path(spec["stop"])
-    while not stop.exists():
+    while True:
+        last = stop.exists()  # one more run once the writers are done: what they orphaned last goes too
         code, out = loragen("gc", *spec["args"], "--json")
         if code:
             summary["failed"].append("gc")
@@ -50,6 +52,8 @@ if mode == "gc":
             summary["blobs_removed"] += json.loads(out)["blobs_removed"]
         summary["runs"] += 1
         started.touch()
+        if last:
+            break
 else:
     for step in spec["steps"]:
         code, out = loragen(*step["args"], "--json")
@@ -58,8 +62,15 @@ else:
             continue
         answer = json.loads(out)
         registered = answer.get("id") or answer["name"]  # an adapter's id, or a base version's name
-        if step.get("rm_then_again"):  # leaves its blobs as orphans, then registers the same bytes again
-            loragen("rm", registered)
+        if step.get("rm") or step.get("rm_then_again"):  # leaves its blobs as orphans
+            code, _ = loragen("rm", registered)
+            if code:
+                summary["failed"].append(f"rm {registered}")
+                continue
+        if step.get("rm"):  # for good
+            summary["removed"].append(registered)
+            continue
+        if step.get("rm_then_again"):  # registers the same bytes again
             code, out = loragen(*step["args"], "--json")
             if code:
                 summary["failed"].append(" ".join(step["args"]) + " (again)")
@@ -99,12 +110,11 @@ def _with_gc_looping(home, tmp_path, writer_specs):
     return gc_summary, [summary for summary, _ in results], [err for _, err in results]
 
 
-def damaged_blob_references(home: Path) -> list[str]:
-    """Every row that names a blob, whose file is missing or does not hash to its name."""
+def _blob_references(home: Path) -> list[tuple[str, str]]:
+    """(what, sha256) for every row that names a blob."""
     from sqlalchemy import select
 
     from loragen.config import load_settings
-    from loragen.registry.blobs import file_sha256
     from loragen.registry.models import Adapter, BaseVersionFile, GeneratorCheckpointRow
     from loragen.registry.store import Registry
 
@@ -122,14 +132,27 @@ def damaged_blob_references(home: Path) -> list[str]:
                       for role, sha in (("weights", weights), ("meta", meta))]
     finally:
         registry.engine.dispose()
+    return named
+
+
+def damaged_blob_references(home: Path) -> list[str]:
+    """Every row that names a blob, whose file is missing or does not hash to its name."""
+    from loragen.registry.blobs import file_sha256
+
     damaged = []
-    for label, sha in named:
+    for label, sha in _blob_references(home):
         path = home / "blobs" / "sha256" / sha[:2] / sha[2:]
         if not path.is_file():
             damaged.append(f"{label}: missing")
         elif file_sha256(path) != sha:
             damaged.append(f"{label}: damaged")
     return damaged
+
+
+def orphaned_blob_files(home: Path) -> list[Path]:
+    """Blob files on disk that no row names: what gc --grace 0 has to delete."""
+    referenced = {sha for _, sha in _blob_references(home)}
+    return [path for path in blob_files(home) if path.parent.name + path.name not in referenced]
 
 
 def _report(capsys, what, gc_summary, writers, lost, registered):
@@ -157,6 +180,9 @@ def test_gc_in_a_loop_beside_two_ingesting_processes_and_a_base_writer_loses_not
             steps.append({"args": ["ingest", str(folder), "--base", "tiny@v1", "--task", f"task-{i % 4}"],
                           "rm_then_again": i % 3 == 0})
         steps.insert(per_process // 2, {"args": ["ingest", str(common), "--base", "tiny@v1", "--task", "common"]})
+        for i in (1, 5):  # removed for good: their weights must be deleted
+            folder = make_lora(tiny_base, tmp_path / f"p{p}-gone-{i}", seed=1000 + 100 * p + i, r=2)
+            steps.insert(i, {"args": ["ingest", str(folder), "--base", "tiny@v1", "--task", "gone"], "rm": True})
         specs.append({"steps": steps})
     # Evolved versions of tiny and a second base, whose tokenizer files are the same bytes as tiny's.
     evolved = [make_tiny_llama(tmp_path / f"tiny-v{v}", seed=v) for v in (2, 3, 4, 5)]
@@ -175,6 +201,9 @@ def test_gc_in_a_loop_beside_two_ingesting_processes_and_a_base_writer_loses_not
     assert gc_summary["runs"] > 1 and not gc_summary["failed"], line
     assert (lost, failed) == ([], []), f"{line}\n{lost}\n{errors}"
     assert registered == {i for w in writers[:2] for i in w["kept"]} and len(registered) == 2 * per_process - 1, line
+    # gc deleted for real: at least the four removed adapters' weights, and no orphan is left on disk.
+    assert len([i for w in writers for i in w["removed"]]) == 4 and gc_summary["blobs_removed"] >= 4, line
+    assert orphaned_blob_files(isolated_home) == [], line
     assert versions == {"tiny@v1", "tiny@v2", "tiny@v3", "other@v1", "other@v2"}, line
     assert run_cli(capsys, "doctor").code == 0
 
@@ -186,6 +215,8 @@ def test_gc_in_a_loop_beside_generate_loses_nothing(capsys, tiny_base, tmp_path,
     seeds = range(6)
     steps = [{"args": ["generate", "--task", "Turn every word into capitals", "--base", "tiny", "--seed", str(seed)],
               "rm_then_again": seed % 2 == 0} for seed in seeds]
+    steps.insert(1, {"args": ["generate", "--task", "Turn every word into capitals", "--base", "tiny", "--seed", "99"],
+                     "rm": True})  # removed for good: its weights must be deleted
 
     gc_summary, writers, errors = _with_gc_looping(isolated_home, tmp_path, [{"steps": steps}])
 
@@ -195,4 +226,6 @@ def test_gc_in_a_loop_beside_generate_loses_nothing(capsys, tiny_base, tmp_path,
     assert gc_summary["runs"] > 1 and not gc_summary["failed"], line
     assert (lost, failed) == ([], []), f"{line}\n{lost}\n{errors}"
     assert generated == set(writers[0]["kept"]) and len(generated) == len(seeds), line
+    assert len(writers[0]["removed"]) == 1 and gc_summary["blobs_removed"] >= 1, line
+    assert orphaned_blob_files(isolated_home) == [], line
     assert run_cli(capsys, "doctor").code == 0

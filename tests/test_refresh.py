@@ -43,14 +43,32 @@ def test_refresh_registers_lineage_and_is_idempotent(capsys, evolved_registry):
     assert "0 adapter(s) generated, 0 carried over, 2 already up to date" in run_cli(capsys, "refresh").out
 
 
-def test_refresh_eval_reports_before_and_after(capsys, evolved_registry):
-    result = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--no-validate", "--eval", "--limit", "2", "--json")
+def test_refresh_eval_reports_before_and_after(capsys, tiny_base, tiny_base_v2, tmp_path, isolated_home):
+    # A multiple-choice task: on 40 examples the tiny models' accuracies differ by adapter, where exact match is 0.
+    task, limit = "has_part_choice", "40"
+    old_id = registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home,
+                                    ["country_subregion", task, "substance_choice"], steps=4)[1]
+    assert run_cli(capsys, "train").code == 0
+    assert run_cli(capsys, "base", "update", "tiny", "--from", tiny_base_v2).code == 0
+    result = run_cli(capsys, "refresh", "--tasks", task, "--no-validate", "--eval", "--limit", limit, "--json")
     assert result.code == 0, result.err
     [item] = result.json()
-    assert set(item["scores"]) == {"old_on_new", "zero_shot", "refreshed"}
-    assert all(0 <= v <= 1 for v in item["scores"].values())
     compare = {r["task"]: r for r in run_cli(capsys, "eval", "--compare", "--json").json() if r["base"] == "tiny@v2"}
-    assert compare["element_symbol"]["generated"]["n"] == 1 and compare["element_symbol"]["zero_shot"]["n"] == 1
+    assert compare[task]["generated"]["n"] == 1 and compare[task]["zero_shot"]["n"] == 1
+
+    # Each score again, by `loragen eval` on tiny@v2: the base alone, the refreshed adapter, and the old adapter
+    # registered on v2 as it is.
+    def evaluated(*target):
+        [row] = run_cli(capsys, "eval", *target, "--tasks", task, "--limit", limit, "--json").json()
+        assert row["base"] == "tiny@v2" and row["examples"] == int(limit)
+        return row["value"]
+
+    assert run_cli(capsys, "export", old_id, tmp_path / "old").code == 0
+    old_on_new = run_cli(capsys, "ingest", tmp_path / "old", "--base", "tiny@v2", "--task", task, "--json").json()["id"]
+    expected = {"zero_shot": evaluated("--base", "tiny@v2"), "refreshed": evaluated(item["id"]),
+                "old_on_new": evaluated(old_on_new)}
+    assert item["scores"] == pytest.approx(expected, abs=1e-9)
+    assert len(set(expected.values())) == 3, expected  # the setup tells the three apart, so a swap would show
 
 
 def test_refresh_of_an_unknown_base_is_a_clear_error(capsys, evolved_registry):

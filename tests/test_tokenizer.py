@@ -91,13 +91,13 @@ def test_layout_dict_round_trip_through_json():
 
 
 def test_layout_from_dict_rejects_garbage():
-    with pytest.raises(LoragenError):
+    with pytest.raises(LoragenError, match="malformed LoRA layout"):
         LoraLayout.from_dict({"token_size": 8})
-    with pytest.raises(LoragenError):
+    with pytest.raises(LoragenError, match=r"'a' has shape \(0, 3\); expected a non-empty matrix"):
         LoraLayout.from_dict({"token_size": 8, "entries": [{"key": "a", "shape": [0, 3]}]})
-    with pytest.raises(LoragenError):
+    with pytest.raises(LoragenError, match="unsupported LoRA layout format version 99"):
         LoraLayout.from_dict({**LoraLayout.from_state_dict(make_adapter(), 8).to_dict(), "format_version": 99})
-    with pytest.raises(LoragenError):
+    with pytest.raises(LoragenError, match="token_size must be a positive integer, got 0"):
         LoraLayout.from_shapes({"a.lora_A.weight": (2, 2)}, token_size=0)
 
 
@@ -205,12 +205,12 @@ def test_mismatched_state_dicts_raise_invalid_adapter():
     nan[key] = torch.full_like(sd[key], float("nan"))
     with pytest.raises(InvalidAdapter, match="NaN"):
         tokenize(nan, layout, stats)
-    with pytest.raises(InvalidAdapter):
+    with pytest.raises(InvalidAdapter, match="NaN or infinite"):
         NormStats.fit([nan], layout)
 
-    with pytest.raises(InvalidAdapter):
+    with pytest.raises(InvalidAdapter, match=r"has shape \(0, 4\); expected a non-empty matrix"):
         LoraLayout.from_state_dict({"a.lora_A.weight": torch.zeros(0, 4)}, token_size=8)
-    with pytest.raises(InvalidAdapter):
+    with pytest.raises(InvalidAdapter, match="no tensors"):
         LoraLayout.from_state_dict({}, token_size=8)
 
 
@@ -224,9 +224,9 @@ def test_detokenize_rejects_wrong_token_shape_and_foreign_stats():
     other = LoraLayout.from_state_dict(make_adapter(num_layers=1), token_size=8)
     with pytest.raises(LoragenError, match="stats"):
         tokenize(sd, layout, NormStats.identity(other))
-    with pytest.raises(LoragenError):
+    with pytest.raises(LoragenError, match="zero adapters"):
         NormStats.fit([], layout)
-    with pytest.raises(LoragenError):
+    with pytest.raises(LoragenError, match="std of 'a' is not positive"):
         NormStats.from_dict({"mean": {"a": 0.0}, "std": {"a": 0.0}})
 
 
