@@ -38,7 +38,7 @@ def score_tasks(model, tokenizer, tasks, *, out: Path, runs: Path, lora, config,
     Every new row is written before the next task starts.
     """
     from bench.harness import score_columns
-    from loragen.finetune import finetune
+    from loragen.workflows import finetune_unregistered
 
     settings = {"lora": asdict(lora), "finetune": asdict(config), "limit": limit, "split": "validation",
                 "min_gain": min_gain, **(extra or {})}
@@ -55,7 +55,7 @@ def score_tasks(model, tokenizer, tasks, *, out: Path, runs: Path, lora, config,
         # Named by everything that changes the weights, so other settings never resume (or reuse) this run.
         run_dir = runs / (f"{task.name}-s{config.seed}-n{config.steps}-lr{config.learning_rate}-b{config.batch_size}"
                           f"-r{lora.r}-{(extra or {}).get('base', 'base').replace('@', '_')}")
-        result = finetune(model, tokenizer, task.examples("train"), lora, config, run_dir)
+        result = finetune_unregistered(model, tokenizer, task, lora, config, run_dir)  # held-out tasks too: never registered
         [(_, trained, _)] = score_columns(model, tokenizer, task, {"fine_tuned": result.checkpoints[-1].path}, **options)
         gain = trained.value - zero.value
         rows[task.name] = {

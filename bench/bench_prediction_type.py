@@ -28,8 +28,8 @@ def main() -> None:
 
     from loragen.adapters import load_weights
     from loragen.config import GeneratorSettings
-    from loragen.generator.training import TrainingAdapter, TrainingSet, train_generator
-    from loragen.workflows import LoadedGenerator, sample_state_dict
+    from loragen.generator.training import TrainingAdapter, TrainingSet
+    from loragen.workflows import LoadedGenerator, sample_state_dict, train_on
     from tests.tiny import make_lora, make_tiny_llama
 
     torch.set_num_threads(1)
@@ -49,7 +49,7 @@ def main() -> None:
                                          denoiser_channels=[8, 16, 8], batch_size=2, tokens_per_step=64,
                                          learning_rate=3e-3, steps=args.steps, prediction_type=prediction, anchor=anchor)
             began = time.perf_counter()
-            checkpoint = train_generator(data, settings, work / f"run-{prediction}-{anchor}")
+            checkpoint = train_on(data, settings, work / f"run-{prediction}-{anchor}")
             generator = LoadedGenerator("bench", checkpoint, checkpoint.build_model())
             for index, adapter in enumerate(adapters):
                 sample = sample_state_dict(generator, text[index], data.base_embeddings["tiny@v1"], seed=0,

@@ -34,9 +34,15 @@ def main() -> None:
     args = parser.parse_args()
 
     from loragen.config import FinetuneConfig, LoraConfig
-    from loragen.finetune import finetune
     from loragen.tasks.suite import get_task
-    from loragen.workflows import base_condition, load_base, load_generator, sample_state_dict, text_encoder
+    from loragen.workflows import (
+        base_condition,
+        finetune_unregistered,
+        load_base,
+        load_generator,
+        sample_state_dict,
+        text_encoder,
+    )
 
     torch.set_num_threads(args.threads)
     registry = open_registry(args.home)
@@ -67,7 +73,7 @@ def main() -> None:
     config = FinetuneConfig(steps=args.finetune_steps, batch_size=8, learning_rate=2e-3, checkpoints=1,
                             checkpoint_every=10, seed=12345)
     with tempfile.TemporaryDirectory(prefix="bench-speed-", dir=args.home) as tmp:
-        result = finetune(model, tokenizer, task.examples("train"), LoraConfig(), config, Path(tmp) / "run")
+        result = finetune_unregistered(model, tokenizer, task, LoraConfig(), config, Path(tmp) / "run")
     print(f"fine-tuning {args.finetune_steps} steps: {result.wall_time_s:.1f} s", flush=True)
     ratios = {steps: round(result.wall_time_s / row["seconds_median"], 1) for steps, row in sampling.items()}
     print("fine-tuning / generation:", ", ".join(f"{ratio}x at {steps} steps" for steps, ratio in ratios.items()))

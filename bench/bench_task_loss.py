@@ -30,7 +30,7 @@ def main() -> None:
     from loragen.config import GeneratorSettings
     from loragen.finetune import collate, encode_examples
     from loragen.generator.task_loss import base_loss
-    from loragen.generator.training import train_generator
+    from loragen.workflows import train_on
     from tests.helpers import TINY_GENERATOR
     from tests.test_task_loss import held_in_loss, tiny_task_set
     from tests.tiny import make_tiny_llama
@@ -56,7 +56,7 @@ def main() -> None:
         for seed in args.seeds:
             settings = GeneratorSettings(**dict(TINY_GENERATOR, memory_slots=2, sample_steps=10, steps=args.steps,
                                                 task_examples_per_step=8, seed=seed, **overrides))
-            checkpoint = train_generator(data, settings, folder / f"{name}-{seed}".replace(" ", "_"))
+            checkpoint = train_on(data, settings, folder / f"{name}-{seed}".replace(" ", "_"))
             losses.append(held_in_loss(checkpoint, data))
         print(f"{name:<20} " + " ".join(f"{v:<8.4f}" for v in losses) + f"   {sum(losses) / len(losses):.4f}",
               flush=True)

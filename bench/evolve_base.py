@@ -265,12 +265,12 @@ def save_hf_folder(model, tokenizer, folder: Path) -> None:
 
 def mean_zero_shot(model, tokenizer, tasks: list[str], limit: int) -> float | None:
     """The mean validation score of the model alone over `tasks` (none: None)."""
-    from loragen.evaluation import evaluate
     from loragen.tasks.suite import get_task
+    from loragen.workflows import score_on_base
 
     if not tasks:
         return None
-    scores = evaluate(model, tokenizer, [get_task(t) for t in tasks], split="validation", limit=limit)
+    [scores] = score_on_base(model, tokenizer, [get_task(t) for t in tasks], [None], split="validation", limit=limit)
     return round(sum(s.value for s in scores) / len(scores), 4)
 
 

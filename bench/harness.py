@@ -145,17 +145,14 @@ def write_summary(path: Path, payload: dict, *, root: Path = ROOT) -> dict:
 def score_columns(model, tokenizer, task, adapters: Mapping[str, str | Path | None], *, limit: int | None,
                   split: str = "test", batch_size: int = 16) -> Iterator[tuple[str, object, float]]:
     """Score `task` on a loaded base once per column, in the order given: zero-shot for a column whose adapter is
-    None, else with that adapter folder attached. Yields (column, Score, seconds) as each one finishes, so a
-    resumable stage can write it down before the next begins."""
-    from loragen.evaluation import attached, evaluate
+    None, else with that adapter folder attached (loragen.workflows.score_on_base, the one scoring loop). Yields
+    (column, Score, seconds) as each one finishes, so a resumable stage can write it down before the next begins."""
+    from loragen.workflows import score_on_base
 
-    for column, folder in adapters.items():
+    scored = score_on_base(model, tokenizer, [task], adapters.values(), split=split, limit=limit, batch_size=batch_size)
+    for column in adapters:
         began = time.perf_counter()
-        if folder is None:
-            [score] = evaluate(model, tokenizer, [task], split=split, limit=limit, batch_size=batch_size)
-        else:
-            with attached(model, Path(folder)) as peft_model:
-                [score] = evaluate(peft_model, tokenizer, [task], split=split, limit=limit, batch_size=batch_size)
+        [score] = next(scored)  # scored lazily: the clock runs while this column is evaluated
         yield column, score, time.perf_counter() - began
 
 

@@ -7,8 +7,8 @@ callbacks it is given. One module per room, each importing only those before it:
 
     bases       load_base, BaseLoader, find_task, the generator's conditions (text_encoder, base_condition)
     evaluate    score_on_base (zero-shot, then each adapter, on one loaded base), evaluate_targets
-    finetune    finetune_task, finetune_multitask and their run folders
-    training    collect_training_set, train (the generator)
+    finetune    finetune_task, finetune_multitask and their run folders; finetune_unregistered
+    training    collect_training_set, train (the generator); train_on (a hand-made training set)
     generation  load_generator, draw, Candidate and choose, generate
     refreshing  plan_refresh, refresh
 
@@ -48,6 +48,7 @@ from loragen.workflows.finetune import (
     finetune_multitask,
     finetune_run_dir,
     finetune_task,
+    finetune_unregistered,
     multitask_members,
 )
 from loragen.workflows.generation import (
@@ -67,7 +68,7 @@ from loragen.workflows.generation import (
     slug,
 )
 from loragen.workflows.refreshing import RefreshItem, draw_shifted, plan_refresh, refresh
-from loragen.workflows.training import collect_training_set, train
+from loragen.workflows.training import collect_training_set, train, train_on
 
 __all__ = [
     "BaseLoader", "CARRIED_OVER", "Candidate", "Drawn", "EvalTarget", "FinetuneOutcome", "GenerateResult",
@@ -75,9 +76,10 @@ __all__ = [
     "RegisteredCheckpoint", "SEEN_TASKS", "SLUG_LENGTH", "TargetScore", "base_condition", "bundled_task", "choose",
     "collect_training_set", "default_group_name", "distributed_rank", "draw", "draw_shifted", "evaluate_adapters",
     "evaluate_base", "evaluate_targets", "find_task", "finetune_multitask", "finetune_run_dir", "finetune_task",
+    "finetune_unregistered",
     "generate", "join_process_group", "load_base", "load_generator", "member_tasks", "multitask_members",
     "plan_refresh", "position_of", "ranks_weight_digests", "refresh", "register_drawn", "sample_state_dict",
-    "score_on_base", "slug", "text_encoder", "train", "validation_scores",
+    "score_on_base", "slug", "text_encoder", "train", "train_on", "validation_scores",
 ]
 
 # The data-parallel helpers live beside the generator's training loop, whose module imports torch: handed out on

@@ -82,6 +82,17 @@ def finetune_task(registry: Registry, task: str | Task, base_ref: str, lora_conf
                            resumed_from_step=result.resumed_from_step, losses=result.losses)
 
 
+def finetune_unregistered(model, tokenizer, task: str | Task, lora_config: LoraConfig, finetune_config: FinetuneConfig,
+                          run_dir: Path, *, train_limit: int | None = None, progress: Progress | None = None) -> Any:
+    """Fine-tune a LoRA on a loaded base into `run_dir` and register nothing: for adapters that must never reach
+    the registry a generator trains from (a benchmark's held-out tasks and ceilings, a timing run). Resumable like
+    finetune_task; returns loragen.finetune's result (its checkpoints' folders, losses and times)."""
+    from loragen.finetune import finetune
+
+    examples = find_task(task).examples("train")[:train_limit]
+    return finetune(model, tokenizer, examples, lora_config, finetune_config, run_dir, progress=progress)
+
+
 def _register_checkpoints(registry: Registry, result: Any, version: BaseVersionInfo, task_name: str,
                           descriptions: Sequence[str], run_dir: Path, config: FinetuneConfig, num_examples: int,
                           group_provenance: dict[str, Any] | None = None) -> list[RegisteredCheckpoint]:

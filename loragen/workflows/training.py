@@ -112,3 +112,11 @@ def train(registry: Registry, settings: GeneratorSettings, *, tasks: Sequence[st
     summary.pop("settings", None)
     summary["weights_sha256_per_rank"] = digests
     return registered, summary
+
+
+def train_on(data: Any, settings: GeneratorSettings, run_dir: Path, *, progress: Progress | None = None) -> Any:
+    """Train a generator on a TrainingSet built by hand (random conditions, toy tasks) into `run_dir`, registering
+    nothing: what a benchmark of the method itself needs. Resumable from the run folder; returns the checkpoint."""
+    from loragen.generator.training import train_generator
+
+    return train_generator(data, settings, run_dir, progress=progress)
