@@ -58,6 +58,16 @@ def tiny_base_v2(tmp_path_factory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("bases") / "tiny-v2", seed=1)
 
 
+@pytest.fixture
+def registered(capsys, tiny_base) -> str:
+    """The tiny base registered through the CLI as `tiny`."""
+    from tests.helpers import run_cli
+
+    result = run_cli(capsys, "base", "add", "tiny", "--from", tiny_base)
+    assert result.code == 0, result.err
+    return "tiny"
+
+
 @pytest.fixture(scope="session")
 def tiny_adapter(tmp_path_factory, tiny_base) -> Path:
     from tests.tiny import make_lora

@@ -62,3 +62,11 @@ def registry_with_adapters(capsys, tiny_base, tmp_path, home, tasks, **generator
         assert result.code == 0, result.err
         ids.append(result.json()["id"])
     return ids
+
+
+def one_line_error(result: Result, code: int = 1) -> str:
+    """The single line a refused command printed on stderr (no traceback), after checking its exit code."""
+    assert result.code == code, (result.code, result.out, result.err)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.err, result.err
+    return lines[0]

@@ -8,22 +8,9 @@ from pathlib import Path
 import pytest
 
 from loragen.errors import LoragenError
-from tests.helpers import blob_files, registry_with_adapters, run_cli
+from tests.helpers import blob_files, one_line_error, registry_with_adapters, run_cli
 
 LONG = "a" * 5000
-
-
-def _one_line(result, code=1):
-    assert result.code == code, (result.code, result.err)
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.err, result.err
-    return lines[0]
-
-
-@pytest.fixture
-def registered(capsys, tiny_base):
-    assert run_cli(capsys, "base", "add", "tiny", "--from", tiny_base).code == 0
-    return "tiny"
 
 
 @pytest.fixture
@@ -48,7 +35,7 @@ def _nothing_registered(capsys):
 
 def test_samples_on_a_free_description_is_refused_before_the_generator_loads(capsys, registered, no_generator_work):
     result = run_cli(capsys, "generate", "--task", "a free description", "--base", "tiny", "--samples", "4")
-    line = _one_line(result)
+    line = one_line_error(result)
     assert "no bundled task named 'a-free-description'" in line
     assert "--validate-on TASK|FOLDER" in line and "--samples 1" in line
     _nothing_registered(capsys)
@@ -58,20 +45,20 @@ def test_validate_on_is_checked_before_the_generator_loads(capsys, registered, n
     from loragen.tasks.suite import get_task
 
     alone = run_cli(capsys, "generate", "--task", "x", "--base", "tiny", "--validate-on", "antonyms")
-    assert "use it with --samples 2 or more" in _one_line(alone)
+    assert "use it with --samples 2 or more" in one_line_error(alone)
     unknown = run_cli(capsys, "generate", "--task", "x", "--base", "tiny", "--samples", "2", "--validate-on", "nope")
-    assert "unknown task 'nope'" in _one_line(unknown)
+    assert "unknown task 'nope'" in one_line_error(unknown)
     no_split = tmp_path / "no-split"
     shutil.copytree(get_task("antonyms").dir, no_split)
     (no_split / "validation.jsonl").unlink()
     missing = run_cli(capsys, "generate", "--task", "x", "--base", "tiny", "--samples", "2", "--validate-on", no_split)
-    assert "validation.jsonl does not exist" in _one_line(missing)
+    assert "validation.jsonl does not exist" in one_line_error(missing)
     undeclared = tmp_path / "undeclared"
     shutil.copytree(get_task("antonyms").dir, undeclared)
     yaml_path = undeclared / "task.yaml"
     yaml_path.write_text(yaml_path.read_text().replace("    validation: validation.jsonl\n", ""))
     refused = run_cli(capsys, "generate", "--task", "x", "--base", "tiny", "--samples", "2", "--validate-on", undeclared)
-    assert "declares no validation split" in _one_line(refused)
+    assert "declares no validation split" in one_line_error(refused)
     _nothing_registered(capsys)
 
 
@@ -97,7 +84,7 @@ def test_the_validation_task_is_decided_from_the_names_alone(tmp_path):
 @pytest.mark.parametrize("task", ["", "   ", "\t\n"])
 def test_empty_task_is_refused_before_work(capsys, registered, no_generator_work, task):
     result = run_cli(capsys, "generate", "--task", task, "--base", "tiny")
-    assert "the task is empty" in _one_line(result)
+    assert "the task is empty" in one_line_error(result)
     _nothing_registered(capsys)
 
 
@@ -106,11 +93,11 @@ def test_generate_checks_its_other_inputs_before_work(capsys, registered, no_gen
     taken.mkdir()
     (taken / "file").write_text("x")
     out = run_cli(capsys, "generate", "--task", "x", "--base", "tiny", "--out", taken)
-    assert "already exists and is not empty" in _one_line(out)
+    assert "already exists and is not empty" in one_line_error(out)
     bad_name = run_cli(capsys, "generate", "--task", "x", "--base", "tiny", "--name", "has space")
-    assert "invalid task name 'has space'" in _one_line(bad_name)
+    assert "invalid task name 'has space'" in one_line_error(bad_name)
     unknown_base = run_cli(capsys, "generate", "--task", "x", "--base", "nope")
-    assert "no base model named 'nope'" in _one_line(unknown_base)
+    assert "no base model named 'nope'" in one_line_error(unknown_base)
     assert run_cli(capsys, "generate", "--task", "x", "--base", "tiny", "--seed", "-1").code == 2
     assert run_cli(capsys, "generate", "--task", "x", "--base", "tiny", "--samples", "0").code == 2
     assert run_cli(capsys, "generate", "--task", "antonyms", "--base", "tiny", "--samples", "2",
@@ -254,7 +241,7 @@ def test_base_add_of_a_broken_gguf_is_one_line_and_registers_nothing(capsys, tmp
                 "cut-in-tensor-table": data[:300], "cut-in-tensor-data": data[:600]}[kind]
     broken = tmp_path / f"{kind}.gguf"
     broken.write_bytes(contents)
-    line = _one_line(run_cli(capsys, "base", "add", "broken", "--from", broken))
+    line = one_line_error(run_cli(capsys, "base", "add", "broken", "--from", broken))
     assert f"{broken} is not a readable GGUF file: {expected}" in line
     assert run_cli(capsys, "list", "bases", "--json").json() == []
     assert blob_files(isolated_home) == []
@@ -265,17 +252,17 @@ def test_base_add_of_a_broken_hf_folder_is_one_line_and_registers_nothing(capsys
     shutil.copytree(tiny_base, truncated)
     weights = truncated / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:3000])
-    line = _one_line(run_cli(capsys, "base", "add", "t", "--from", truncated))
+    line = one_line_error(run_cli(capsys, "base", "add", "t", "--from", truncated))
     assert "model.safetensors is not a readable safetensors file (truncated or corrupt)" in line
     bad_config = tmp_path / "bad-config"
     shutil.copytree(tiny_base, bad_config)
     (bad_config / "config.json").write_text('{"model_type": "llama", "hidden')
-    assert "config.json is not valid JSON" in _one_line(run_cli(capsys, "base", "add", "t", "--from", bad_config))
+    assert "config.json is not valid JSON" in one_line_error(run_cli(capsys, "base", "add", "t", "--from", bad_config))
     listed = tmp_path / "listed"
     shutil.copytree(tiny_base, listed)
     (listed / "config.json").write_text("[1, 2]")
-    assert "must hold a JSON object" in _one_line(run_cli(capsys, "base", "add", "t", "--from", listed))
-    assert "--from is empty" in _one_line(run_cli(capsys, "base", "add", "t", "--from", " "))
+    assert "must hold a JSON object" in one_line_error(run_cli(capsys, "base", "add", "t", "--from", listed))
+    assert "--from is empty" in one_line_error(run_cli(capsys, "base", "add", "t", "--from", " "))
     assert run_cli(capsys, "list", "bases", "--json").json() == []
     assert blob_files(isolated_home) == []
 
@@ -292,24 +279,24 @@ def source_never_read(monkeypatch):
 
 def test_base_names_are_checked_before_the_source_is_read(capsys, tiny_base, source_never_read, tmp_path):
     bad = run_cli(capsys, "base", "add", "bad name!", "--from", tiny_base)
-    assert "invalid base name 'bad name!'" in _one_line(bad) and "reading" not in bad.err
+    assert "invalid base name 'bad name!'" in one_line_error(bad) and "reading" not in bad.err
     missing = run_cli(capsys, "base", "add", "bad name!", "--from", tmp_path / "does-not-exist")
-    assert "invalid base name 'bad name!'" in _one_line(missing)
+    assert "invalid base name 'bad name!'" in one_line_error(missing)
     newline = run_cli(capsys, "base", "add", "tiny\n", "--from", tiny_base)   # `$` alone would let it through
-    assert "invalid base name 'tiny\\n'" in _one_line(newline)
+    assert "invalid base name 'tiny\\n'" in one_line_error(newline)
     unknown = run_cli(capsys, "base", "update", "nope", "--from", tmp_path / "does-not-exist")
-    assert "no base model named 'nope'" in _one_line(unknown)
+    assert "no base model named 'nope'" in one_line_error(unknown)
 
 
 def test_base_update_takes_a_name_not_a_version(capsys, registered, tiny_base_v2, source_never_read):
     result = run_cli(capsys, "base", "update", "tiny@v1", "--from", tiny_base_v2)
-    assert "base update takes a base name ('tiny'), not a version ('tiny@v1')" in _one_line(result)
+    assert "base update takes a base name ('tiny'), not a version ('tiny@v1')" in one_line_error(result)
 
 
 # ---------------------------------------------------------------- long input
 
 
-def test_quoted_shortens_and_keeps_one_line():
+def test_quoted_shortens_and_keepsone_line_error():
     from loragen.errors import quoted
 
     assert quoted("tiny") == "'tiny'"
@@ -333,17 +320,17 @@ def test_every_error_that_echoes_a_long_input_shortens_it(capsys, registered, ti
         ("generate", "--task", "x", "--base", "tiny", "--generator", LONG),
     ]
     for command in commands:
-        line = _one_line(run_cli(capsys, *command))
+        line = one_line_error(run_cli(capsys, *command))
         assert re.search(r"…' \(\d{4,} characters\)", line), (command[:2], line[:200])
         assert len(line) < 400, (command[:2], line[:200])
     huge_version = run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny@v" + "9" * 5000, "--task", "t")
-    assert "invalid base reference 'tiny@v999" in _one_line(huge_version)   # not Python's int() digit limit
+    assert "invalid base reference 'tiny@v999" in one_line_error(huge_version)   # not Python's int() digit limit
 
 
 def test_rm_removes_nothing_when_one_id_is_wrong(capsys, registered, tiny_adapter):
     adapter_id = run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", "echo", "--json").json()["id"]
     result = run_cli(capsys, "rm", adapter_id, "ffff0000")
-    assert "no adapter with id 'ffff0000'" in _one_line(result)
+    assert "no adapter with id 'ffff0000'" in one_line_error(result)
     assert [a["id"] for a in run_cli(capsys, "list", "--json").json()] == [adapter_id]
     twice = run_cli(capsys, "rm", adapter_id, adapter_id)
     assert twice.code == 0 and twice.out.count("removed") == 1

@@ -4,16 +4,9 @@ import fcntl
 import os
 import time
 
-import pytest
-
 from tests.helpers import blob_files, run_cli
 
 HOUR = 3600
-
-
-@pytest.fixture
-def registered(capsys, tiny_base):
-    assert run_cli(capsys, "base", "add", "tiny", "--from", tiny_base).code == 0
 
 
 def _orphan_blobs(capsys, tiny_adapter, home):

@@ -16,22 +16,9 @@ import pytest
 
 from loragen.errors import LoragenError
 from loragen.tasks.suite import DATA_DIR, get_task, load_task_dir, materialize_yaml
-from tests.helpers import registry_with_adapters, run_cli
+from tests.helpers import one_line_error, registry_with_adapters, run_cli
 
 NOT_UTF8 = b"\xff".decode("utf-8", "surrogateescape")  # what Python makes of the argument $'\xff'
-
-
-def _one_line(result, code=1) -> str:
-    assert result.code == code, (result.code, result.out, result.err)
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.err, result.err
-    return lines[0]
-
-
-@pytest.fixture
-def registered(capsys, tiny_base):
-    assert run_cli(capsys, "base", "add", "tiny", "--from", tiny_base).code == 0
-    return "tiny"
 
 
 def _task_folder(tmp_path: Path, *, name: str | None = None, eval_name: str | None = None,
@@ -59,7 +46,7 @@ def test_a_task_name_that_climbs_out_is_refused_before_finetune_builds_a_folder(
     folder = _task_folder(tmp_path, name="../../elsewhere/x")
     result = run_cli(capsys, "finetune", "--task", folder, "--base", "tiny", "--steps", "1")
     assert not (tmp_path / "elsewhere").exists() and not (isolated_home / "runs").exists()
-    line = _one_line(result)
+    line = one_line_error(result)
     assert "invalid task name '../../elsewhere/x'" in line and "meta.json" in line
 
 
@@ -93,7 +80,7 @@ def test_a_yaml_task_name_that_climbs_out_is_refused_by_eval_and_nothing_is_over
     folder = _task_folder(tmp_path, name="my_task", eval_name="../../../victim")
     result = run_cli(capsys, "eval", "--base", "tiny", "--tasks", folder, "--limit", "1")
     assert victim.read_text() == "precious\n"
-    line = _one_line(result)
+    line = one_line_error(result)
     assert "invalid lm-eval task name '../../../victim'" in line and "task.yaml" in line
 
 
@@ -114,7 +101,7 @@ def test_materialize_yaml_never_writes_outside_its_folder(tmp_path):
 
 def test_generate_validate_on_refuses_the_same_yaml_name(capsys, tmp_path):
     folder = _task_folder(tmp_path, name="my_task", eval_name="../../../x")
-    line = _one_line(run_cli(capsys, "generate", "--task", "antonyms", "--base", "tiny", "--samples", "2",
+    line = one_line_error(run_cli(capsys, "generate", "--task", "antonyms", "--base", "tiny", "--samples", "2",
                              "--validate-on", folder))
     assert "invalid lm-eval task name '../../../x'" in line
 
@@ -122,25 +109,25 @@ def test_generate_validate_on_refuses_the_same_yaml_name(capsys, tmp_path):
 # ---------------------------------------------------------------- D6: text that is not UTF-8
 
 
-def test_ingest_of_a_description_that_is_not_utf8_is_one_line(capsys, registered, tiny_adapter):
-    line = _one_line(run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", "t1", "-d", NOT_UTF8))
+def test_ingest_of_a_description_that_is_not_utf8_isone_line_error(capsys, registered, tiny_adapter):
+    line = one_line_error(run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", "t1", "-d", NOT_UTF8))
     assert line == r"loragen: error: description '\udcff' is not valid UTF-8"
     assert run_cli(capsys, "list", "--json").json() == []
 
 
 def test_generate_of_a_task_that_is_not_utf8_is_refused_before_anything_is_loaded(capsys):
-    line = _one_line(run_cli(capsys, "generate", "--task", f"words {NOT_UTF8}", "--base", "tiny"))
+    line = one_line_error(run_cli(capsys, "generate", "--task", f"words {NOT_UTF8}", "--base", "tiny"))
     assert line == r"loragen: error: task 'words \udcff' is not valid UTF-8"
 
 
 @pytest.mark.parametrize("note", [NOT_UTF8, "ring\x07"])
-def test_a_base_note_that_is_not_plain_text_is_one_line(capsys, tiny_base, note):
-    line = _one_line(run_cli(capsys, "base", "add", "tiny", "--from", tiny_base, "--note", note))
+def test_a_base_note_that_is_not_plain_text_isone_line_error(capsys, tiny_base, note):
+    line = one_line_error(run_cli(capsys, "base", "add", "tiny", "--from", tiny_base, "--note", note))
     assert line.startswith("loragen: error: note ")
     assert run_cli(capsys, "list", "bases", "--json").json() == []
 
 
-def test_task_files_that_are_not_utf8_are_one_line(tmp_path):
+def test_task_files_that_are_not_utf8_areone_line_error(tmp_path):
     folder = _task_folder(tmp_path, name="my_task")
     (folder / "meta.json").write_bytes(b'{"name": "\xff"}')
     with pytest.raises(LoragenError, match="meta.json is not valid UTF-8"):
@@ -159,7 +146,7 @@ def test_task_files_that_are_not_utf8_are_one_line(tmp_path):
 
 
 def test_ingest_refuses_a_control_character_in_a_description(capsys, registered, tiny_adapter):
-    line = _one_line(run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", "t1",
+    line = one_line_error(run_cli(capsys, "ingest", tiny_adapter, "--base", "tiny", "--task", "t1",
                              "-d", "evil\x1b[2J"))
     assert r"holds the control character '\x1b'" in line
     assert run_cli(capsys, "list", "tasks", "--json").json() == []
@@ -171,7 +158,7 @@ def test_a_description_over_several_lines_is_still_accepted(capsys, registered, 
 
 
 def test_generate_refuses_a_control_character_in_the_task(capsys):
-    line = _one_line(run_cli(capsys, "generate", "--task", "ring\x07the bell", "--base", "tiny"))
+    line = one_line_error(run_cli(capsys, "generate", "--task", "ring\x07the bell", "--base", "tiny"))
     assert r"holds the control character '\x07'" in line
 
 
@@ -244,7 +231,7 @@ def test_cells_are_cut_by_terminal_columns():
 
 def test_train_refuses_an_unknown_held_out_task_before_training(capsys, tiny_base, tmp_path, isolated_home):
     registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home, ["upper", "lower"])
-    line = _one_line(run_cli(capsys, "train", "--held-out", "uper", "--steps", "2"))
+    line = one_line_error(run_cli(capsys, "train", "--held-out", "uper", "--steps", "2"))
     assert "unknown held-out task 'uper'" in line and "did you mean upper" in line
     assert run_cli(capsys, "list", "generators", "--json").json() == []
 
@@ -303,10 +290,10 @@ def test_export_task_refuses_a_folder_in_use_and_unknown_tasks(capsys, tmp_path)
     used = tmp_path / "used"
     used.mkdir()
     (used / "keep.txt").write_text("mine")
-    line = _one_line(run_cli(capsys, "export-task", "antonyms", used))
+    line = one_line_error(run_cli(capsys, "export-task", "antonyms", used))
     assert "already exists and is not an empty folder" in line
     assert sorted(p.name for p in used.iterdir()) == ["keep.txt"]
-    assert "unknown task 'antonym'" in _one_line(run_cli(capsys, "export-task", "antonym", tmp_path / "new"))
+    assert "unknown task 'antonym'" in one_line_error(run_cli(capsys, "export-task", "antonym", tmp_path / "new"))
     assert not (tmp_path / "new").exists()
 
 

@@ -11,13 +11,6 @@ from tests.helpers import blob_files, run_cli
 from tests.tiny import make_lora, make_tiny_llama
 
 
-@pytest.fixture
-def registered(capsys, tiny_base):
-    result = run_cli(capsys, "base", "add", "tiny", "--from", tiny_base)
-    assert result.code == 0, result.err
-    return "tiny"
-
-
 def test_base_add_list_show_json(capsys, registered):
     rows = run_cli(capsys, "list", "bases", "--json").json()
     assert [r["name"] for r in rows] == ["tiny@v1"]
