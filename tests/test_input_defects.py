@@ -73,13 +73,20 @@ def test_a_base_file_path_that_leaves_the_home_is_refused_by_export_and_named_by
 
 
 @sqlite_only
-@pytest.mark.parametrize("column, value", [("path", "/etc/passwd"), ("path", "a/./b"), ("gguf_file", "../x.gguf")])
+@pytest.mark.parametrize("column, value", [("path", "<absolute>"), ("path", "a/./b"), ("gguf_file", "../x.gguf")])
 def test_other_stored_paths_outside_their_folder_are_refused(capsys, registered, isolated_home, tmp_path, column,
                                                              value):
+    # An absolute path names a file of the test's own (never a system file: on code without the check, export
+    # replaces the file it names with a link into the blob store).
+    victim = tmp_path / "absolute-victim"
+    victim.write_text("precious")
+    value = str(victim) if value == "<absolute>" else value
     table = "base_version_files" if column == "path" else "base_versions"
     where = " WHERE path = 'config.json'" if column == "path" else ""
     edit_db(isolated_home, f"UPDATE {table} SET {column} = '{value}'{where}")
-    one_line_error(run_cli(capsys, "export", registered, tmp_path / "out"), repr(value), "damaged or was edited")
+    named = "an absolute path" if value == str(victim) else repr(value)  # a long path is shortened in the message
+    one_line_error(run_cli(capsys, "export", registered, tmp_path / "out"), named, "damaged or was edited")
+    assert not victim.is_symlink() and victim.read_text() == "precious"
     assert run_cli(capsys, "doctor", "--json").json()["problems"][0]["problem"] == "bad path"
 
 
