@@ -36,10 +36,6 @@ def ingest(path: Path = typer.Argument(..., help="A PEFT adapter folder (adapter
            description: list[str] = typer.Option([], "--description", "-d", help="Task description (repeatable)."),
            as_json: bool = JSON) -> None:
     """Validate a trained PEFT LoRA against its base and register it."""
-    from loragen.inputs import check_text
-
-    for text in description:  # stored, then printed by `list tasks`: refused before anything is read
-        check_text("description", text)
     result = state.registry.ingest(path, base, task, description)
     if as_json:
         render({"id": result.id, "created": result.created}, as_json=True)

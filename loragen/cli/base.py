@@ -6,7 +6,6 @@ import typer
 
 from loragen.cli.context import state
 from loragen.cli.render import Column, human_count, render, say
-from loragen.inputs import check_text
 
 app = typer.Typer(help="Register base models and their evolved versions.", invoke_without_command=True)
 
@@ -36,7 +35,6 @@ def add(name: str = typer.Argument(..., help="Name for the base, e.g. smollm2-13
         note: str = typer.Option("", "--note", help="Free text kept with the version."),
         as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
     """Register a new base model (its version 1)."""
-    check_text("note", note)  # stored, then printed by `list bases`: refused before the weights are read
     result = state.registry.add_base(name, source, note, reading=_say_reading)
     _report(result.id, "registered", as_json)
 
@@ -47,7 +45,6 @@ def update(name: str = typer.Argument(..., help="An existing base."),
            note: str = typer.Option("", "--note", help='How it evolved, e.g. "continued pretraining on GCIDE".'),
            as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
     """Register an evolved version of a base: same architecture, new weights."""
-    check_text("note", note)
     result = state.registry.update_base(name, source, note, reading=_say_reading)
     _report(result.id, "registered", as_json)
 

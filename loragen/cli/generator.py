@@ -34,12 +34,15 @@ def train(tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these 
         raise typer.BadParameter("--nproc must be at least 1")
     chosen_tasks, chosen_bases = split_names(tasks, "--tasks"), split_names(bases, "--bases")
     held_out_tasks = split_names(held_out, "--held-out")
-    if held_out_tasks:  # a misspelt name would leave nothing out, and the generator would train on that task
-        from loragen.tasks.suite import check_known_tasks
-
-        check_known_tasks(held_out_tasks, [t["name"] for t in state.registry.list_registered_tasks()], "held-out task")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         import subprocess
+
+        from loragen.tasks.suite import check_known_tasks
+
+        # workflows.train refuses a misspelt held-out task in each worker; checked here too so that one line,
+        # not one per worker, says so before the workers start.
+        check_known_tasks(held_out_tasks or (), [t["name"] for t in state.registry.list_registered_tasks()],
+                          "held-out task")
 
         args = ["train"] + [item for flag, value in (("--tasks", tasks), ("--bases", bases), ("--held-out", held_out),
                                                        ("--steps", steps), ("--seed", seed), ("--lr", lr))
@@ -91,10 +94,8 @@ def generate(task: str = typer.Option(..., "--task", help="A task name in the re
     from contextlib import ExitStack
 
     from loragen import workflows
-    from loragen.inputs import check_text
     from loragen.registry.store import check_export_target
 
-    check_text("task", task)  # a description is stored with the adapter: refused now, not after sampling
     overrides = {k: v for k, v in {"sample_method": method, "sample_steps": sample_steps}.items() if v is not None}
     settings = replace(state.settings.generator, **overrides)
     settings.__post_init__()

@@ -153,6 +153,7 @@ class Registry:
         The name is checked before the source is touched; `reading` is told the source before its weights are read.
         """
         check_name("base", name)
+        check_text("note", note)  # stored, then printed by `list bases`: refused before the weights are read
         with self.session() as s:
             if s.scalar(select(BaseModel).where(BaseModel.name == name)) is not None:
                 raise LoragenError(f"base '{name}' already exists: "
@@ -183,6 +184,7 @@ class Registry:
         if "@" in name:  # a new version always follows the newest, so a version here would only mislead
             raise LoragenError(f"base update takes a base name ({quoted(name.split('@')[0])}), not a version "
                                f"({quoted(name)}): the new version always follows the newest")
+        check_text("note", note)
         with self.session() as s:
             latest = self.resolve_version(s, name)
         source = resolve_source(source_spec)
@@ -247,7 +249,6 @@ class Registry:
                 task = s.scalar(select(TaskRow).where(TaskRow.name == name))
         known = set(s.scalars(select(TaskDescription.text).where(TaskDescription.task_id == task.id)))
         for text in descriptions:
-            check_text("description", text)  # the library refuses what the CLI refuses: not UTF-8, control characters
             text = " ".join(text.split())
             if text and text not in known:
                 s.add(TaskDescription(task_id=task.id, text=text))
@@ -273,6 +274,9 @@ class Registry:
         """Validate a PEFT folder against a base version, then register it."""
         path = Path(path)
         check_name("task", task)
+        descriptions = list(descriptions)
+        for text in descriptions:  # stored, then printed by `list tasks`: refused before any file is read
+            check_text("description", text)
         with self.session() as s:
             version = self.resolve_version(s, base_ref)
         folder = adapter_io.read_adapter_folder(path)
