@@ -194,8 +194,8 @@ def check_known_tasks(names: Iterable[str], registered: Iterable[str], what: str
         except NotFound:
             import difflib
 
-            bundled = [d.name for d in DATA_DIR.iterdir() if (d / "meta.json").is_file()] if DATA_DIR.is_dir() else []
-            close = difflib.get_close_matches(name, sorted(registered | set(bundled)), n=3)
+            bundled = {task.name for task in list_tasks()}
+            close = difflib.get_close_matches(name, sorted(registered | bundled), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise NotFound(f"unknown {what} {quoted(name)}: neither a task in the registry (`loragen list tasks`) "
                            f"nor a bundled task (`loragen list suite`){hint}") from None
