@@ -118,11 +118,11 @@ def generate(task: str = typer.Option(..., "--task", help="A task name in the re
     if out is not None:
         state.registry.export(result.id, out)
     if as_json:
-        render({**result.__dict__, "candidates": [c.__dict__ for c in result.candidates],
+        render({**result.__dict__, "candidates": [c.record() for c in result.candidates],
                 "exported_to": str(out) if out is not None else None}, as_json=True)
         return
     if samples > 1:
-        render([c.__dict__ for c in result.candidates], as_json=False, columns=[
+        render([c.record() for c in result.candidates], as_json=False, columns=[
             Column("SEED", lambda r: r["seed"], "right"), Column("METRIC", lambda r: r["metric"]),
             Column("VALIDATION", lambda r: r["score"], "right")])
         say(f"kept seed {result.seed} (best on {result.validated_on}'s validation split)")
