@@ -24,6 +24,9 @@ SAMPLING_METHODS = ("ddim", "ddpm")
 # Where the task loss reads the generator's x0: from pure noise at the last timestep (what sampling starts
 # from; needs no adapter), or from the task's own adapter noised at a random timestep (as the diffusion loss).
 TASK_LOSS_TIMESTEPS = ("noise", "sampled")
+# What a generator emits: coefficients over the library of its training adapters per slot (issue 20), or the
+# adapter's raw A/B values cut into tokens (the first design, kept as a comparison).
+REPRESENTATIONS = ("library", "raw")
 DDPM_TRAIN_TIMESTEPS = 1000                # the noise schedule's length (DDPMSchedule's default)
 DENOISER_NORM_GROUPS = 8                   # GroupNorm groups in every denoiser conv block
 SEED_LIMIT = 2**32                         # seeds are 0 .. 2**32 - 1 (torch adds offsets to them)
@@ -159,7 +162,12 @@ class GeneratorNetworkSettings:
     these fit a 2-core CPU.
     """
 
-    token_size: int = field(default=1024, metadata={"help": "LoRA values per token (RPG: 1024-16384)"})
+    representation: str = field(default="library", metadata={
+        "help": "library: coefficients over the training adapters per slot (exact at a one-hot, no gauge); "
+                "raw: the adapter's A/B values as tokens (the first design)"})
+    key_dim: int = field(default=64, metadata={"help": "library: width of the slot-to-adapter affinities"})
+    head_hidden: int = field(default=64, metadata={"help": "library: the coefficient denoiser's MLP width"})
+    token_size: int = field(default=1024, metadata={"help": "raw: LoRA values per token (RPG: 1024-16384)"})
     d_model: int = field(default=128, metadata={"help": "Mamba width, even (RPG: 4096)"})
     n_layers: int = field(default=1, metadata={"help": "Mamba blocks"})
     d_state: int = field(default=16, metadata={"help": "SSM state size (RPG: 64)"})
@@ -176,7 +184,9 @@ class GeneratorNetworkSettings:
     direct_readout: bool = field(default=True, metadata={"help": "time-gated linear path prototype -> denoiser output"})
 
     def __post_init__(self) -> None:
-        _check_positive_ints("generator", self, ("token_size", "d_model", "n_layers", "d_state", "prototype_dim"))
+        _check_choice("generator", "representation", self.representation, REPRESENTATIONS)
+        _check_positive_ints("generator", self, ("token_size", "d_model", "n_layers", "d_state", "prototype_dim",
+                                                 "key_dim", "head_hidden"))
         if self.d_model % 2:
             raise LoragenError(f"generator.d_model must be even: the position code has sine and cosine halves "
                                f"(got {self.d_model})")
@@ -202,12 +212,17 @@ class GeneratorTrainingSettings:
     seed: int = field(default=0, metadata={"help": "training seed"})
     prediction_type: str = field(default="sample", metadata={"help": "what the denoiser predicts: "
                                                                      + " or ".join(PREDICTION_TYPES)})
+    leave_one_out: float = field(default=0.5, metadata={
+        "help": "library: share of training rows whose own task's adapters are masked out of the library, so the "
+                "generator learns to compose neighbours (0: always look up; 1: always compose)"})
 
     def __post_init__(self) -> None:
         _check_positive_ints("generator", self, ("steps", "batch_size", "tokens_per_step", "checkpoint_every"))
         _check_positive_number("generator", "learning_rate", self.learning_rate)
         _check_seed("generator", self.seed)
         _check_choice("generator", "prediction_type", self.prediction_type, PREDICTION_TYPES)
+        if not _is_number(self.leave_one_out) or not 0.0 <= self.leave_one_out <= 1.0:
+            raise LoragenError(f"generator.leave_one_out must be in [0, 1] (got {self.leave_one_out!r})")
 
 
 @dataclass

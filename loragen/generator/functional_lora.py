@@ -70,3 +70,33 @@ def _lora_hook(a: torch.Tensor, b: torch.Tensor, scale: float):
                                      b.to(device=x.device, dtype=x.dtype))
         return output + scale * delta
     return add_lora
+
+
+@contextmanager
+def applied_blend(model: nn.Module, library, coefficients: torch.Tensor) -> Iterator[nn.Module]:
+    """`model` with a blend of a library's adapters (loragen.generator.library.Library) added to its linear layers:
+    slot s gets  sum_j coefficients[s, j] * scale_j * B_j A_j,  computed as one rank-(J r) LoRA whose middle is scaled
+    by the coefficients, so gradients reach `coefficients` (S, J) and no dense delta_W is built."""
+    modules = dict(model.named_modules())
+    for slot in library.slots:
+        if not isinstance(modules.get(slot), nn.Linear):
+            raise InvalidAdapter(f"the library targets {slot!r}, which is not a linear layer of this base")
+    weights = coefficients * library.scales.to(coefficients.dtype)                # (S, J)
+    handles = []
+    try:
+        for index, slot in enumerate(library.slots):
+            middle = weights[index].repeat_interleave(library.rank)                 # (J r,)
+            handles.append(modules[slot].register_forward_hook(
+                _blend_hook(library.A[index], library.B[index], middle)))
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _blend_hook(a: torch.Tensor, b: torch.Tensor, middle: torch.Tensor):
+    def add_blend(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        x = inputs[0]
+        inner = nn.functional.linear(x, a.to(device=x.device, dtype=x.dtype)) * middle.to(x.device, x.dtype)
+        return output + nn.functional.linear(inner, b.to(device=x.device, dtype=x.dtype))
+    return add_blend

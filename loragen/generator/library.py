@@ -19,6 +19,7 @@ functions kept beside the fast ones for the tests (mamba-ssm's convention):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -130,3 +131,113 @@ def blend_state_dict(library: Sequence[Mapping[str, LoraFactors]], coefficients:
         state_dict[f"{PEFT_PREFIX}{slot}.lora_A.weight"] = new_a.to(dtype).contiguous()
         state_dict[f"{PEFT_PREFIX}{slot}.lora_B.weight"] = new_b.to(dtype).contiguous()
     return state_dict
+
+
+# ---------------------------------------------------------------- a library stacked for training and sampling
+
+SLOT_LAYER = re.compile(r"\.(\d+)\.")
+
+
+@dataclass
+class Library:
+    """J adapters (all of rank r, same slots) stacked per slot: what a blend generator's coefficients range over.
+
+    For slot s, `A[s]` is (J r, in) and `B[s]` is (out, J r), adapter j's rows/columns at [j r, (j+1) r), so the
+    blend with coefficients c is  delta_W = B[s] diag(repeat(c * scales, r)) A[s]  without any dense (out, in)
+    matrix; `grams[s]` is the (J, J) Gram matrix of the adapters' changes at slot s (float64).
+    """
+
+    slots: list[str]
+    A: list[torch.Tensor]
+    B: list[torch.Tensor]
+    scales: torch.Tensor            # (J,) lora_alpha / r of each adapter
+    rank: int                       # r of every adapter
+    grams: torch.Tensor             # (S, J, J)
+
+    @property
+    def size(self) -> int:
+        return int(self.scales.numel())
+
+    @classmethod
+    def from_state_dicts(cls, state_dicts: Sequence[Mapping[str, torch.Tensor]], scales: Sequence[float]) -> Library:
+        if len(state_dicts) != len(scales):
+            raise LoragenError(f"{len(state_dicts)} library adapters but {len(scales)} scales")
+        factors = [slot_factors(sd, scale) for sd, scale in zip(state_dicts, scales)]
+        slots = common_slots(factors)
+        ranks = {f[slot].A.shape[0] for f in factors for slot in slots}
+        if len(ranks) != 1:
+            raise LoragenError(f"library adapters have ranks {sorted(ranks)}: a library needs one rank")
+        rank = ranks.pop()
+        scale_vector = torch.tensor([float(s) for s in scales], dtype=torch.float64)
+        stacked_a, stacked_b, grams = [], [], []
+        for slot in slots:
+            a = torch.cat([f[slot].A for f in factors], dim=0)
+            b = torch.cat([f[slot].B for f in factors], dim=1)
+            stacked_a.append(a.float())
+            stacked_b.append(b.float())
+            grams.append(stacked_gram(a, b, scale_vector, rank))
+        return cls(slots=slots, A=stacked_a, B=stacked_b, scales=scale_vector.float(), rank=rank,
+                   grams=torch.stack(grams))
+
+    def slot_layers(self) -> torch.Tensor:
+        """(S,) the decoder layer of each slot (0 where the path names none)."""
+        return torch.tensor([int(m.group(1)) if (m := SLOT_LAYER.search(s)) else 0 for s in self.slots])
+
+    def slot_modules(self) -> list[str]:
+        """Each slot's module leaf name (q_proj, v_proj, …)."""
+        return [slot.rsplit(".", 1)[-1] for slot in self.slots]
+
+    def factors(self, index: int) -> list[LoraFactors]:
+        """Slot `index`'s factors, one LoraFactors per library adapter."""
+        r = self.rank
+        return [LoraFactors(A=self.A[index][j * r:(j + 1) * r].double(), B=self.B[index][:, j * r:(j + 1) * r].double(),
+                            scale=float(self.scales[j])) for j in range(self.size)]
+
+    def to_state_dict(self, coefficients: torch.Tensor, rank: int, scale: float) -> dict[str, torch.Tensor]:
+        """(S, J) coefficients -> a PEFT state dict of rank `rank` (lora_alpha = scale * rank), by SVD per slot."""
+        if tuple(coefficients.shape) != (len(self.slots), self.size):
+            raise LoragenError(f"coefficients of shape {tuple(coefficients.shape)} for a library of {self.size} "
+                               f"adapters over {len(self.slots)} slots")
+        state_dict = {}
+        for index, slot in enumerate(self.slots):
+            new_a, new_b, _ = blend_to_lora(self.factors(index), coefficients[index], rank, scale)
+            state_dict[f"{PEFT_PREFIX}{slot}.lora_A.weight"] = new_a.float().contiguous()
+            state_dict[f"{PEFT_PREFIX}{slot}.lora_B.weight"] = new_b.float().contiguous()
+        return state_dict
+
+
+def stacked_gram(stacked_a: torch.Tensor, stacked_b: torch.Tensor, scales: torch.Tensor, rank: int) -> torch.Tensor:
+    """The (J, J) Gram matrix of J adapters stacked as (J r, in) and (out, J r): G_ij = s_i s_j
+    trace((B_i^T B_j)(A_j A_i^T)), all pairs at once from the two (J r, J r) products (equal to `gram_matrix`)."""
+    size = scales.numel()
+    a, b = stacked_a.double(), stacked_b.double()
+    products = (b.T @ b) * (a @ a.T)            # A A^T is symmetric, so this is the elementwise trace summand
+    blocks = products.reshape(size, rank, size, rank).sum(dim=(1, 3))
+    return blocks * scales[:, None] * scales[None, :]
+
+
+def relative_blend_error(grams: torch.Tensor, coefficients: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """||delta_W(c) - delta_W(target)||^2 / ||delta_W(target)||^2 per slot, batched.
+
+    grams (S, J, J); coefficients and target (..., S, J). Exact and differentiable: the loss a blend generator is
+    trained on, in weight-change space (no dense delta_W is built)."""
+    difference = (coefficients - target).to(grams.dtype)
+    error = torch.einsum("...si,sij,...sj->...s", difference, grams, difference)
+    target = target.to(grams.dtype)
+    size = torch.einsum("...si,sij,...sj->...s", target, grams, target)
+    return error / size.clamp_min(1e-30)
+
+
+def best_blend(grams: torch.Tensor, target: torch.Tensor, allowed: torch.Tensor, ridge: float = 1e-4) -> torch.Tensor:
+    """Per slot, the coefficients over the `allowed` library entries (J bools) whose blend is nearest (in delta_W) to
+    the blend `target` (S, J): the least-squares projection, with a small ridge for libraries of near-equal adapters.
+    Entries not allowed get 0. Leave-one-task-out training noises this, not the unreachable one-hot."""
+    index = allowed.nonzero().flatten()
+    sub = grams[:, index][:, :, index]                                   # (S, K, K)
+    rhs = torch.einsum("sij,sj->si", grams[:, index], target.to(grams.dtype))   # (S, K)
+    eye = torch.eye(index.numel(), dtype=grams.dtype)
+    damping = ridge * sub.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)
+    solved = torch.linalg.solve(sub + damping[:, None, None] * eye, rhs)
+    out = torch.zeros(target.shape, dtype=grams.dtype)
+    out[:, index] = solved
+    return out

@@ -27,7 +27,8 @@ Positions = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 class LoadedGenerator:
     uid: str                           # the registry's id of the checkpoint ("" for one not registered)
     checkpoint: Any                    # a GeneratorCheckpoint (training.py imports this module, not back)
-    model: ORALGenerator               # checkpoint.build_model()
+    model: Any                         # checkpoint.build_model(): an ORALGenerator, or a BlendGenerator
+    library: Any = None                # a library generator's Library (loaded from the registry); None for raw
 
 
 def token_positions(layout: LoraLayout) -> Positions:
@@ -82,8 +83,13 @@ def sample_state_dict(generator: LoadedGenerator, text: torch.Tensor, base: torc
                       eta: float, progress: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
     """One adapter's LoRA tensors from a condition (text and base embeddings); the same seed gives the same tensors.
 
-    DDPM runs the whole schedule whatever `steps` says; DDIM runs `steps` of it.
+    DDPM runs the whole schedule whatever `steps` says; DDIM runs `steps` of it. A library generator's
+    coefficients are cut back to the LoRA rank it exports (`export_blend`).
     """
+    if generator.library is not None:
+        coefficients = sample_coefficients(generator, text, base, seed=seed, method=method, steps=steps, eta=eta,
+                                           progress=progress)
+        return export_blend(generator, coefficients)
     checkpoint = generator.checkpoint
     rng = torch.Generator().manual_seed(seed)
     state = None
@@ -93,3 +99,32 @@ def sample_state_dict(generator: LoadedGenerator, text: torch.Tensor, base: torc
                            base.float(), state, method=method, steps=None if method == "ddpm" else steps, eta=eta,
                            generator=rng, progress=progress)
     return assemble_adapter(tokens, checkpoint.layout, checkpoint.stats, checkpoint.anchor)
+
+
+@torch.no_grad()
+def sample_coefficients(generator: LoadedGenerator, text: torch.Tensor, base: torch.Tensor, *, seed: int, method: str,
+                        steps: int, eta: float, allowed: torch.Tensor | None = None,
+                        progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """A library generator's (S, J) coefficients for a condition: the affinities once, then the head denoises every
+    slot's coefficient vector. `allowed` (J bools) masks library entries out (all allowed by default)."""
+    checkpoint, model = generator.checkpoint, generator.model
+    rng = torch.Generator().manual_seed(seed)
+    affinity = model.affinities(*checkpoint.slot_positions(), text.float()[None], base.float()[None])[0]
+    if allowed is None:
+        allowed = torch.ones(affinity.shape[-1], dtype=torch.bool)
+    rows = allowed.expand_as(affinity)
+
+    def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model.denoise(x_t * rows, affinity, t, rows)
+
+    return checkpoint.schedule.sample(denoise, tuple(affinity.shape), method=method,
+                                      steps=None if method == "ddpm" else steps, eta=eta, generator=rng,
+                                      progress=progress) * rows
+
+
+def export_blend(generator: LoadedGenerator, coefficients: torch.Tensor, rank: int | None = None) -> dict[str, torch.Tensor]:
+    """A blend's PEFT state dict at `rank` (default: the rank the generator's adapters had), the slots' sums cut by
+    SVD and saved at the same lora_alpha / r scale."""
+    lora = generator.checkpoint.lora
+    scale = lora["lora_alpha"] / lora["r"]
+    return generator.library.to_state_dict(coefficients, rank or lora["r"], scale)

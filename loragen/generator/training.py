@@ -280,17 +280,12 @@ def average_gradients(model: torch.nn.Module, world: int) -> None:
         parameter.grad /= world
 
 
-class TaskLossStep:
-    """One task-loss term per call: `batch_size` adapters of tasks that have examples, each under
-    `task_descriptions_per_step` of its task's descriptions, each generated adapter scored by its
-    base on one batch of `task_examples_per_step` of the task's training examples.
+class TaskExamples:
+    """Where a task loss reads its examples: each task's (prompt, answer) training pairs, batched for a base, and
+    the bases themselves, loaded once on first use, frozen, and kept for the run. Every random draw comes from the
+    caller's sampler, so a resumed run takes the same draws."""
 
-    Bases are loaded once, on first use, frozen, and kept for the run; every random draw
-    comes from the training sampler, so a resumed run takes the same draws.
-    """
-
-    def __init__(self, data: TrainingSet, settings: GeneratorSettings, layout: LoraLayout, stats: NormStats,
-                 anchor: dict[str, torch.Tensor]):
+    def __init__(self, data: TrainingSet, examples_per_batch: int):
         self.examples = {task: list(pairs) for task, pairs in data.task_examples.items() if pairs}
         self.with_examples = [i for i, a in enumerate(data.adapters) if a.task in self.examples]
         if not self.with_examples:
@@ -298,8 +293,7 @@ class TaskLossStep:
                                "examples (only bundled tasks have them): set it to 0 or train on bundled tasks")
         if data.load_base is None:
             raise LoragenError("generator.task_loss_weight is set, but the training set cannot load its bases")
-        self.data, self.settings, self.layout, self.stats, self.anchor = data, settings, layout, stats, anchor
-        self.lora_scale = data.lora["lora_alpha"] / data.lora["r"]
+        self.data, self.examples_per_batch = data, examples_per_batch
         self._bases: dict[str, tuple[Any, Any]] = {}
         self._encoded: dict[tuple[str, str], list] = {}
 
@@ -318,8 +312,22 @@ class TaskLossStep:
         if (label, task) not in self._encoded:
             self._encoded[label, task] = encode_examples(tokenizer, self.examples[task])
         encoded = self._encoded[label, task]
-        picks = torch.randint(len(encoded), (self.settings.task_examples_per_step,), generator=sampler).tolist()
+        picks = torch.randint(len(encoded), (self.examples_per_batch,), generator=sampler).tolist()
         return collate([encoded[i] for i in picks], pad_token_id(tokenizer))
+
+
+class TaskLossStep:
+    """One task-loss term per call: `batch_size` adapters of tasks that have examples, each under
+    `task_descriptions_per_step` of its task's descriptions, each generated adapter scored by its
+    base on one batch of `task_examples_per_step` of the task's training examples (TaskExamples).
+    """
+
+    def __init__(self, data: TrainingSet, settings: GeneratorSettings, layout: LoraLayout, stats: NormStats,
+                 anchor: dict[str, torch.Tensor]):
+        self.source = TaskExamples(data, settings.task_examples_per_step)
+        self.with_examples = self.source.with_examples
+        self.data, self.settings, self.layout, self.stats, self.anchor = data, settings, layout, stats, anchor
+        self.lora_scale = data.lora["lora_alpha"] / data.lora["r"]
 
     def __call__(self, model: ORALGenerator, schedule: DDPMSchedule, tokens: torch.Tensor, base_rows: torch.Tensor,
                  positions: tuple[torch.Tensor, torch.Tensor, torch.Tensor], sampler: torch.Generator) -> torch.Tensor:
@@ -331,12 +339,12 @@ class TaskLossStep:
         rows, texts, bases, batches = [], [], [], []
         for index in chosen:
             adapter = adapters[index]
-            batch = self.example_batch(adapter.base, adapter.task, sampler)
+            batch = self.source.example_batch(adapter.base, adapter.task, sampler)
             for text in _pick_descriptions(self.data.text_embeddings[adapter.task],
                                            self.settings.task_descriptions_per_step, sampler):
                 rows.append(index)
                 texts.append(text)
-                bases.append(self.base(adapter.base)[0])
+                bases.append(self.source.base(adapter.base)[0])
                 batches.append(batch)
         rows_t = torch.tensor(rows)
         state_ids = rows_t if model.config.num_permutation_states else None

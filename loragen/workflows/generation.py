@@ -25,16 +25,39 @@ MAX_SEED = 2**63 - 1  # torch.Generator's seeds
 
 
 def load_generator(registry: Registry, ref: str | None = None) -> LoadedGenerator:
+    """A registered generator, ready to sample: its checkpoint, its network and, for a library generator, its
+    library adapters loaded from the registry and checked against the hashes it recorded (one line if one is
+    missing or changed)."""
+    from loragen.generator.checkpoints import load_checkpoint
     from loragen.generator.conditioning import BASE_EMBED_FORMAT_VERSION
     from loragen.generator.sampling import LoadedGenerator
-    from loragen.generator.training import META_FILE, WEIGHTS_FILE, GeneratorCheckpoint
+    from loragen.generator.training import META_FILE, WEIGHTS_FILE
 
     folder, uid = registry.generator_folder(ref, weights_name=WEIGHTS_FILE, meta_name=META_FILE)
-    checkpoint = GeneratorCheckpoint.load(folder)
+    checkpoint = load_checkpoint(folder)
     if checkpoint.base_embed_format != BASE_EMBED_FORMAT_VERSION:
         raise LoragenError(f"generator {uid[:12]} was trained on base embeddings of format {checkpoint.base_embed_format}, "
                            f"and this loragen computes format {BASE_EMBED_FORMAT_VERSION}: train a new one (loragen train)")
-    return LoadedGenerator(uid=uid, checkpoint=checkpoint, model=checkpoint.build_model())
+    library = None
+    if getattr(checkpoint, "representation", "raw") == "library":
+        library = registered_library(registry, uid, checkpoint)
+    return LoadedGenerator(uid=uid, checkpoint=checkpoint, model=checkpoint.build_model(), library=library)
+
+
+def registered_library(registry: Registry, uid: str, checkpoint):
+    """A library generator's Library, from the registry's adapters in the checkpoint's order."""
+    from loragen.adapters import load_weights
+    from loragen.generator.library import Library
+
+    rows = registry.generator_library(uid)  # refuses a missing or changed adapter in one line
+    if [row["uid"] for row in rows] != [entry["uid"] for entry in checkpoint.library]:
+        raise LoragenError(f"generator {uid[:12]}: the registry's record of its library does not match its checkpoint; "
+                           "train a new generator (loragen train)")
+    scale = checkpoint.lora["lora_alpha"] / checkpoint.lora["r"]
+    library = Library.from_state_dicts([load_weights(row["weights_path"]) for row in rows], [scale] * len(rows))
+    if library.slots != checkpoint.slots:
+        raise LoragenError(f"generator {uid[:12]}: its library adapters target other modules than it was trained on")
+    return library
 
 
 def sample_state_dict(generator: LoadedGenerator, text, base, **options) -> dict:

@@ -91,7 +91,17 @@ def train(registry: Registry, settings: GeneratorSettings, *, tasks: Sequence[st
     world = join_process_group()
     key = hashlib.sha256(json.dumps([asdict(settings), sorted(a.uid for a in data.adapters), world]).encode()).hexdigest()[:12]
     run_dir = registry.home / "runs" / f"generator-{key}"
-    checkpoint = train_generator(data, settings, run_dir, progress=progress)
+    library: list[str] = []
+    if settings.representation == "library":
+        if world > 1:
+            raise LoragenError("a library generator trains in one process (it is small): run loragen train "
+                               "without torchrun, or set generator.representation = \"raw\"")
+        from loragen.generator.blend_training import train_blend_generator
+
+        checkpoint = train_blend_generator(data, settings, run_dir, progress=progress)
+        library = [entry["uid"] for entry in checkpoint.library]
+    else:
+        checkpoint = train_generator(data, settings, run_dir, progress=progress)
     digests = ranks_weight_digests(checkpoint.weights)
     if len(set(digests)) != 1:
         raise LoragenError(f"data-parallel ranks ended with different weights: {digests}")
@@ -107,8 +117,12 @@ def train(registry: Registry, settings: GeneratorSettings, *, tasks: Sequence[st
             final_loss=checkpoint.training["final_loss"])
     summary = {"id": registered.id, "created": registered.created, "adapters": len(data.adapters),
                "tasks": sorted(data.task_descriptions), "bases": sorted(data.base_embeddings),
-               "held_out": sorted(held_out), "tokens_per_adapter": checkpoint.layout.num_tokens,
-               "values_per_adapter": checkpoint.layout.num_values, "run_dir": str(run_dir), **checkpoint.training}
+               "held_out": sorted(held_out), "representation": settings.representation,
+               "run_dir": str(run_dir), **checkpoint.training}
+    if settings.representation == "raw":
+        summary.update(tokens_per_adapter=checkpoint.layout.num_tokens, values_per_adapter=checkpoint.layout.num_values)
+    else:
+        summary.update(library_size=len(library), slots=len(checkpoint.slots))
     summary.pop("settings", None)
     summary["weights_sha256_per_rank"] = digests
     return registered, summary
@@ -117,6 +131,10 @@ def train(registry: Registry, settings: GeneratorSettings, *, tasks: Sequence[st
 def train_on(data: Any, settings: GeneratorSettings, run_dir: Path, *, progress: Progress | None = None) -> Any:
     """Train a generator on a TrainingSet built by hand (random conditions, toy tasks) into `run_dir`, registering
     nothing: what a benchmark of the method itself needs. Resumable from the run folder; returns the checkpoint."""
+    if settings.representation == "library":
+        from loragen.generator.blend_training import train_blend_generator
+
+        return train_blend_generator(data, settings, run_dir, progress=progress)
     from loragen.generator.training import train_generator
 
     return train_generator(data, settings, run_dir, progress=progress)

@@ -1,0 +1,270 @@
+"""Train the library-coordinates generator; save and load its checkpoints (symmetric, like peft).
+
+The library is the training adapters themselves: entry j is adapter j. Each step takes a batch of training
+adapters; for adapter i the clean coefficients x0 are one-hot at i (the adapter, exactly), or, on a
+`leave_one_out` share of rows, the best blend of the library without any adapter of i's task (so the generator
+learns to compose neighbours, the only thing it can do for a task it never saw). x0 is noised at a random
+timestep, the head predicts it back, and the loss is the relative distance in weight-change space between the
+predicted blend and adapter i itself: exact, through the slots' Gram matrices (library.py), no dense delta_W.
+
+Beside it, the task loss (Text-to-LoRA's SFT): the predicted blend is applied to the frozen base
+(functional_lora.applied_blend) and the next-token loss on the task's training answers flows back into the
+generator. A blend's cost there is one LoRA of rank J r on the targeted layers: about one LoRA training step.
+
+A checkpoint is a folder: `generator.safetensors` (weights, with each library adapter's task text) and
+`generator.json` (format loragen-generator/2: the network's shape, the schedule, the LoRA settings it exports, the
+library by registry id and weights hash, what it trained on). The library's weights are not copied into it: they
+stay registered adapters, and loading checks them against the recorded hashes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from loragen import __version__
+from loragen.atomic import staged_folder, torch_load_state, torch_save_atomic
+from loragen.config import GeneratorSettings
+from loragen.errors import LoragenError
+from loragen.generator.blend_model import BlendGenerator, BlendGeneratorConfig, blend_config_from_settings
+from loragen.generator.conditioning import BASE_EMBED_FORMAT_VERSION
+from loragen.generator.diffusion import DDPMSchedule
+from loragen.generator.functional_lora import applied_blend
+from loragen.generator.library import SLOT_LAYER, Library, best_blend, relative_blend_error
+from loragen.generator.training import TaskExamples, _pick_description, _pick_descriptions
+
+BLEND_FORMAT = "loragen-generator/2"
+WEIGHTS_FILE = "generator.safetensors"
+META_FILE = "generator.json"
+STATE_FILE = "state.pt"
+STATE_KEYS = ("fingerprint", "step", "model", "optimizer", "sampler", "torch_rng", "losses")
+
+
+@dataclass
+class BlendCheckpoint:
+    config: BlendGeneratorConfig
+    schedule: DDPMSchedule
+    lora: dict[str, Any]                        # r, lora_alpha, target_modules of the adapters it exports
+    text_model: str
+    library: list[dict[str, str]]               # uid, task, base, weights_sha256 of each library adapter, in order
+    slots: list[str]                            # the library's slots, in the order of the coefficients' rows
+    module_types: list[str]                     # module leaves, indexed by the slot-module code
+    trained_on: list[dict[str, str]]
+    task_descriptions: dict[str, list[str]]
+    base_embeddings: dict[str, list[float]]
+    training: dict[str, Any]
+    weights: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    base_embed_format: int = BASE_EMBED_FORMAT_VERSION
+
+    representation = "library"
+
+    def build_model(self) -> BlendGenerator:
+        model = BlendGenerator(self.config)
+        model.load_state_dict(self.weights)
+        model.eval()
+        return model
+
+    def slot_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return slot_positions(self.slots, self.module_types)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"format": BLEND_FORMAT, "representation": "library", "config": self.config.to_dict(),
+                "schedule": self.schedule.to_dict(), "lora": self.lora, "text_model": self.text_model,
+                "library": self.library, "slots": self.slots, "module_types": self.module_types,
+                "trained_on": self.trained_on, "task_descriptions": self.task_descriptions,
+                "base_embeddings": self.base_embeddings, "training": self.training,
+                "base_embed_format": self.base_embed_format}
+
+    def save(self, folder: Path) -> Path:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        with staged_folder(folder, replace=True) as staging:
+            save_file({k: v.contiguous() for k, v in self.weights.items()}, str(staging / WEIGHTS_FILE))
+            (staging / META_FILE).write_text(json.dumps(self.metadata(), indent=1, sort_keys=True))
+        return folder
+
+    @classmethod
+    def from_files(cls, folder: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> BlendCheckpoint:
+        try:
+            return cls(config=BlendGeneratorConfig.from_dict(meta["config"]),
+                       schedule=DDPMSchedule.from_dict(meta["schedule"]), lora=meta["lora"],
+                       text_model=meta["text_model"], library=meta["library"], slots=meta["slots"],
+                       module_types=meta["module_types"], trained_on=meta["trained_on"],
+                       task_descriptions=meta["task_descriptions"], base_embeddings=meta["base_embeddings"],
+                       training=meta["training"], weights=tensors, base_embed_format=int(meta["base_embed_format"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise LoragenError(f"{folder}: damaged generator checkpoint ({META_FILE}: {err!r})") from None
+
+
+def slot_positions(slots: list[str], module_types: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S,) layer and (S,) module-kind codes of the slots: what the generator is conditioned on per token."""
+    layers = torch.tensor([int(m.group(1)) if (m := SLOT_LAYER.search(s)) else 0 for s in slots])
+    modules = torch.tensor([module_types.index(s.rsplit(".", 1)[-1]) for s in slots])
+    return layers, modules
+
+
+def training_library(data) -> Library:
+    """The library of a training set: its adapters, in order, at the LoRA scale they were trained with."""
+    scale = data.lora["lora_alpha"] / data.lora["r"]
+    return Library.from_state_dicts([a.state_dict for a in data.adapters], [scale] * len(data.adapters))
+
+
+@dataclass
+class BlendTargets:
+    """What each training adapter's rows are trained toward: `lookup` is one-hot at the adapter itself;
+    `composed` is the nearest blend of the library without the adapter's task (its own task masked out,
+    `composed_allowed`)."""
+
+    lookup: torch.Tensor             # (N, S, J)
+    composed: torch.Tensor           # (N, S, J)
+    composed_allowed: torch.Tensor   # (N, J) bools
+
+
+def blend_targets(library: Library, tasks: list[str]) -> BlendTargets:
+    size, slots = library.size, len(library.slots)
+    lookup = torch.eye(size, dtype=torch.float64)[:, None, :].expand(size, slots, size).contiguous()
+    allowed = torch.stack([torch.tensor([other != task for other in tasks]) for task in tasks])
+    composed = torch.zeros(size, slots, size, dtype=torch.float64)
+    for index in range(size):
+        if allowed[index].any():  # a library of one task has nothing to compose from: the row stays zero
+            composed[index] = best_blend(library.grams, lookup[index], allowed[index])
+    return BlendTargets(lookup=lookup.float(), composed=composed.float(), composed_allowed=allowed)
+
+
+class BlendTaskLoss:
+    """The task loss for blends: each picked adapter's task, under one of its descriptions, generated (x0 read at a
+    sampled timestep, as the diffusion loss sees it) and scored by the base on a batch of the task's examples."""
+
+    def __init__(self, data, settings: GeneratorSettings, library: Library):
+        self.source = TaskExamples(data, settings.task_examples_per_step)
+        self.data, self.settings, self.library = data, settings, library
+
+    def __call__(self, model: BlendGenerator, schedule: DDPMSchedule, positions, targets: BlendTargets,
+                 base_rows: torch.Tensor, compose: torch.Tensor, sampler: torch.Generator) -> torch.Tensor:
+        picks = [self.source.with_examples[i] for i in torch.randint(
+            len(self.source.with_examples), (self.settings.batch_size,), generator=sampler).tolist()]
+        losses = []
+        for row, index in enumerate(picks):
+            adapter = self.data.adapters[index]
+            batch = self.source.example_batch(adapter.base, adapter.task, sampler)
+            texts = _pick_descriptions(self.data.text_embeddings[adapter.task],
+                                       self.settings.task_descriptions_per_step, sampler)
+            count = len(texts)
+            x0, allowed = row_targets(targets, torch.tensor([index] * count), compose[row].expand(count))
+            predicted = predict_x0(model, schedule, positions, torch.stack(texts), base_rows[[index] * count], x0,
+                                   allowed, sampler)
+            base_model = self.source.base(adapter.base)[0]
+            for coefficients in predicted:
+                with applied_blend(base_model, self.library, coefficients):
+                    losses.append(base_model(**batch).loss)
+        return torch.stack(losses).mean()
+
+
+def row_targets(targets: BlendTargets, picks: torch.Tensor, compose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, S, J) clean coefficients and (B, J) allowed entries of the picked rows."""
+    x0 = torch.where(compose[:, None, None], targets.composed[picks], targets.lookup[picks])
+    allowed = torch.where(compose[:, None], targets.composed_allowed[picks], torch.ones_like(targets.composed_allowed[picks]))
+    return x0, allowed
+
+
+def predict_x0(model: BlendGenerator, schedule: DDPMSchedule, positions, text: torch.Tensor, base: torch.Tensor,
+               x0: torch.Tensor, allowed: torch.Tensor, sampler: torch.Generator) -> torch.Tensor:
+    """The head's x0 for clean coefficients `x0` (B, S, J) noised at one random timestep per row."""
+    batch, slots, _ = x0.shape
+    affinity = model.affinities(*positions, text, base)
+    t = schedule.sample_timesteps(batch, generator=sampler)
+    noise = torch.randn(x0.shape, generator=sampler)
+    x_t = schedule.add_noise(x0, noise, t).float() * allowed[:, None, :]
+    return model.denoise(x_t, affinity, t[:, None].expand(batch, slots), allowed[:, None, :].expand_as(x_t))
+
+
+def train_blend_generator(data, settings: GeneratorSettings, run_dir: Path,
+                          progress: Callable[[int, int, float], None] | None = None) -> BlendCheckpoint:
+    """Train (or resume) a library-coordinates generator on `data` (a TrainingSet); returns its checkpoint, not yet
+    registered. Its `library` rows carry each adapter's uid, task and base; the caller adds the weights hashes."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    library = training_library(data)
+    tasks = [a.task for a in data.adapters]
+    module_types = sorted(set(library.slot_modules()))
+    positions = slot_positions(library.slots, module_types)
+    targets = blend_targets(library, tasks)
+    text_dim = next(iter(data.text_embeddings.values())).shape[1]
+    base_table = {label: emb.float() for label, emb in data.base_embeddings.items()}
+    base_rows = torch.stack([base_table[a.base] for a in data.adapters])
+    config = blend_config_from_settings(settings, library_size=library.size, num_slots=len(library.slots),
+                                        num_module_types=len(module_types), text_dim=text_dim,
+                                        base_dim=base_rows.shape[1])
+    torch.manual_seed(settings.seed)
+    model = BlendGenerator(config)
+    model.library_text.copy_(torch.stack([data.text_embeddings[task].float().mean(0) for task in tasks]))
+    model.condition.fit_base_scaling(torch.stack(list(base_table.values())))
+    schedule = DDPMSchedule(prediction_type="sample")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.0)
+    sampler = torch.Generator().manual_seed(settings.seed * 1000)
+    train_settings = asdict(settings)
+    fingerprint = {"settings": train_settings, "adapters": [a.uid for a in data.adapters], "kind": "library"}
+    task_loss = BlendTaskLoss(data, settings, library) if settings.task_loss_weight else None
+    start, losses, task_losses = 0, [], []
+    state_path = run_dir / STATE_FILE
+    if state_path.is_file():
+        state = torch_load_state(state_path, STATE_KEYS)
+        if state["fingerprint"] != fingerprint:
+            raise LoragenError(f"{run_dir} holds a generator run with other settings or adapters; "
+                               "remove it or change the seed")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.set_state(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        start, losses, task_losses = state["step"], state["losses"], state.get("task_losses", [])
+
+    model.train()
+    began = time.perf_counter()
+    can_compose = targets.composed_allowed.any(dim=1)
+    for step in range(start + 1, settings.steps + 1):
+        warmup = min(1.0, step / max(1, settings.steps // 20))
+        for group in optimizer.param_groups:
+            group["lr"] = settings.learning_rate * warmup
+        picks = torch.randint(library.size, (settings.batch_size,), generator=sampler)
+        compose = (torch.rand(settings.batch_size, generator=sampler) < settings.leave_one_out) & can_compose[picks]
+        x0, allowed = row_targets(targets, picks, compose)
+        text = torch.stack([_pick_description(data.text_embeddings[tasks[i]], sampler) for i in picks.tolist()])
+        predicted = predict_x0(model, schedule, positions, text, base_rows[picks], x0, allowed, sampler)
+        loss = relative_blend_error(library.grams, predicted, targets.lookup[picks]).mean()
+        diffusion = loss.item()
+        if task_loss is not None and step % settings.task_loss_every == 0:
+            compose_task = torch.rand(settings.batch_size, generator=sampler) < settings.leave_one_out
+            on_task = task_loss(model, schedule, positions, targets, base_rows, compose_task, sampler)
+            task_losses.append([step, on_task.item()])
+            loss = loss + settings.task_loss_weight * on_task
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(diffusion)
+        if step % settings.checkpoint_every == 0 or step == settings.steps:
+            torch_save_atomic({"fingerprint": fingerprint, "step": step, "model": model.state_dict(),
+                               "optimizer": optimizer.state_dict(), "sampler": sampler.get_state(),
+                               "torch_rng": torch.get_rng_state(), "losses": losses, "task_losses": task_losses},
+                              state_path)
+        if progress:
+            progress(step, settings.steps, sum(losses[-20:]) / len(losses[-20:]))
+    model.eval()
+    return BlendCheckpoint(
+        config=config, schedule=schedule, lora=data.lora, text_model=data.text_model,
+        library=[{"uid": a.uid, "task": a.task, "base": a.base} for a in data.adapters], slots=library.slots,
+        module_types=module_types, trained_on=[{"uid": a.uid, "task": a.task, "base": a.base} for a in data.adapters],
+        task_descriptions=data.task_descriptions,
+        base_embeddings={label: emb.tolist() for label, emb in data.base_embeddings.items()},
+        training={"settings": train_settings, "seed": settings.seed, "steps": settings.steps, "world_size": 1,
+                  "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])), "loragen": __version__,
+                  "final_task_loss": (sum(v for _, v in task_losses[-10:]) / len(task_losses[-10:])
+                                      if task_losses else None),
+                  "wall_time_s": round(time.perf_counter() - began, 2), "resumed_from_step": start},
+        weights={k: v.detach().clone() for k, v in model.state_dict().items()})

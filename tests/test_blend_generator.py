@@ -1,0 +1,154 @@
+"""The library-coordinates generator (issue 20): it reproduces its training adapters, leave-one-out masks a task's
+own adapters, the task loss reaches it, and its checkpoint round-trips. Tiny adapters on the tiny base, real files."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from loragen.config import GeneratorSettings
+from loragen.generator.blend_training import (
+    BlendCheckpoint,
+    blend_targets,
+    predict_x0,
+    row_targets,
+    train_blend_generator,
+    training_library,
+)
+from loragen.generator.library import relative_blend_error
+from loragen.generator.sampling import LoadedGenerator, sample_coefficients, sample_state_dict
+from loragen.generator.training import TrainingAdapter, TrainingSet
+
+TINY = dict(d_model=32, n_layers=1, d_state=4, key_dim=16, head_hidden=32, batch_size=4, learning_rate=1e-2,
+            checkpoint_every=50, sample_steps=5, leave_one_out=0.0, representation="library")
+
+
+def tiny_training_set(tiny_base, tmp_path, tasks=("upper", "lower", "title", "swap")) -> TrainingSet:
+    from loragen.adapters import load_weights
+    from tests.tiny import make_lora
+
+    adapters, text = [], {}
+    generator = torch.Generator().manual_seed(0)
+    for index, task in enumerate(tasks):
+        folder = make_lora(tiny_base, tmp_path / f"lora{index}", seed=index, r=2)
+        adapters.append(TrainingAdapter(uid=f"{index:064x}", task=task, base="tiny@v1",
+                                        state_dict=load_weights(folder / "adapter_model.safetensors")))
+        text[task] = torch.randn(2, 8, generator=generator)  # two descriptions per task
+    return TrainingSet(adapters=adapters, task_descriptions={t: [f"{t} a", f"{t} b"] for t in tasks},
+                       text_embeddings=text, base_embeddings={"tiny@v1": torch.randn(6, generator=generator)},
+                       lora={"r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"]}, text_model="test")
+
+
+def loaded(checkpoint: BlendCheckpoint, data: TrainingSet) -> LoadedGenerator:
+    return LoadedGenerator(uid="", checkpoint=checkpoint, model=checkpoint.build_model(),
+                           library=training_library(data))
+
+
+def test_a_trained_blend_generator_reproduces_its_training_adapters(tiny_base, tmp_path):
+    data = tiny_training_set(tiny_base, tmp_path)
+    settings = GeneratorSettings(**TINY, steps=300)
+    checkpoint = train_blend_generator(data, settings, tmp_path / "run")
+    generator = loaded(checkpoint, data)
+    library = generator.library
+    for index, adapter in enumerate(data.adapters):
+        coefficients = sample_coefficients(generator, data.text_embeddings[adapter.task][0],
+                                           data.base_embeddings["tiny@v1"], seed=0, method="ddim", steps=5, eta=0.0)
+        one_hot = torch.eye(library.size)[index].expand_as(coefficients)
+        error = relative_blend_error(library.grams, coefficients, one_hot)
+        assert error.max().item() < 0.05, (adapter.task, error.max().item())
+        # The exported LoRA (SVD cut at the registry's rank) is the adapter's own change.
+        state_dict = sample_state_dict(generator, data.text_embeddings[adapter.task][0],
+                                       data.base_embeddings["tiny@v1"], seed=0, method="ddim", steps=5, eta=0.0)
+        assert set(state_dict) == set(adapter.state_dict)
+        for key, value in state_dict.items():
+            assert value.shape == adapter.state_dict[key].shape
+
+
+def test_leave_one_out_masks_the_tasks_own_adapters(tiny_base, tmp_path):
+    data = tiny_training_set(tiny_base, tmp_path, tasks=("upper", "upper", "lower", "title"))
+    library = training_library(data)
+    targets = blend_targets(library, [a.task for a in data.adapters])
+    # Both "upper" adapters are masked out of each other's composed target, and nothing else is.
+    assert targets.composed_allowed[0].tolist() == [False, False, True, True]
+    assert targets.composed[0][:, :2].abs().max().item() == 0.0
+    x0, allowed = row_targets(targets, torch.tensor([0, 2]), torch.tensor([True, False]))
+    assert allowed.tolist() == [[False, False, True, True], [True, True, True, True]]
+    assert torch.equal(x0[1], targets.lookup[2])
+    # The composed target is the best reachable blend: no worse than any single allowed adapter.
+    composed_error = relative_blend_error(library.grams, targets.composed[0], targets.lookup[0]).mean()
+    for other in (2, 3):
+        assert composed_error <= relative_blend_error(library.grams, targets.lookup[other], targets.lookup[0]).mean()
+    # And the network never puts weight on a masked entry.
+    settings = GeneratorSettings(**{**TINY, "leave_one_out": 1.0}, steps=2)
+    checkpoint = train_blend_generator(data, settings, tmp_path / "run")
+    model = checkpoint.build_model()
+    predicted = predict_x0(model, checkpoint.schedule, checkpoint.slot_positions(), data.text_embeddings["upper"],
+                           data.base_embeddings["tiny@v1"].expand(2, -1), x0, allowed, torch.Generator())
+    assert predicted[0][:, :2].abs().max().item() == 0.0
+
+
+def test_the_task_loss_gradient_reaches_the_blend_generator(tiny_base, tmp_path):
+    from loragen.generator.blend_training import BlendTaskLoss
+    from loragen.generator.blend_model import BlendGenerator, blend_config_from_settings
+    from loragen.generator.diffusion import DDPMSchedule
+    from loragen.generator.blend_training import slot_positions
+    from tests.tiny import make_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    data = tiny_training_set(tiny_base, tmp_path)
+    data.task_examples = {task: [("abc", "ABC"), ("de", "DE"), ("f", "F")] for task in data.task_descriptions}
+    data.load_base = lambda label: (AutoModelForCausalLM.from_pretrained(tiny_base), make_tokenizer())
+    settings = GeneratorSettings(**TINY, steps=1, task_loss_weight=1.0, task_examples_per_step=2)
+    library = training_library(data)
+    module_types = sorted(set(library.slot_modules()))
+    config = blend_config_from_settings(settings, library_size=library.size, num_slots=len(library.slots),
+                                        num_module_types=len(module_types), text_dim=8, base_dim=6)
+    model = BlendGenerator(config)
+    targets = blend_targets(library, [a.task for a in data.adapters])
+    loss = BlendTaskLoss(data, settings, library)(
+        model, DDPMSchedule(prediction_type="sample"), slot_positions(library.slots, module_types), targets,
+        torch.stack([data.base_embeddings["tiny@v1"]] * library.size), torch.tensor([False] * 4),
+        torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.to_query.weight.grad is not None and model.to_query.weight.grad.abs().sum() > 0
+    assert model.denoiser.mlp[0].weight.grad.abs().sum() > 0
+
+
+def test_the_blend_checkpoint_round_trips_and_samples_the_same(tiny_base, tmp_path):
+    from loragen.generator.checkpoints import load_checkpoint
+
+    data = tiny_training_set(tiny_base, tmp_path)
+    checkpoint = train_blend_generator(data, GeneratorSettings(**TINY, steps=5), tmp_path / "run")
+    reloaded = load_checkpoint(checkpoint.save(tmp_path / "saved"))
+    assert isinstance(reloaded, BlendCheckpoint) and reloaded.library == checkpoint.library
+    text, base = data.text_embeddings["upper"][0], data.base_embeddings["tiny@v1"]
+    first = sample_state_dict(loaded(checkpoint, data), text, base, seed=3, method="ddim", steps=5, eta=0.0)
+    second = sample_state_dict(loaded(reloaded, data), text, base, seed=3, method="ddim", steps=5, eta=0.0)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_an_interrupted_blend_run_resumes_to_the_same_weights(tiny_base, tmp_path):
+    data = tiny_training_set(tiny_base, tmp_path)
+    settings = GeneratorSettings(**{**TINY, "checkpoint_every": 5, "leave_one_out": 0.5}, steps=10)
+    whole = train_blend_generator(data, settings, tmp_path / "whole")
+    train_blend_generator(data, replace(settings, steps=5), tmp_path / "halves")
+    state = torch.load(tmp_path / "halves" / "state.pt", weights_only=False)
+    # A resumed run reads the same fingerprint: continue the 5-step run to 10 under the same settings.
+    state["fingerprint"]["settings"]["steps"] = 10
+    torch.save(state, tmp_path / "halves" / "state.pt")
+    resumed = train_blend_generator(data, settings, tmp_path / "halves")
+    assert all(torch.equal(whole.weights[k], resumed.weights[k]) for k in whole.weights)
+
+
+def test_an_unknown_checkpoint_format_is_refused_in_one_line(tmp_path):
+    import json
+
+    from loragen.errors import LoragenError
+    from loragen.generator.checkpoints import load_checkpoint
+
+    (tmp_path / "generator.json").write_text(json.dumps({"format": "loragen-generator/9"}))
+    (tmp_path / "generator.safetensors").write_bytes(b"")
+    with pytest.raises(LoragenError, match="unknown generator checkpoint format") as caught:
+        load_checkpoint(tmp_path)
+    assert "\n" not in str(caught.value)
