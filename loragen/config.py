@@ -233,9 +233,15 @@ class GeneratorSamplingSettings:
     sample_steps: int = field(default=10, metadata={"help": f"DDIM steps, at most {DDPM_TRAIN_TIMESTEPS} "
                                                             f"(DDPM always runs all {DDPM_TRAIN_TIMESTEPS})"})
     eta: float = field(default=0.0, metadata={"help": "DDIM eta (0: deterministic given the seed)"})
+    refine_steps: int = field(default=20, metadata={"help": "`generate --examples`: gradient steps of the few-shot fit"})
+    refine_learning_rate: float = field(default=0.05, metadata={"help": "`generate --examples`: the fit's Adam step"})
+    refine_held_back: int = field(default=16, metadata={
+        "help": "`generate --examples`: examples held back from the fit to check it (the refined adapter is kept "
+                "only if their loss goes down)"})
 
     def __post_init__(self) -> None:
-        _check_positive_ints("generator", self, ("sample_steps",))
+        _check_positive_ints("generator", self, ("sample_steps", "refine_steps", "refine_held_back"))
+        _check_positive_number("generator", "refine_learning_rate", self.refine_learning_rate)
         _check_choice("generator", "sample_method", self.sample_method, SAMPLING_METHODS)
         if self.sample_steps > DDPM_TRAIN_TIMESTEPS:
             raise LoragenError(f"generator.sample_steps must be at most {DDPM_TRAIN_TIMESTEPS}, the noise schedule's "

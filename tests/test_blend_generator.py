@@ -88,12 +88,12 @@ def test_leave_one_out_masks_the_tasks_own_adapters(tiny_base, tmp_path):
 
 
 def test_the_task_loss_gradient_reaches_the_blend_generator(tiny_base, tmp_path):
-    from loragen.generator.blend_training import BlendTaskLoss
-    from loragen.generator.blend_model import BlendGenerator, blend_config_from_settings
-    from loragen.generator.diffusion import DDPMSchedule
-    from loragen.generator.blend_training import slot_positions
-    from tests.tiny import make_tokenizer
     from transformers import AutoModelForCausalLM
+
+    from loragen.generator.blend_model import BlendGenerator, blend_config_from_settings
+    from loragen.generator.blend_training import BlendTaskLoss, slot_positions
+    from loragen.generator.diffusion import DDPMSchedule
+    from tests.tiny import make_tokenizer
 
     data = tiny_training_set(tiny_base, tmp_path)
     data.task_examples = {task: [("abc", "ABC"), ("de", "DE"), ("f", "F")] for task in data.task_descriptions}

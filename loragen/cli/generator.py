@@ -88,9 +88,19 @@ def generate(task: str = typer.Option(..., "--task", help="A task name in the re
              method: Optional[str] = typer.Option(None, help="ddim or ddpm (settings: generator.sample_method)."),
              sample_steps: Optional[int] = typer.Option(None, help="DDIM steps (settings: generator.sample_steps)."),
              select_limit: int = typer.Option(SELECT_LIMIT, min=1, help="Validation examples per candidate when --samples > 1."),
+             examples: Optional[str] = typer.Option(
+                 None, "--examples", metavar="TASK|FOLDER|FILE.jsonl",
+                 help="Refine the generated blend on a few examples of the new task (its training split, or a JSONL "
+                      "file of task records); kept only if examples held back from the fit do better."),
+             shots: int = typer.Option(5, "--shots", min=1, help="With --examples: examples to fit on."),
+             refine_steps: Optional[int] = typer.Option(
+                 None, "--refine-steps", min=1, help="With --examples: gradient steps (settings: generator.refine_steps)."),
              out: Optional[Path] = typer.Option(None, "--out", help="Also export the adapter to this folder."),
              as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
-    """Generate a LoRA adapter from a task description and register it (origin=generated)."""
+    """Generate a LoRA adapter from a task description and register it (origin=generated).
+
+    With --examples, the generated blend of library adapters is then fitted to --shots examples of the task through
+    the base's own loss (seconds, not a fine-tune's minutes), and kept only if it does better on held-back ones."""
     from contextlib import ExitStack
 
     from loragen import workflows
@@ -99,6 +109,11 @@ def generate(task: str = typer.Option(..., "--task", help="A task name in the re
     overrides = {k: v for k, v in {"sample_method": method, "sample_steps": sample_steps}.items() if v is not None}
     settings = replace(state.settings.generator, **overrides)
     settings.__post_init__()
+    refine = None
+    if examples is not None:
+        refine = workflows.RefineRequest(examples=examples, shots=shots, held_back=settings.refine_held_back,
+                                         steps=refine_steps or settings.refine_steps,
+                                         learning_rate=settings.refine_learning_rate)
     if out is not None:
         check_export_target(out)  # before sampling, not after registering
     total = samples * settings.steps_per_sample
@@ -114,7 +129,7 @@ def generate(task: str = typer.Option(..., "--task", help="A task name in the re
 
         result = workflows.generate(state.registry, settings, task=task, base_ref=base, seed=seed, samples=samples,
                                     name=name, generator_ref=generator, select_limit=select_limit,
-                                    validate_on=validate_on, progress=tick)
+                                    validate_on=validate_on, refine=refine, progress=tick)
     if out is not None:
         state.registry.export(result.id, out)
     if as_json:
@@ -126,6 +141,11 @@ def generate(task: str = typer.Option(..., "--task", help="A task name in the re
             Column("SEED", lambda r: r["seed"], "right"), Column("METRIC", lambda r: r["metric"]),
             Column("VALIDATION", lambda r: r["score"], "right")])
         say(f"kept seed {result.seed} (best on {result.validated_on}'s validation split)")
+    if result.refinement is not None:
+        r = result.refinement
+        verdict = "kept the refined blend" if r["kept"] == "refined" else "kept the unrefined blend (the fit did worse)"
+        say(f"refined on {r['shots']} example(s) in {r['seconds']:.1f} s: held-back loss {r['held_back_loss_start']:.4f}"
+            f" -> {r['held_back_loss_refined']:.4f}; {verdict}")
     typer.echo(f"{'generated' if result.created else 'already registered'} {result.id}: {result.task} on {result.base} "
                f"in {result.seconds:.2f} s (generator {result.generator}, seed {result.seed})")
 

@@ -95,6 +95,43 @@ def slug(text: str) -> str:
     return f"{name or 'task'}-{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
 
 
+# ---------------------------------------------------------------- few-shot refinement (`generate --examples`)
+
+@dataclass
+class RefineRequest:
+    """Refine the drawn blend on `shots` examples of `examples` (a bundled task, a task folder, or a JSONL file of
+    task records), keeping it only if the loss on up to `held_back` other examples goes down."""
+
+    examples: str
+    shots: int
+    held_back: int
+    steps: int
+    learning_rate: float
+
+
+def read_examples(spec: str) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs from a bundled task's or task folder's training split, or from a .jsonl file of records
+    in the bundled tasks' format ({"prompt", "target"} or {"prompt", "choices", "label"})."""
+    import json
+
+    from loragen.tasks.suite import prompt_and_answer
+
+    path = Path(spec)
+    if path.suffix == ".jsonl" and path.is_file():
+        pairs = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                pairs.append(prompt_and_answer(json.loads(line)))
+            except (json.JSONDecodeError, KeyError, IndexError, TypeError) as err:
+                raise LoragenError(f"{path}:{number}: not a task record with prompt and target ({err!r})") from None
+        if not pairs:
+            raise LoragenError(f"{path} holds no examples")
+        return pairs
+    return find_task(spec).examples("train")
+
+
 # ---------------------------------------------------------------- candidates and the choice between them
 
 CARRIED_OVER = "carried_over"
@@ -154,12 +191,13 @@ class GenerateResult:
     seconds: float
     candidates: list[Candidate] = field(default_factory=list)
     validated_on: str | None = None   # the task whose validation split picked among the candidates
+    refinement: dict[str, Any] | None = None   # what `--examples` did (Refinement.record())
 
 
 def generate(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref: str, seed: int = 0,
              samples: int = 1, name: str | None = None, generator_ref: str | None = None,
              select_limit: int = SELECT_LIMIT, validate_on: str | None = None, replaces: str | None = None,
-             loaded: LoadedGenerator | None = None,
+             loaded: LoadedGenerator | None = None, refine: RefineRequest | None = None,
              progress: Callable[[int, int], None] | None = None) -> GenerateResult:
     """Generate an adapter for `task` (a registered task name or a free description) on a base version.
 
@@ -170,7 +208,7 @@ def generate(registry: Registry, settings: GeneratorSettings, *, task: str, base
     """
     drawn = draw(registry, settings, task=task, base_ref=base_ref, seed=seed, samples=samples, name=name,
                  generator_ref=generator_ref, loaded=loaded, progress=progress, validate_on=validate_on,
-                 select_limit=select_limit)
+                 select_limit=select_limit, refine=refine)
     validation = drawn.validation
     chosen = drawn.candidates[0]
     if validation is not None:
@@ -185,7 +223,8 @@ def generate(registry: Registry, settings: GeneratorSettings, *, task: str, base
     return GenerateResult(id=registered.id, created=registered.created, task=drawn.task_name,
                           base=drawn.version.label, condition=drawn.condition, seed=chosen.seed,
                           generator=drawn.generator.uid[:12], seconds=drawn.seconds, candidates=drawn.candidates,
-                          validated_on=validation.name if validation is not None else None)
+                          validated_on=validation.name if validation is not None else None,
+                          refinement=drawn.provenance.get("refinement"))
 
 
 @dataclass
@@ -230,7 +269,7 @@ class Drawn:
 def draw(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref: str, seed: int, samples: int,
          name: str | None = None, generator_ref: str | None = None, loaded: LoadedGenerator | None = None,
          progress: Callable[[int, int], None] | None = None, validate_on: str | None = None,
-         select_limit: int = SELECT_LIMIT) -> Drawn:
+         select_limit: int = SELECT_LIMIT, refine: RefineRequest | None = None) -> Drawn:
     """Check the request (the validation set for several samples included) before loading the generator, then
     sample `samples` adapters (seeds seed, seed+1, …)."""
     import time
@@ -256,8 +295,18 @@ def draw(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref
     bundled = described or bundled_task(task_name)
     validation = _validation_task(bundled, task_name, samples, validate_on, select_limit)
     version = registry.version(base_ref)
+    refine_pairs = None
+    if refine is not None:  # the examples are read and split before the generator loads
+        if samples > 1:
+            raise LoragenError("--examples refines one draw: use it with --samples 1")
+        from loragen.generator.refine import split_examples
+
+        refine_pairs = split_examples(read_examples(refine.examples), refine.shots, refine.held_back, seed)
 
     generator = loaded or load_generator(registry, generator_ref)
+    if refine is not None and generator.library is None:
+        raise LoragenError(f"generator {generator.uid[:12]} emits raw weights, not library coefficients: --examples "
+                           "needs a library generator (generator.representation = \"library\", loragen train)")
     condition, descriptions = spec, [spec]
     if known:  # the description the generator learnt the task by
         condition = (generator.checkpoint.task_descriptions.get(spec) or registered_tasks[spec] or [spec])[0]
@@ -268,12 +317,33 @@ def draw(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref
 
     began = time.perf_counter()
     seeds = [seed + i for i in range(samples)]
-    state_dicts = [sample_state_dict(generator, text, base, seed=s, method=settings.sample_method,
-                                     steps=settings.sample_steps, eta=settings.eta, progress=progress) for s in seeds]
+    refinement = None
+    if generator.library is None:
+        state_dicts = [sample_state_dict(generator, text, base, seed=s, method=settings.sample_method,
+                                         steps=settings.sample_steps, eta=settings.eta, progress=progress)
+                       for s in seeds]
+    else:
+        from loragen.generator.sampling import export_blend, sample_coefficients
+
+        drawn_coefficients = [sample_coefficients(generator, text, base, seed=s, method=settings.sample_method,
+                                                  steps=settings.sample_steps, eta=settings.eta, progress=progress)
+                              for s in seeds]
+        if refine_pairs is not None:
+            from loragen.generator.refine import refine_blend
+
+            model, tokenizer, _ = load_base(registry, version.label)
+            outcome = refine_blend(model, tokenizer, generator.library, drawn_coefficients[0], *refine_pairs,
+                                   steps=refine.steps, learning_rate=refine.learning_rate)
+            drawn_coefficients[0] = outcome.coefficients
+            refinement = {"examples": refine.examples, **outcome.record()}
+        state_dicts = [export_blend(generator, c) for c in drawn_coefficients]
     provenance = {"generator": generator.uid, "generator_step": generator.checkpoint.training["steps"],
                   "condition": condition, "base": version.label, "method": settings.sample_method,
                   "steps": settings.sample_steps if settings.sample_method == "ddim"
-                  else generator.checkpoint.schedule.num_train_timesteps, "eta": settings.eta}
+                  else generator.checkpoint.schedule.num_train_timesteps, "eta": settings.eta,
+                  "representation": "library" if generator.library is not None else "raw"}
+    if refinement is not None:
+        provenance["refinement"] = refinement
     return Drawn(task_name=task_name, version=version, condition=condition,
                  descriptions=descriptions, generator=generator, candidates=[Candidate(seed=s) for s in seeds],
                  state_dicts=state_dicts, seconds=time.perf_counter() - began, provenance=provenance,
