@@ -20,9 +20,20 @@ fixed sample of seen tasks is evaluated. Stages, each resumable (its results are
 
 Columns: zero_shot; finetuned (the task's own corpus adapter: for a held-out task only the ceiling); multitask;
 mean_adapter (mean of all training adapters); nearest_task (the training adapter of the task whose descriptions
-are nearest the evaluated description); generated_diffusion; generated (diffusion + task loss); random_description
-(the task-loss generator given a seen task of another family's description); heldout_description (seen tasks:
-generated from the description the generator never saw).
+are nearest the evaluated description); icl (the base with the task's 5 shots written before every prompt);
+the generators' columns (issue 20):
+  generated               library coordinates, leave-one-out mix, + task loss (the default generator)
+  generated_no_task_loss  the same without the task loss
+  generated_lookup        without task loss, never leaving a task out (leave_one_out 0)
+  generated_compose       without task loss, always leaving the task out (leave_one_out 1)
+  generated_raw           the first design: raw LoRA values as tokens, diffusion loss only
+  refined                 `generated`'s blend refined on the task's 5 shots (generate --examples)
+  lorahub                 the same fit from uniform weights over the library, without the generator
+  random_description      `generated` given a seen task of another family's description
+  heldout_description     seen tasks: `generated` from the description it never saw
+The 5 shots of a task (refined, lorahub, icl) are the same: a seeded draw from its training split; 16 more of it are
+held back to check a refinement. --reuse FILE --reuse-columns a,b takes those columns' per-task scores from an earlier
+summary (named in the rows), for columns whose adapters this run would make identically.
 """
 
 from __future__ import annotations
@@ -55,9 +66,13 @@ from bench.harness import (
 )
 
 STAGES = ("corpus", "register", "multitask", "generators", "adapters", "evaluate", "summary")
-COLUMNS = ("zero_shot", "finetuned", "multitask", "mean_adapter", "nearest_task", "generated_diffusion",
-           "generated", "random_description", "heldout_description")
-GENERATED = ("generated_diffusion", "generated", "random_description", "heldout_description")
+COLUMNS = ("zero_shot", "finetuned", "multitask", "mean_adapter", "nearest_task", "icl", "generated",
+           "generated_no_task_loss", "generated_lookup", "generated_compose", "generated_raw", "refined", "lorahub",
+           "random_description", "heldout_description")
+GENERATORS = ("generated", "generated_no_task_loss", "generated_lookup", "generated_compose", "generated_raw")
+FITTED = ("refined", "lorahub")            # fitted on the task's shots
+SEEN_ONLY = ("heldout_description",)
+SHOTS, HELD_BACK = 5, 16
 MULTITASK_NAME = "multitask-seen"
 
 
@@ -105,11 +120,16 @@ class Bench(StagedBench):
                                             checkpoints=1, checkpoint_every=args.ft_steps, seed=args.seed)
         self.multitask_config = FinetuneConfig(steps=args.multitask_steps, batch_size=8, learning_rate=args.ft_lr,
                                                checkpoints=1, checkpoint_every=args.multitask_steps, seed=args.seed)
-        defaults = replace(load_settings().generator, steps=args.gen_steps, seed=args.seed)
-        self.generator_settings = {
-            "generated_diffusion": replace(defaults, task_loss_weight=0.0),
+        defaults = replace(load_settings().generator, steps=args.gen_steps, seed=args.seed, representation="library",
+                           task_loss_weight=0.0, leave_one_out=args.leave_one_out)
+        self.generator_settings = {  # in training order: the task-loss one (slowest) after the seconds-fast ones
+            "generated_no_task_loss": defaults,
+            "generated_lookup": replace(defaults, leave_one_out=0.0),
+            "generated_compose": replace(defaults, leave_one_out=1.0),
             "generated": replace(defaults, task_loss_weight=args.task_loss_weight, task_loss_every=args.task_loss_every,
-                                 task_examples_per_step=args.task_examples, task_descriptions_per_step=2),
+                                 task_examples_per_step=args.task_examples, task_descriptions_per_step=2,
+                                 task_adapters_per_step=1),
+            "generated_raw": replace(defaults, representation="raw", steps=args.raw_steps, leave_one_out=0.0),
         }
         self._registry = None
         self._base = None
@@ -209,6 +229,8 @@ class Bench(StagedBench):
         done = self.read("generators.json", {})
         tasks = self.training_tasks()
         for column, settings in self.generator_settings.items():
+            if column in self.reused_columns:
+                continue
             if done.get(column, {}).get("settings") == asdict(settings) and done[column]["tasks"] == tasks:
                 print(f"generators: {column} already trained ({done[column]['id']})", flush=True)
                 continue
@@ -288,9 +310,8 @@ class Bench(StagedBench):
             nearest = max(tasks, key=lambda t: float(task_texts[t] @ text))
             made["nearest_task"] = {"path": str(self.corpus_adapter(nearest)), "task": nearest,
                                     "description": description, "made_from": baseline_from}
-            wanted = {"generated_diffusion": ("generated_diffusion", description),
-                      "generated": ("generated", description),
-                      "random_description": ("generated", self.random_description(task_name))}
+            wanted = {column: (column, description) for column in GENERATORS}
+            wanted["random_description"] = ("generated", self.random_description(task_name))
             if task_name in self.plan.seen_sample:
                 wanted["heldout_description"] = ("generated", self.split.held_out_description(task_name))
             for column, (generator_column, text_of) in wanted.items():
@@ -310,9 +331,51 @@ class Bench(StagedBench):
                 write_adapter_folder(target, state_dict, lora)
                 made[column] = {"path": str(target), "generator": generator.uid, "description": text_of,
                                 "seed": self.args.seed, "generate_s": round(seconds, 3), "made_from": made_from}
+            if "generated" in generators and (task_name in self.plan.held_out or self.args.fit_seen):
+                self.fitted_adapters(task_name, made, generators["generated"], description, encoder, condition,
+                                     folder, lora)
             if json.dumps(made, sort_keys=True) != before:
                 self.write("adapters.json", manifest)
                 print(f"adapters: {task_name} (nearest training task: {nearest})", flush=True)
+
+    def shots(self, task_name: str) -> tuple[list, list]:
+        """The task's 5 shots and 16 held-back examples: one seeded draw from its training split, the same for
+        refined, lorahub and icl."""
+        from loragen.generator.refine import split_examples
+        from loragen.tasks.suite import get_task
+
+        return split_examples(get_task(task_name).examples("train"), SHOTS, HELD_BACK, seed=self.args.seed)
+
+    def fitted_adapters(self, task_name, made, generator, description, encoder, condition, folder, lora) -> None:
+        """refined: the generator's blend for the description, fitted on the task's shots; lorahub: the same fit
+        from uniform weights. Each is kept only where the held-back examples' loss went down (refine_blend)."""
+        from loragen.adapters import write_adapter_folder
+        from loragen.generator.refine import examples_digest, refine_blend, uniform_start
+        from loragen.generator.sampling import export_blend, sample_coefficients
+
+        settings = self.generator_settings["generated"]
+        shots, held_back = self.shots(task_name)
+        for column in FITTED:
+            made_from = {"generator": generator.uid, "seed": self.args.seed, "description": description,
+                         "examples": examples_digest([*shots, *held_back]), "steps": self.args.refine_steps,
+                         "learning_rate": settings.refine_learning_rate, "start": column}
+            if made.get(column, {}).get("made_from") == made_from:
+                continue
+            if column == "refined":
+                start = sample_coefficients(generator, encoder.encode([description])[0], condition,
+                                            seed=self.args.seed, method=settings.sample_method,
+                                            steps=settings.sample_steps, eta=settings.eta)
+            else:
+                start = uniform_start(generator.library)
+            model, tokenizer = self.base()
+            outcome = refine_blend(model, tokenizer, generator.library, start, shots, held_back,
+                                   steps=self.args.refine_steps, learning_rate=settings.refine_learning_rate)
+            target = _emptied(folder / task_name / column)
+            write_adapter_folder(target, export_blend(generator, outcome.coefficients), lora)
+            made[column] = {"path": str(target), "refine_s": round(outcome.seconds, 2), **outcome.record(),
+                            "made_from": made_from}
+            print(f"adapters: {task_name} {column} kept {outcome.kept} ({outcome.held_back_loss_start:.3f} -> "
+                  f"{outcome.held_back_loss_refined:.3f}, {outcome.seconds:.1f} s)", flush=True)
 
     def evaluate(self) -> None:
         """Score each (task, column) of this process's shard; shards run as separate processes share scores.json,
@@ -325,17 +388,31 @@ class Bench(StagedBench):
             if scores["settings"] != self.eval_settings():
                 raise SystemExit(f"{self.work / 'scores.json'} holds scores of other evaluation settings: move it away")
             # A score counts only for the adapter it was made on: rows of adapters made again since are dropped.
-            scores["rows"] = [r for r in scores["rows"] if r["column"] == "zero_shot"
+            scores["rows"] = [r for r in scores["rows"] if r["column"] in ("zero_shot", "icl")
                               or r.get("made_from") == _made_from(manifest, r["task"], r["column"])]
             self.write("scores.json", scores)
         done = {(r["task"], r["column"]) for r in scores["rows"]}
         index, count = self.shard
+        from loragen.workflows import score_on_base
+
         waiting: list[str] = []
         model, tokenizer = self.base()
         for task_name in self.plan.evaluated[index - 1::count]:
             adapters = {}  # the columns still to score: None for zero-shot, else the adapter's folder
             for column in self.columns(task_name):
                 if (task_name, column) in done or column not in self.evaluated_columns:
+                    continue
+                if column in self.reused_columns:
+                    continue
+                if column == "icl":
+                    shots, _ = self.shots(task_name)
+                    began = time.perf_counter()
+                    [[score]] = score_on_base(model, tokenizer, [get_task(task_name)], [None], split="test",
+                                              limit=self.args.limit or None, shown_examples={task_name: shots})
+                    scores = self.add_score({"task": task_name, "column": "icl", "value": score.value,
+                                             "metric": score.metric, "examples": score.num_examples,
+                                             "eval_s": round(time.perf_counter() - began, 1), "made_from": None},
+                                            scores)
                     continue
                 if column != "zero_shot" and column not in manifest.get(task_name, {}):
                     waiting.append(f"{task_name}/{column}")
@@ -354,6 +431,25 @@ class Bench(StagedBench):
                   "once the generators are trained, then evaluate again", flush=True)
 
     @property
+    def reused_columns(self) -> tuple[str, ...]:
+        return parse_columns(self.args.reuse_columns) if self.args.reuse_columns else ()
+
+    def reused_scores(self) -> dict[str, dict[str, float]]:
+        """--reuse FILE's per-task values of --reuse-columns (an older summary may call generated_raw
+        generated_diffusion, its name then)."""
+        if not self.reused_columns:
+            return {}
+        earlier = json.loads(Path(self.args.reuse).read_text())
+        renamed = {"generated_raw": "generated_diffusion"}
+        out: dict[str, dict[str, float]] = {}
+        for task, row in earlier["per_task"].items():
+            for column in self.reused_columns:
+                value = row.get(column, row.get(renamed.get(column, column)))
+                if value is not None:
+                    out.setdefault(task, {})[column] = value
+        return out
+
+    @property
     def evaluated_columns(self) -> tuple[str, ...]:
         return parse_columns(self.args.columns)
 
@@ -366,8 +462,11 @@ class Bench(StagedBench):
 
         scores = self.read("scores.json", {"rows": []})
         table: dict[str, dict[str, float]] = {}
+        for task, values in self.reused_scores().items():
+            table.setdefault(task, {}).update(values)
         for row in scores["rows"]:
-            table.setdefault(row["task"], {})[row["column"]] = row["value"]
+            if row["column"] not in self.reused_columns:
+                table.setdefault(row["task"], {})[row["column"]] = row["value"]
         manifest = self.read("adapters.json", {})
         generators_made = self.read("generators.json", {})
         corpus = self.corpus_rows()
@@ -382,9 +481,12 @@ class Bench(StagedBench):
                 out[column] = mean_or_none(values)
                 out[f"{column}_ci95"] = bootstrap_ci(values, self.args.seed)
                 out[f"{column}_n"] = len(values)
-            both = [t for t in tasks if {"generated", "multitask"} <= set(table.get(t, {}))]
-            out["generated_minus_multitask_ci95"] = bootstrap_ci(
-                [table[t]["generated"] - table[t]["multitask"] for t in both], self.args.seed)
+            for first, second in (("generated", "multitask"), ("generated", "mean_adapter"), ("refined", "lorahub"),
+                                  ("refined", "icl")):
+                both = [t for t in tasks if {first, second} <= set(table.get(t, {}))]
+                differences = [table[t][first] - table[t][second] for t in both]
+                out[f"{first}_minus_{second}"] = mean_or_none(differences)
+                out[f"{first}_minus_{second}_ci95"] = bootstrap_ci(differences, self.args.seed)
             above = [t for t in tasks if {"generated", "zero_shot"} <= set(table.get(t, {}))]
             out["generated_above_zero_shot"] = sum(table[t]["generated"] > table[t]["zero_shot"] for t in above)
             out["generated_above_zero_shot_of"] = len(above)
@@ -401,13 +503,21 @@ class Bench(StagedBench):
             return out
 
         held_out = group(self.plan.held_out)
+        learnable = [t for t in self.plan.held_out if self.learnable(t)]
+        held_out["learnable"] = group(learnable)
+        held_out["learnable_tasks"] = learnable
+        held_out["generated_above_zero_shot_learnable"] = held_out["learnable"]["generated_above_zero_shot"]
         held_out["tasks_list"] = list(self.plan.held_out)
         held_out["families_unseen"] = list(self.plan.held_out_families)
         held_out["unseen_families"] = group(unseen_family)
         held_out["siblings_in_seen_families"] = group([t for t in self.plan.held_out if t not in unseen_family])
         seen = group(self.plan.seen_sample)
-        generation_s = [c["generate_s"] for t, made in manifest.items() if t != "_shared"
-                        for c in made.values() if isinstance(c, dict) and "generate_s" in c]
+        generation_s = [made[c]["generate_s"] for t, made in manifest.items() if t != "_shared"
+                        for c in ("generated", "generated_no_task_loss") if "generate_s" in made.get(c, {})]
+        raw_generation_s = [made["generated_raw"]["generate_s"] for t, made in manifest.items()
+                            if "generate_s" in made.get("generated_raw", {})]
+        refine_s = [made[c]["refine_s"] for t, made in manifest.items() if t != "_shared" for c in FITTED
+                    if "refine_s" in made.get(c, {})]
         missing = [[t, c] for t in self.plan.evaluated for c in self.columns(t) if c not in table.get(t, {})]
         summary = {
             "command": command_line(), "machine": machine(),
@@ -416,6 +526,10 @@ class Bench(StagedBench):
             "training_tasks": len(self.training_tasks()) if all(t in corpus for t in self.plan.training) else None,
             "held_out": held_out, "seen": seen,
             "generation_s_mean": mean_or_none(generation_s), "generation_s_max": max(generation_s, default=None),
+            "generation_raw_s_mean": mean_or_none(raw_generation_s), "refine_s_mean": mean_or_none(refine_s),
+            "refine_s_max": max(refine_s, default=None),
+            "generator_train_s": generators_made.get("generated", {}).get("train_s"),
+            "reused": {"from": self.args.reuse, "columns": list(self.reused_columns)} if self.reused_columns else None,
             "finetune_s_mean": mean_or_none([corpus[t]["finetune_s"] for t in self.plan.corpus if t in corpus]),
             "generators": {c: {k: v for k, v in g.items() if k not in ("tasks",)} for c, g in generators_made.items()},
             "settings": {"eval": self.eval_settings(), "corpus": self.corpus_settings(),
@@ -435,7 +549,19 @@ class Bench(StagedBench):
     # ---------------------------------------------------------------- small helpers
 
     def columns(self, task: str) -> tuple[str, ...]:
-        return COLUMNS if task in self.plan.seen_sample else tuple(c for c in COLUMNS if c != "heldout_description")
+        if task in self.plan.seen_sample:
+            return COLUMNS if self.args.fit_seen else tuple(c for c in COLUMNS if c not in FITTED)
+        return tuple(c for c in COLUMNS if c not in SEEN_ONLY)
+
+    def learnable(self, task: str) -> bool | None:
+        """Whether fine-tuning gained >= 0.05 on the task's validation split: this run's corpus row, else the
+        committed corpus summary's (a held-out ceiling this run did not fine-tune again)."""
+        row = self.corpus_rows().get(task)
+        if row is None:
+            committed = Path("bench/results/corpus_scores.json")
+            rows = {r["task"]: r for r in json.loads(committed.read_text())["rows"]} if committed.is_file() else {}
+            row = rows.get(task)
+        return None if row is None else bool(row["learnable"])
 
     def description(self, task) -> str:
         """The description a user would type: a held-out task's first, a seen task's first training description."""
@@ -509,17 +635,18 @@ def _plot(summary: dict, path: Path, held_out: tuple[str, ...]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = (("zero_shot", "zero-shot"), ("multitask", "multi-task LoRA"), ("generated", "generated"))
+    columns = (("zero_shot", "zero-shot"), ("multitask", "multi-task LoRA"), ("generated", "generated"),
+               ("refined", "refined (5 shots)"))
     tasks = [t for t in held_out if t in summary["per_task"]]
     fig, axis = plt.subplots(figsize=(max(6, 0.45 * len(tasks)), 4))
-    width = 0.27
+    width = 0.2
     for i, (column, label) in enumerate(columns):
         scored = [(x, summary["per_task"][t][column]) for x, t in enumerate(tasks) if column in summary["per_task"][t]]
-        axis.bar([x + (i - 1) * width for x, _ in scored], [v for _, v in scored], width, label=label)
+        axis.bar([x + (i - 1.5) * width for x, _ in scored], [v for _, v in scored], width, label=label)
     axis.set_xticks(range(len(tasks)))
     axis.set_xticklabels(tasks, rotation=70, ha="right", fontsize=7)
     axis.set_ylabel("test score")
-    axis.set_title("Held-out tasks: zero-shot vs multi-task LoRA vs generated")
+    axis.set_title("Held-out tasks: zero-shot, multi-task LoRA, generated, refined")
     axis.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -551,7 +678,15 @@ def main() -> None:
     parser.add_argument("--ft-lr", type=float, default=5e-3)
     parser.add_argument("--val-limit", type=int, default=50, help="validation examples per corpus score (0: all)")
     parser.add_argument("--multitask-steps", type=int, default=320)
-    parser.add_argument("--gen-steps", type=int, default=800, help="generator training steps")
+    parser.add_argument("--gen-steps", type=int, default=2000, help="library generators' training steps")
+    parser.add_argument("--raw-steps", type=int, default=800, help="the raw-token generator's training steps")
+    parser.add_argument("--leave-one-out", type=float, default=0.5,
+                        help="the library generators' leave-one-out share (the lookup/compose columns use 0 and 1)")
+    parser.add_argument("--refine-steps", type=int, default=20, help="refined/lorahub: gradient steps on the shots")
+    parser.add_argument("--fit-seen", action="store_true", help="refined/lorahub on the seen sample too")
+    parser.add_argument("--reuse", default="bench/results/generalization.json",
+                        help="an earlier summary to take --reuse-columns' per-task scores from")
+    parser.add_argument("--reuse-columns", default="", help="columns whose scores come from --reuse (default none)")
     parser.add_argument("--task-loss-weight", type=float, default=1.0)
     parser.add_argument("--task-loss-every", type=int, default=4)
     parser.add_argument("--task-examples", type=int, default=4, help="examples per task-loss adapter")
@@ -572,6 +707,8 @@ def main() -> None:
     stages = chosen_stages(parser, args.stages, STAGES)
     parse_shard(args.shard)  # a bad --shard or --columns fails before any stage runs
     parse_columns(args.columns)
+    if args.reuse_columns:
+        parse_columns(args.reuse_columns)
 
     import torch
 

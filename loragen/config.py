@@ -264,6 +264,9 @@ class GeneratorTaskLossSettings:
                 "base, next-token loss on the task's training answers (0: off; needs bundled tasks' data)"})
     task_loss_every: int = field(default=1, metadata={"help": "steps between task-loss steps"})
     task_examples_per_step: int = field(default=8, metadata={"help": "training examples per task in a task-loss step"})
+    task_adapters_per_step: int = field(default=1, metadata={
+        "help": "library generator: training adapters whose tasks a task-loss step scores (the raw generator uses "
+                "batch_size)"})
     task_descriptions_per_step: int = field(default=2, metadata={
         "help": "descriptions sampled per task in a task-loss step, each generating its own adapter"})
     task_loss_timestep: str = field(default="sampled", metadata={
@@ -274,7 +277,7 @@ class GeneratorTaskLossSettings:
     def __post_init__(self) -> None:
         if not _is_number(self.task_loss_weight) or self.task_loss_weight < 0:  # _is_number: finite
             raise LoragenError(f"generator.task_loss_weight must be a number >= 0 (got {self.task_loss_weight!r})")
-        _check_positive_ints("generator", self, ("task_loss_every", "task_examples_per_step",
+        _check_positive_ints("generator", self, ("task_loss_every", "task_examples_per_step", "task_adapters_per_step",
                                                  "task_descriptions_per_step"))
         _check_choice("generator", "task_loss_timestep", self.task_loss_timestep, TASK_LOSS_TIMESTEPS)
 

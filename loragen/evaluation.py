@@ -13,7 +13,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from loragen.errors import LoragenError
 from loragen.tasks.suite import Task, materialize_yaml
@@ -44,15 +44,23 @@ def _offline() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _task_yamls(tasks: Sequence[Task], split: str, out_dir: Path) -> Path:
-    """Runnable YAMLs whose test split is the one asked for (validation for selecting candidates)."""
+def _task_yamls(tasks: Sequence[Task], split: str, out_dir: Path,
+                shown_examples: Mapping[str, Sequence[tuple[str, str]]] | None = None) -> Path:
+    """Runnable YAMLs whose test split is the one asked for (validation for selecting candidates).
+
+    shown_examples: per task name, (prompt, answer) pairs written before every prompt (lm-eval's task
+    `description`), so the base sees the very same examples in its context each time: in-context learning.
+    """
     import yaml
 
     include = materialize_yaml(list(tasks), out_dir)
-    if split != "test":
+    shown = {task.eval_name: shown_examples[task.name] for task in tasks if task.name in (shown_examples or {})}
+    if split != "test" or shown:
         for path in include.glob("*.yaml"):
             config = yaml.safe_load(path.read_text())
             config["test_split"] = split
+            if config["task"] in shown:
+                config["description"] = "".join(f"{prompt}{answer}\n\n" for prompt, answer in shown[config["task"]])
             path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     return include
 
@@ -68,8 +76,10 @@ def check_eval_options(split: str, limit: int | None, batch_size: int) -> None:
 
 
 def evaluate(model, tokenizer, tasks: Sequence[Task], *, split: str = "test", limit: int | None = None,
-             batch_size: int = 16) -> list[Score]:
-    """Run lm-eval on `tasks` and return each task's primary metric (limit None or 0: every example)."""
+             batch_size: int = 16, shown_examples: Mapping[str, Sequence[tuple[str, str]]] | None = None
+             ) -> list[Score]:
+    """Run lm-eval on `tasks` and return each task's primary metric (limit None or 0: every example).
+    shown_examples: see `_task_yamls` (in-context examples per task name)."""
     check_eval_options(split, limit, batch_size)
     if not tasks:
         raise LoragenError("no tasks to evaluate")
@@ -84,7 +94,7 @@ def evaluate(model, tokenizer, tasks: Sequence[Task], *, split: str = "test", li
     lm_eval.evaluator.get_git_commit_hash = lambda: None
 
     with tempfile.TemporaryDirectory(prefix="loragen-eval-") as tmp:
-        include = _task_yamls(tasks, split, Path(tmp))
+        include = _task_yamls(tasks, split, Path(tmp), shown_examples)
         manager = TaskManager(include_path=str(include), include_defaults=False)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         if os.environ.get("TQDM_DISABLE") == "1":  # the CLI sets it unless -v

@@ -148,7 +148,7 @@ class BlendTaskLoss:
     def __call__(self, model: BlendGenerator, schedule: DDPMSchedule, positions, targets: BlendTargets,
                  base_rows: torch.Tensor, compose: torch.Tensor, sampler: torch.Generator) -> torch.Tensor:
         picks = [self.source.with_examples[i] for i in torch.randint(
-            len(self.source.with_examples), (self.settings.batch_size,), generator=sampler).tolist()]
+            len(self.source.with_examples), (self.settings.task_adapters_per_step,), generator=sampler).tolist()]
         losses = []
         for row, index in enumerate(picks):
             adapter = self.data.adapters[index]
@@ -156,7 +156,8 @@ class BlendTaskLoss:
             texts = _pick_descriptions(self.data.text_embeddings[adapter.task],
                                        self.settings.task_descriptions_per_step, sampler)
             count = len(texts)
-            x0, allowed = row_targets(targets, torch.tensor([index] * count), compose[row].expand(count))
+            composes = compose[row] & targets.composed_allowed[index].any()  # a lone task has nothing to compose
+            x0, allowed = row_targets(targets, torch.tensor([index] * count), composes.expand(count))
             predicted = predict_x0(model, schedule, positions, torch.stack(texts), base_rows[[index] * count], x0,
                                    allowed, sampler)
             base_model = self.source.base(adapter.base)[0]
@@ -239,7 +240,7 @@ def train_blend_generator(data, settings: GeneratorSettings, run_dir: Path,
         loss = relative_blend_error(library.grams, predicted, targets.lookup[picks]).mean()
         diffusion = loss.item()
         if task_loss is not None and step % settings.task_loss_every == 0:
-            compose_task = torch.rand(settings.batch_size, generator=sampler) < settings.leave_one_out
+            compose_task = torch.rand(settings.task_adapters_per_step, generator=sampler) < settings.leave_one_out
             on_task = task_loss(model, schedule, positions, targets, base_rows, compose_task, sampler)
             task_losses.append([step, on_task.item()])
             loss = loss + settings.task_loss_weight * on_task

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 from loragen.errors import LoragenError
 from loragen.evaluation import Score
@@ -21,21 +21,26 @@ if TYPE_CHECKING:
 
 
 def score_on_base(model, tokenizer, tasks: Sequence[Task], adapters: Iterable[Path | str | None], *,
-                  split: str = "test", limit: int | None = None, batch_size: int = 16) -> Iterator[list[Score]]:
+                  split: str = "test", limit: int | None = None, batch_size: int = 16,
+                  shown_examples: Mapping[str, Sequence[tuple[str, str]]] | None = None) -> Iterator[list[Score]]:
     """For each entry of `adapters` in order, its scores on `tasks` (one Score per task, in their order): a PEFT
     folder is attached to the loaded base for its turn; None scores the base alone (zero-shot).
 
     Yields one entry's scores at a time, so a caller can record each before the next is scored (a run stopped
     half-way keeps what it did); `list(...)` for all at once. `limit` None or 0 scores every example.
+    `shown_examples` (per task name, (prompt, answer) pairs) puts those examples before every prompt: in-context
+    learning, the baseline of a user with a few examples and no adapter.
     """
     from loragen.evaluation import attached, evaluate
 
     for folder in adapters:
         if folder is None:
-            scores = evaluate(model, tokenizer, tasks, split=split, limit=limit, batch_size=batch_size)
+            scores = evaluate(model, tokenizer, tasks, split=split, limit=limit, batch_size=batch_size,
+                              shown_examples=shown_examples)
         else:
             with attached(model, Path(folder)) as peft_model:
-                scores = evaluate(peft_model, tokenizer, tasks, split=split, limit=limit, batch_size=batch_size)
+                scores = evaluate(peft_model, tokenizer, tasks, split=split, limit=limit, batch_size=batch_size,
+                                  shown_examples=shown_examples)
         yield scores
 
 
