@@ -44,9 +44,8 @@ class Familiarity:
         return self.best >= self.threshold
 
     def record(self) -> dict[str, Any]:
-        """The form provenance and --json keep (similarities to 4 places)."""
-        return {"nearest_tasks": [{"task": near.task, "similarity": round(near.similarity, 4)}
-                                  for near in self.nearest],
+        """The form provenance and --json keep."""
+        return {"nearest_tasks": [{"task": near.task, "similarity": near.similarity} for near in self.nearest],
                 "familiar": self.familiar, "threshold": self.threshold}
 
 
@@ -66,11 +65,12 @@ def task_similarities(condition: torch.Tensor, known: Mapping[str, torch.Tensor]
 def familiarity(condition: torch.Tensor, known: Mapping[str, torch.Tensor], threshold: float,
                 k: int = NEAREST_TASKS) -> Familiarity:
     """The k known tasks nearest the condition (ties by name, so the order never depends on the mapping's),
-    judged against `threshold`."""
+    judged against `threshold`. Similarities are kept to 4 places, so that `familiar` agrees with the record."""
     if not known:
         raise ValueError("no known tasks to compare the description with")
     if k < 1:
         raise ValueError(f"k must be at least 1 (got {k})")
     similarities = task_similarities(condition, known)
-    ranked = sorted(similarities.items(), key=lambda item: (-item[1], item[0]))[:k]
+    ranked = sorted(((task, round(value, 4)) for task, value in similarities.items()),
+                    key=lambda item: (-item[1], item[0]))[:k]
     return Familiarity(nearest=tuple(NearTask(task, similarity) for task, similarity in ranked), threshold=threshold)
