@@ -86,6 +86,12 @@ def denoiser_channels_problem(channels: Sequence[Any], num_groups: int) -> str |
 REFRESH_SAMPLES = 2
 # `generate --samples N` and `refresh`: validation examples each candidate is scored on (--select-limit).
 SELECT_LIMIT = 50
+# `generate` warns when the description's best cosine similarity to any training task's descriptions is below
+# this (loragen.generator.familiarity). Measured by bench/bench_familiarity.py (bench/results/familiarity.json):
+# the 5th percentile of the split's real held-out descriptions, rounded down; it warns on 7% of the held-out
+# tasks' descriptions (mostly the never-seen pronunciation family), 1% of the seen tasks' held-out wordings,
+# and on all 22 nonsense and off-domain requests (the highest of which scores 0.396).
+FAMILIARITY_THRESHOLD = 0.43
 
 @dataclass
 class RegistryConfig:

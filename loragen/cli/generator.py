@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -132,6 +133,9 @@ def generate(task: str = typer.Option(..., "--task", help="A task name in the re
                                     validate_on=validate_on, refine=refine, progress=tick)
     if out is not None:
         state.registry.export(result.id, out)
+    warning = unfamiliar_warning(result.familiarity)
+    if warning:
+        say(warning)
     if as_json:
         render({**result.__dict__, "candidates": [c.record() for c in result.candidates],
                 "exported_to": str(out) if out is not None else None}, as_json=True)
@@ -148,6 +152,24 @@ def generate(task: str = typer.Option(..., "--task", help="A task name in the re
             f" -> {r['held_back_loss_refined']:.4f}; {verdict}")
     typer.echo(f"{'generated' if result.created else 'already registered'} {result.id}: {result.task} on {result.base} "
                f"in {result.seconds:.2f} s (generator {result.generator}, seed {result.seed})")
+    typer.echo(nearest_tasks_line(result.familiarity))
+
+
+def nearest_tasks_line(familiarity: dict) -> str:
+    """'nearest training tasks: a (0.83), b (0.71), c (0.64)' from the workflows' familiarity record."""
+    return "nearest training tasks: " + ", ".join(f"{near['task']} ({near['similarity']:.2f})"
+                                                  for near in familiarity["nearest_tasks"])
+
+
+def unfamiliar_warning(familiarity: dict) -> str | None:
+    """One line when the description is below the familiarity threshold for every training task, else None."""
+    if familiarity["familiar"]:
+        return None
+    # Cut, not rounded, to 3 places: a best of 0.4299 must not read as the threshold 0.43 itself.
+    best = math.floor(familiarity["nearest_tasks"][0]["similarity"] * 1000) / 1000
+    return (f"warning: the description is far from every task the generator was trained on (best similarity "
+            f"{best:.3f} < {familiarity['threshold']}); expect a weak adapter: give a few examples (--examples), or "
+            "fine-tune one (loragen finetune)")
 
 
 def generators(as_json: bool = typer.Option(False, "--json", help="JSON output."),

@@ -68,6 +68,17 @@ def sample_state_dict(generator: LoadedGenerator, text, base, **options) -> dict
     return sampling.sample_state_dict(generator, text, base, **options)
 
 
+def _familiarity_of(encoder, condition, generator: LoadedGenerator) -> dict[str, Any]:
+    """How near the condition's embedding is to the generator's training tasks, as their descriptions in its
+    checkpoint embed with the same encoder (loragen.generator.familiarity; the record provenance keeps). The
+    encoder's cache holds them already when the generator was trained on this registry."""
+    from loragen.config import FAMILIARITY_THRESHOLD
+    from loragen.generator.familiarity import familiarity
+
+    known = {task: encoder.encode(texts or [task]) for task, texts in generator.checkpoint.task_descriptions.items()}
+    return familiarity(condition, known, FAMILIARITY_THRESHOLD).record()
+
+
 _LATIN_LETTERS_TO_ASCII = str.maketrans({
     "ß": "ss", "ẞ": "SS", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o", "Ø": "O", "ł": "l", "Ł": "L",
     "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "þ": "th", "Þ": "TH", "ı": "i"})
@@ -192,6 +203,7 @@ class GenerateResult:
     candidates: list[Candidate] = field(default_factory=list)
     validated_on: str | None = None   # the task whose validation split picked among the candidates
     refinement: dict[str, Any] | None = None   # what `--examples` did (Refinement.record())
+    familiarity: dict[str, Any] = field(default_factory=dict)  # nearest training tasks (_familiarity_of)
 
 
 def generate(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref: str, seed: int = 0,
@@ -224,7 +236,8 @@ def generate(registry: Registry, settings: GeneratorSettings, *, task: str, base
                           base=drawn.version.label, condition=drawn.condition, seed=chosen.seed,
                           generator=drawn.generator.uid[:12], seconds=drawn.seconds, candidates=drawn.candidates,
                           validated_on=validation.name if validation is not None else None,
-                          refinement=drawn.provenance.get("refinement"))
+                          refinement=drawn.provenance.get("refinement"),
+                          familiarity=drawn.provenance["familiarity"])
 
 
 @dataclass
@@ -312,7 +325,9 @@ def draw(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref
         condition = (generator.checkpoint.task_descriptions.get(spec) or registered_tasks[spec] or [spec])[0]
     elif described:  # a bundled task no adapter was made for yet: described as the suite describes it
         condition, descriptions = described.descriptions[0], described.descriptions
-    text = text_encoder(registry).encode([condition])[0]
+    encoder = text_encoder(registry)
+    text = encoder.encode([condition])[0]
+    familiarity = _familiarity_of(encoder, text, generator)
     base = base_condition(registry, version.label)
 
     began = time.perf_counter()
@@ -341,7 +356,8 @@ def draw(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref
                   "condition": condition, "base": version.label, "method": settings.sample_method,
                   "steps": settings.sample_steps if settings.sample_method == "ddim"
                   else generator.checkpoint.schedule.num_train_timesteps, "eta": settings.eta,
-                  "representation": "library" if generator.library is not None else "raw"}
+                  "representation": "library" if generator.library is not None else "raw",
+                  "familiarity": familiarity}
     if refinement is not None:
         provenance["refinement"] = refinement
     return Drawn(task_name=task_name, version=version, condition=condition,
