@@ -118,3 +118,44 @@ def test_a_blend_exported_at_the_registry_rank_loads_in_peft_and_a_one_hot_one_a
     blended = logits(tmp_path / "even")
     assert not torch.allclose(blended, logits(folders[0]), atol=1e-3)
     assert not torch.allclose(blended, logits(folders[1]), atol=1e-3)
+
+
+def test_the_randomized_cut_matches_the_exact_cut():
+    from loragen.generator.library import blend_to_lora_randomized
+
+    factors = random_factors(5, rank=3, shape=(40, 30))
+    coefficients = torch.tensor([0.7, -0.2, 0.4, 0.05, 1.0], dtype=torch.float64)
+    dense = blend_dense(factors, coefficients)
+    exact_a, exact_b, _ = blend_to_lora(factors, coefficients, rank=4, scale=2.0)
+    weights = torch.cat([torch.full((3,), float(c) * f.scale, dtype=torch.float64) for c, f in zip(coefficients, factors)])
+    fast_a, fast_b = blend_to_lora_randomized(torch.cat([f.A for f in factors]), torch.cat([f.B for f in factors], dim=1),
+                                              weights, rank=4, scale=2.0)
+    exact_error = (dense - 2.0 * exact_b @ exact_a).norm()
+    fast_error = (dense - 2.0 * fast_b @ fast_a).norm()
+    assert fast_error <= exact_error * 1.001
+    again = blend_to_lora_randomized(torch.cat([f.A for f in factors]), torch.cat([f.B for f in factors], dim=1),
+                                     weights, rank=4, scale=2.0)
+    assert torch.equal(again[0], fast_a) and torch.equal(again[1], fast_b)  # seeded: the same bytes
+
+
+def test_the_library_export_reproduces_a_one_hot_and_drops_only_negligible_entries():
+    from loragen.generator.library import Library, relative_blend_error, significant_entries
+
+    library_factors = [random_factors(1, rank=2, shape=(6, 5), seed=seed)[0] for seed in range(4)]
+    state_dicts = [{f"base_model.model.layers.0.q_proj.lora_{kind}.weight": getattr(f, kind).float()
+                    for kind in ("A", "B")} for f in library_factors]
+    library = Library.from_state_dicts(state_dicts, [1.0] * 4)
+    assert torch.allclose(library.grams[0], gram_matrix([LoraFactors(f.A, f.B, 1.0) for f in library_factors]),
+                          rtol=1e-5)
+    one_hot = torch.eye(4)[2][None]
+    exported = library.to_state_dict(one_hot, rank=2, scale=1.0)
+    a, b = exported["base_model.model.layers.0.q_proj.lora_A.weight"], exported["base_model.model.layers.0.q_proj.lora_B.weight"]
+    own = library_factors[2]
+    assert torch.allclose((b @ a).double(), own.B @ own.A, atol=1e-5)
+    # A tiny fourth coefficient is dropped before the SVD; what it carried is within the tolerance.
+    blend = torch.tensor([0.6, 0.3, 0.1, 1e-6], dtype=torch.float64)
+    kept = significant_entries(library.grams[0], blend, tolerance=1e-4)
+    assert kept.tolist() == [0, 1, 2]
+    dropped = blend.clone()
+    dropped[3] = 0
+    assert relative_blend_error(library.grams, dropped[None], blend[None]).item() <= 1e-4
