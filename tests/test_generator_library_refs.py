@@ -208,10 +208,11 @@ def test_doctor_reports_a_force_removed_library_adapter(capsys, adapters, regist
 def test_a_generator_registered_before_libraries_upgrades_to_an_empty_one(capsys, registry, isolated_home):
     from sqlalchemy import text
 
+    from loragen.config import load_settings
     from loragen.registry import db
 
     isolated_home.mkdir(parents=True)
-    engine = db.make_engine(f"sqlite:///{isolated_home / 'registry.db'}")
+    engine = db.make_engine(load_settings().registry.database_url)  # SQLite, or the PostgreSQL test database
     db.upgrade(engine, "0003")
     sha = "ab" * 32
     with engine.begin() as connection:

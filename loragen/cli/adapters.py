@@ -116,7 +116,8 @@ def _list_adapters(task: Optional[str], base: Optional[str], origin: Optional[st
            summary=f"{total:,} adapter(s), {human_count(parameters)} parameters")
 
 
-def show(ref: str = typer.Argument(..., help="Adapter id (a prefix is enough), base NAME[@vN] or task name."),
+def show(ref: str = typer.Argument(..., help="Adapter id (a prefix is enough), base NAME[@vN], task name or "
+                                            "generator id."),
          as_json: bool = JSON) -> None:
     """Show one adapter, base version, task or generator in detail."""
     from loragen.cli.base import show_base

@@ -30,7 +30,6 @@ class Removed:
     """An adapter `rm` unregistered, and the generators whose library it leaves broken (only with --force)."""
 
     id: str
-    task: str
     broken_generators: list[str]
 
 

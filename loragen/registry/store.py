@@ -382,8 +382,7 @@ class Registry:
             for adapter in adapters:
                 for child in s.scalars(select(Adapter).where(Adapter.replaces_id == adapter.id)):
                     child.replaces_id = None
-                removed.append(Removed(id=adapter.uid[:12], task=adapter.task.name,
-                                       broken_generators=users.get(adapter.uid, [])))
+                removed.append(Removed(id=adapter.uid[:12], broken_generators=users.get(adapter.uid, [])))
                 s.delete(adapter)
             return removed
 
@@ -485,14 +484,14 @@ class Registry:
         coefficients. Each must be registered; the generator keeps each one's uid, task, base and weights digest
         (see loragen.registry.library), and `rm` refuses them while it is registered.
         """
-        library = list(library)
+        refs = list(library)
         with self.session() as s:  # a library naming no registered adapter is refused before any file is copied
-            self._library_adapters(s, library)
+            self._library_adapters(s, refs)
         weights = self._stage_file(Path(weights), "application/vnd.safetensors")
         meta = self._stage_file(Path(meta), "application/json")
         with self.session() as s:
             weights_sha, meta_sha = self._record_blob(s, weights), self._record_blob(s, meta)
-            adapters = self._library_adapters(s, library, lock="share")  # again: one may have been removed since
+            adapters = self._library_adapters(s, refs, lock="share")  # again: one may have been removed since
             existing = s.scalar(select(GeneratorCheckpointRow).where(GeneratorCheckpointRow.uid == weights_sha)
                                 .options(selectinload(GeneratorCheckpointRow.library)))
             if existing is not None:
@@ -518,8 +517,7 @@ class Registry:
             try:
                 adapter = self._find_adapter(s, ref, lock=lock)
             except NotFound as err:
-                raise NotFound(f"cannot register the generator: its library's adapter #{position} {quoted(ref)} "
-                               f"is not registered ({err})") from None
+                raise NotFound(f"cannot register the generator: its library's adapter #{position}: {err}") from None
             if adapter.uid in positions:
                 raise LoragenError(f"cannot register the generator: its library names adapter {adapter.uid[:12]} "
                                    f"twice (#{positions[adapter.uid]} and #{position})")
