@@ -37,7 +37,8 @@ def test_a_whole_store_passes(capsys, store, isolated_home):
     assert report.code == 0
     body = report.json()
     base_files = len(_base_blobs(capsys, isolated_home))
-    assert set(body) == {"ok", "blobs_checked", "bytes_checked", "problems", "unreferenced_blobs", "temp_files"}
+    assert set(body) == {"ok", "blobs_checked", "bytes_checked", "problems", "broken_libraries", "unreferenced_blobs",
+                         "temp_files"}
     assert body["ok"] is True and body["problems"] == [] and body["blobs_checked"] == base_files + 2
     assert body["bytes_checked"] == sum(p.stat().st_size for p in (isolated_home / "blobs" / "sha256").rglob("*")
                                         if p.is_file())

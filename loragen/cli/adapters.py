@@ -116,9 +116,10 @@ def _list_adapters(task: Optional[str], base: Optional[str], origin: Optional[st
            summary=f"{total:,} adapter(s), {human_count(parameters)} parameters")
 
 
-def show(ref: str = typer.Argument(..., help="Adapter id (a prefix is enough), base NAME[@vN] or task name."),
+def show(ref: str = typer.Argument(..., help="Adapter id (a prefix is enough), base NAME[@vN], task name or "
+                                            "generator id."),
          as_json: bool = JSON) -> None:
-    """Show one adapter, base version or task in detail."""
+    """Show one adapter, base version, task or generator in detail."""
     from loragen.cli.base import show_base
     from loragen.errors import NotFound, quoted
 
@@ -132,18 +133,44 @@ def show(ref: str = typer.Argument(..., help="Adapter id (a prefix is enough), b
         if tasks:
             render_fields(tasks[0], as_json=as_json)
             return
-        raise NotFound(f"no adapter, base or task matches {quoted(ref)} ({adapter_error})") from None
+        if _show_generator(ref, as_json):
+            return
+        raise NotFound(f"no adapter, base, task or generator matches {quoted(ref)} ({adapter_error})") from None
 
 
-def rm(refs: list[str] = typer.Argument(..., help="Adapter ids."), as_json: bool = JSON) -> None:
-    """Unregister adapters (files are freed by `loragen gc`)."""
-    uids = [state.registry.get_adapter(ref)["uid"] for ref in refs]  # every id resolves before any is removed
-    removed = [state.registry.remove(uid) for uid in dict.fromkeys(uids)]
+def _show_generator(ref: str, as_json: bool) -> bool:
+    """Show the generator an id prefix names; False when none does."""
+    from loragen.errors import NotFound
+    from loragen.registry.refs import MIN_ID_PREFIX
+
+    if len(ref.strip()) < MIN_ID_PREFIX:
+        return False
+    try:
+        generator = state.registry.get_generator(ref)
+    except NotFound:
+        return False
+    if not as_json:  # a library may hold hundreds of adapters: the table gives their count, --json the list
+        size = len(generator["library"])
+        generator = dict(generator, library=f"{size} adapter(s)" if size else "none (a raw-weights generator)")
+    render_fields(generator, as_json=as_json)
+    return True
+
+
+def rm(refs: list[str] = typer.Argument(..., help="Adapter ids."),
+       force: bool = typer.Option(False, "--force", help="Remove adapters that generators' libraries use, "
+                                  "breaking those generators (they fail in one line until it is registered again)."),
+       as_json: bool = JSON) -> None:
+    """Unregister adapters (files are freed by `loragen gc`); all or none."""
+    removed = state.registry.remove_all(refs, force=force)
     if as_json:
-        render({"removed": removed}, as_json=True)
-    else:
-        for uid in removed:
-            typer.echo(f"removed {uid}")
+        render({"removed": [r.id for r in removed],
+                "broken_generators": {r.id: r.broken_generators for r in removed if r.broken_generators}},
+               as_json=True)
+        return
+    for r in removed:
+        breaks = (f" (breaks generator(s) {', '.join(r.broken_generators)}: their library used it)"
+                  if r.broken_generators else "")
+        typer.echo(f"removed {r.id}{breaks}")
 
 
 def export(ref: str = typer.Argument(..., help="Adapter id."),
@@ -175,7 +202,8 @@ def gc(grace: Optional[float] = typer.Option(
 
 
 def doctor(as_json: bool = JSON) -> None:
-    """Re-hash every stored file the registry references; exit 1 if any is missing or damaged."""
+    """Re-hash every stored file the registry references; exit 1 if any is missing or damaged, or if a generator's
+    library lost an adapter or its exact weights."""
     from loragen.cli.render import StepProgress
 
     with StepProgress("checking blobs", 1) as bar:
@@ -186,8 +214,12 @@ def doctor(as_json: bool = JSON) -> None:
         for problem in report["problems"]:
             users = ", ".join(f"{r['kind']} {r['id']} {r['file']}" for r in problem["referenced_by"])
             typer.echo(f"{problem['problem']:8} {problem['sha256'][:12]}  {users}")
-        verdict = ("all present and whole" if report["ok"]
-                   else f"{len(report['problems'])} missing or damaged: the store is damaged")
+        for entry in report["broken_libraries"]:
+            typer.echo(f"{entry['problem']:8} {entry['weights_sha256'][:12]}  {entry['message']}")
+        broken = len({entry["generator"] for entry in report["broken_libraries"]})
+        verdict = "; ".join(
+            ([f"{len(report['problems'])} missing or damaged: the store is damaged"] if report["problems"] else [])
+            + ([f"{broken} generator(s) with a broken library"] if broken else [])) or "all present and whole"
         say(f"checked {report['blobs_checked']} referenced blob(s), {human_size(report['bytes_checked'])}: {verdict}"
             + (f"; {report['unreferenced_blobs']} unreferenced blob(s) (gc removes them)"
                if report["unreferenced_blobs"] else ""))

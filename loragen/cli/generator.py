@@ -178,6 +178,7 @@ def generators(as_json: bool = typer.Option(False, "--json", help="JSON output."
     rows = state.registry.list_generators()
     render(rows, as_json=as_json, quiet=quiet, columns=[
         Column("ID", lambda r: r["id"]), Column("ADAPTERS", lambda r: r["adapters"], "right"),
+        Column("LIBRARY", lambda r: len(r["library"]), "right"),
         Column("TASKS", lambda r: len(r["tasks"]), "right"), Column("BASES", lambda r: ", ".join(r["bases"])),
         Column("HELD OUT", lambda r: ", ".join(r["held_out"]) or None), Column("STEPS", lambda r: r["step"], "right"),
         Column("LOSS", lambda r: r["final_loss"], "right"), Column("CREATED", lambda r: r["created_at"][:19])],

@@ -190,3 +190,27 @@ class GeneratorCheckpointRow(Base):
     num_adapters: Mapped[int] = mapped_column(Integer)
     final_loss: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    # The adapters its output blends, in the order of its coefficients; empty for a raw-weights generator.
+    library: Mapped[list[GeneratorLibraryEntry]] = relationship(
+        lazy="raise", order_by="GeneratorLibraryEntry.position", cascade="all, delete-orphan")
+
+
+class GeneratorLibraryEntry(Base):
+    """One adapter of a generator's library, at its position among the generator's coefficients.
+
+    It names the adapter by uid, not by row: `rm --force` of the adapter leaves the entry, so the generator
+    fails in one line naming what it lost, and registering the same adapter again (same weights, task and
+    base version: the same uid) mends it. The task, base and weights digest are the ones the generator was
+    trained on; the digest is no foreign key, so gc may collect the file once the adapter is removed.
+    """
+
+    __tablename__ = "generator_library"
+    __table_args__ = (UniqueConstraint("generator_id", "adapter_uid"),)  # an adapter enters a library once
+    generator_id: Mapped[int] = mapped_column(ForeignKey("generator_checkpoints.id", ondelete="CASCADE"),
+                                              primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    adapter_uid: Mapped[str] = mapped_column(String(64), index=True)  # indexed: `rm` asks which generators use it
+    task: Mapped[str] = mapped_column(String(200))
+    base: Mapped[str] = mapped_column(String(300))  # NAME@vN
+    weights_sha256: Mapped[str] = mapped_column(String(64))

@@ -25,6 +25,14 @@ class Registered:
     created: bool
 
 
+@dataclass
+class Removed:
+    """An adapter `rm` unregistered, and the generators whose library it leaves broken (only with --force)."""
+
+    id: str
+    broken_generators: list[str]
+
+
 @dataclass(frozen=True)
 class BaseVersionInfo:
     """A registered base version as plain data, for code outside the registry (no ORM object leaves it)."""

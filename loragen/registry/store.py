@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -28,7 +28,7 @@ from loragen.bases import Architecture, BaseSource, read_architecture, resolve_s
 from loragen.config import RegistryConfig
 from loragen.errors import LoragenError, NotFound, quoted
 from loragen.inputs import check_text
-from loragen.registry import db, upkeep
+from loragen.registry import db, library, upkeep
 from loragen.registry.blobs import BlobStore, media_type
 from loragen.registry.export import EXPORT_RECORD, check_export_target, write_export  # noqa: F401  (the store's API)
 from loragen.registry.models import (
@@ -39,12 +39,13 @@ from loragen.registry.models import (
     Blob,
     EvalResult,
     GeneratorCheckpointRow,
+    GeneratorLibraryEntry,
     Origin,
     TaskDescription,
     TaskRow,
 )
 from loragen.registry.readonly import read_only_file, snapshots_root
-from loragen.registry.records import BaseVersionInfo, Registered, StagedBlob
+from loragen.registry.records import BaseVersionInfo, Registered, Removed, StagedBlob
 from loragen.registry.refs import (  # noqa: F401  (check_name, parse_base_ref, MIN_ID_PREFIX: the store's API)
     MAX_NAME_LENGTH,
     MIN_ID_PREFIX,
@@ -309,12 +310,17 @@ class Registry:
                 return Registered(id=uid[:12], created=False)
             return Registered(id=uid[:12], created=True)
 
-    def _find_adapter(self, s: Session, ref: str) -> Adapter:
+    def _find_adapter(self, s: Session, ref: str, lock: Literal["share", "update"] | None = None) -> Adapter:
+        """The adapter an id prefix names. `lock` holds its row until the transaction ends (PostgreSQL; SQLite's
+        writers are serialised already): "share" while a generator's library is recorded over it, "update" while
+        `rm` checks that no library uses it, so neither can slip between the other's check and its write."""
         low, high = id_prefix_range(ref)  # a range on the uid's unique index, not a LIKE scan
         in_range = (Adapter.uid >= low, Adapter.uid < high) if high else (Adapter.uid >= low,)
-        return one_adapter(s.scalars(select(Adapter).where(*in_range).options(
-            selectinload(Adapter.task), selectinload(Adapter.base_version).selectinload(BaseVersion.base)).limit(2)).all(),
-            low)
+        query = select(Adapter).where(*in_range).options(
+            selectinload(Adapter.task), selectinload(Adapter.base_version).selectinload(BaseVersion.base)).limit(2)
+        if lock is not None:
+            query = query.with_for_update(read=lock == "share")
+        return one_adapter(s.scalars(query).all(), low)
 
     def get_adapter(self, ref: str) -> dict[str, Any]:
         """One adapter by id prefix, with its evaluations."""
@@ -349,15 +355,48 @@ class Registry:
                   "weights_sha256": view["weights_sha256"]}
         return write_export(out_dir, weights, config, record, base_folder)
 
-    def remove(self, ref: str) -> str:
-        """Unregister an adapter (its blobs stay until `gc`)."""
+    def remove(self, ref: str, *, force: bool = False) -> Removed:
+        """Unregister an adapter (its blobs stay until `gc`); see remove_all."""
+        return self.remove_all([ref], force=force)[0]
+
+    def remove_all(self, refs: Sequence[str], *, force: bool = False) -> list[Removed]:
+        """Unregister adapters, all or none (the same adapter named twice is removed once).
+
+        An adapter in a generator's library is refused, since that generator cannot generate without it;
+        `force` removes it anyway and each Removed names the generators it breaks. Their library entries stay,
+        so they fail in one line naming the adapter (and registering it again mends them). Once removed,
+        nothing keeps its blobs: gc frees them like any other removed adapter's.
+        """
         with self.session() as s:
-            adapter = self._find_adapter(s, ref)
-            for child in s.scalars(select(Adapter).where(Adapter.replaces_id == adapter.id)):
-                child.replaces_id = None
-            uid = adapter.uid[:12]
-            s.delete(adapter)
-            return uid
+            adapters = list({a.uid: a for a in (self._find_adapter(s, ref, lock="update") for ref in refs)}.values())
+            users = self._library_users(s, [a.uid for a in adapters])
+            blocked = [a for a in adapters if users.get(a.uid)]
+            if blocked and not force:
+                first = blocked[0]
+                more = f" ({len(blocked) - 1} more of these adapters are in libraries too)" if len(blocked) > 1 else ""
+                raise LoragenError(
+                    f"adapter {first.uid[:12]} ({first.task.name}) is in the library of generator(s) "
+                    f"{', '.join(users[first.uid])}, which cannot generate without it{more}: "
+                    f"`loragen rm {first.uid[:12]} --force` removes it anyway and breaks them")
+            removed = []
+            for adapter in adapters:
+                for child in s.scalars(select(Adapter).where(Adapter.replaces_id == adapter.id)):
+                    child.replaces_id = None
+                removed.append(Removed(id=adapter.uid[:12], broken_generators=users.get(adapter.uid, [])))
+                s.delete(adapter)
+            return removed
+
+    def _library_users(self, s: Session, uids: Sequence[str]) -> dict[str, list[str]]:
+        """adapter uid -> the ids of the generators whose library holds it (only adapters some library holds)."""
+        users: dict[str, list[str]] = {}
+        for start in range(0, len(uids), 500):  # bounded IN lists
+            for uid, generator in s.execute(
+                    select(GeneratorLibraryEntry.adapter_uid, GeneratorCheckpointRow.uid)
+                    .join(GeneratorCheckpointRow, GeneratorLibraryEntry.generator_id == GeneratorCheckpointRow.id)
+                    .where(GeneratorLibraryEntry.adapter_uid.in_(uids[start:start + 500]))
+                    .order_by(GeneratorCheckpointRow.id)):
+                users.setdefault(uid, []).append(generator[:12])
+        return users
 
     def gc(self, grace_seconds: float | None = None) -> dict[str, int]:
         """Delete blobs nothing references, and leftovers of interrupted writes (see upkeep.gc)."""
@@ -365,7 +404,8 @@ class Registry:
         return upkeep.gc(self.engine, self.blobs, self.home, grace)
 
     def verify_store(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-        """Re-hash every blob a row references; report what is missing, damaged or stored unsafely (`doctor`)."""
+        """Re-hash every blob a row references; report what is missing, damaged or stored unsafely, and every
+        generator whose library lost an adapter or its exact weights (`doctor`)."""
         return upkeep.verify_store(self.engine, self.blobs, progress)
 
     def adapter_folder(self, ref: str) -> Path:
@@ -436,19 +476,67 @@ class Registry:
             return [dict(_adapter_view(a), weights_path=self.blob_path(a.weights_sha256)) for a in rows]
 
     def register_generator(self, weights: Path, meta: Path, *, step: int, seed: int, tasks: list[str],
-                           bases: list[str], held_out: list[str], num_adapters: int, final_loss: float) -> Registered:
-        """Store a generator checkpoint's two files (safetensors weights, JSON metadata) and register it."""
+                           bases: list[str], held_out: list[str], num_adapters: int, final_loss: float,
+                           library: Sequence[str] = ()) -> Registered:
+        """Store a generator checkpoint's two files (safetensors weights, JSON metadata) and register it.
+
+        `library`: the adapters (ids or unique id prefixes) whose blend the generator emits, in the order of its
+        coefficients. Each must be registered; the generator keeps each one's uid, task, base and weights digest
+        (see loragen.registry.library), and `rm` refuses them while it is registered.
+        """
+        refs = list(library)
+        with self.session() as s:  # a library naming no registered adapter is refused before any file is copied
+            self._library_adapters(s, refs)
         weights = self._stage_file(Path(weights), "application/vnd.safetensors")
         meta = self._stage_file(Path(meta), "application/json")
         with self.session() as s:
             weights_sha, meta_sha = self._record_blob(s, weights), self._record_blob(s, meta)
-            existing = s.scalar(select(GeneratorCheckpointRow).where(GeneratorCheckpointRow.uid == weights_sha))
+            adapters = self._library_adapters(s, refs, lock="share")  # again: one may have been removed since
+            existing = s.scalar(select(GeneratorCheckpointRow).where(GeneratorCheckpointRow.uid == weights_sha)
+                                .options(selectinload(GeneratorCheckpointRow.library)))
             if existing is not None:
+                if [entry.adapter_uid for entry in existing.library] != [a.uid for a in adapters]:
+                    raise LoragenError(f"generator {weights_sha[:12]} is already registered with another library "
+                                       f"({len(existing.library)} adapter(s)): its weights cannot serve two")
                 return Registered(id=weights_sha[:12], created=False)
-            s.add(GeneratorCheckpointRow(uid=weights_sha, weights_sha256=weights_sha, meta_sha256=meta_sha, step=step,
-                                         seed=seed, tasks=sorted(tasks), bases=sorted(bases), held_out=sorted(held_out),
-                                         num_adapters=num_adapters, final_loss=final_loss))
+            s.add(GeneratorCheckpointRow(
+                uid=weights_sha, weights_sha256=weights_sha, meta_sha256=meta_sha, step=step, seed=seed,
+                tasks=sorted(tasks), bases=sorted(bases), held_out=sorted(held_out), num_adapters=num_adapters,
+                final_loss=final_loss,
+                library=[GeneratorLibraryEntry(position=position, adapter_uid=a.uid, task=a.task.name,
+                                               base=a.base_version.label, weights_sha256=a.weights_sha256)
+                         for position, a in enumerate(adapters)]))
             return Registered(id=weights_sha[:12], created=True)
+
+    def _library_adapters(self, s: Session, refs: Sequence[str],
+                          lock: Literal["share"] | None = None) -> list[Adapter]:
+        """The adapters a library names, in its order; one line for a ref that names none, or an adapter named twice."""
+        adapters: list[Adapter] = []
+        positions: dict[str, int] = {}
+        for position, ref in enumerate(refs):
+            try:
+                adapter = self._find_adapter(s, ref, lock=lock)
+            except NotFound as err:
+                raise NotFound(f"cannot register the generator: its library's adapter #{position}: {err}") from None
+            if adapter.uid in positions:
+                raise LoragenError(f"cannot register the generator: its library names adapter {adapter.uid[:12]} "
+                                   f"twice (#{positions[adapter.uid]} and #{position})")
+            positions[adapter.uid] = position
+            adapters.append(adapter)
+        return adapters
+
+    def _find_generator(self, s: Session, ref: str | None) -> GeneratorCheckpointRow:
+        """The generator an id prefix names; the newest when ref is None."""
+        query = select(GeneratorCheckpointRow)
+        if ref:
+            query = query.where(GeneratorCheckpointRow.uid.startswith(ref.strip().lower(), autoescape=True))
+        rows = s.scalars(query.order_by(GeneratorCheckpointRow.id.desc()).limit(2)).all()
+        if not rows:
+            raise NotFound(f"no generator checkpoint {quoted(ref)}" if ref else
+                           "no generator has been trained yet: run `loragen train`")
+        if ref and len(rows) > 1:
+            raise NotFound(f"generator id {quoted(ref)} is ambiguous: give more characters")
+        return rows[0]
 
     def generator_folder(self, ref: str | None = None, *, weights_name: str, meta_name: str) -> tuple[Path, str]:
         """(folder of links to a generator's files, its full uid); the newest when ref is None.
@@ -456,27 +544,48 @@ class Registry:
         The caller names the two files as its checkpoint format expects them (the store does not know it).
         """
         with self.session() as s:
-            query = select(GeneratorCheckpointRow)
-            if ref:
-                query = query.where(GeneratorCheckpointRow.uid.startswith(ref.strip().lower()))
-            rows = s.scalars(query.order_by(GeneratorCheckpointRow.id.desc()).limit(2)).all()
-            if not rows:
-                raise NotFound(f"no generator checkpoint {quoted(ref)}" if ref else
-                               "no generator has been trained yet: run `loragen train`")
-            if ref and len(rows) > 1:
-                raise NotFound(f"generator id {quoted(ref)} is ambiguous: give more characters")
-            row = rows[0]
+            row = self._find_generator(s, ref)
             weights, meta = self.blob_path(row.weights_sha256), self.blob_path(row.meta_sha256)
         folder = self.snapshots / "generators" / stored_digest(row.uid, "a generator's uid")
         link_files(folder, {weights_name: weights, meta_name: meta})
         return folder, row.uid
 
+    def generator_library(self, generator_ref: str | None) -> list[dict[str, Any]]:
+        """The adapters a generator blends, in the order of its coefficients (empty for a raw-weights generator):
+        {uid, id, task, base, weights_sha256, weights_path}.
+
+        Each weights file is re-hashed here, so a generator never blends weights other than those it was trained
+        on: an adapter removed (`rm --force`), a file missing or changed is refused in one line that names the
+        generator, the adapter and what to do (see loragen.registry.library).
+        """
+        with self.session() as s:
+            links = library.links(s, self._find_generator(s, generator_ref).id)
+        broken = [(link, found) for link in links if (found := library.problem(link, self.blobs.verify))]
+        if broken:
+            link, found = broken[0]
+            more = (f" ({len(broken) - 1} more of its library adapters are broken: `loragen doctor` lists them)"
+                    if len(broken) > 1 else "")
+            raise LoragenError(library.broken_message(link, found) + more)
+        return [dict(link.view(), weights_path=self.blob_path(link.weights_sha256)) for link in links]
+
+    def _generator_views(self, s: Session, rows: Sequence[GeneratorCheckpointRow]) -> list[dict[str, Any]]:
+        entries: dict[str, list[dict[str, str]]] = {}
+        for link in library.links(s, rows[0].id if len(rows) == 1 else None):
+            entries.setdefault(link.generator_uid, []).append({"id": link.adapter_uid[:12], "task": link.task})
+        return [{"id": r.uid[:12], "uid": r.uid, "step": r.step, "seed": r.seed, "tasks": r.tasks, "bases": r.bases,
+                 "held_out": r.held_out, "adapters": r.num_adapters, "final_loss": r.final_loss,
+                 "created_at": r.created_at.isoformat(), "library": entries.get(r.uid, [])} for r in rows]
+
     def list_generators(self) -> list[dict[str, Any]]:
+        """Every generator, oldest first, each with its library's adapters (id and task, in order)."""
         with self.session() as s:
             rows = s.scalars(select(GeneratorCheckpointRow).order_by(GeneratorCheckpointRow.id)).all()
-            return [{"id": r.uid[:12], "uid": r.uid, "step": r.step, "seed": r.seed, "tasks": r.tasks, "bases": r.bases,
-                     "held_out": r.held_out, "adapters": r.num_adapters, "final_loss": r.final_loss,
-                     "created_at": r.created_at.isoformat()} for r in rows]
+            return self._generator_views(s, rows) if rows else []
+
+    def get_generator(self, ref: str) -> dict[str, Any]:
+        """One generator by id prefix, as list_generators shows it."""
+        with self.session() as s:
+            return self._generator_views(s, [self._find_generator(s, ref)])[0]
 
 
 def _check_same_architecture(latest: BaseVersion, architecture: Architecture) -> None:

@@ -1,6 +1,10 @@
 """The store's upkeep: `gc` removes what nothing references, `doctor` (verify_store) checks what is referenced.
 
 Both look at every reference a row holds: adapters, base version files, generator checkpoints.
+A generator's library is not a reference of its own: its adapters' files are kept by their adapter rows,
+which `rm` refuses to remove while a library holds them. After `rm --force` nothing keeps them and gc
+frees them like any removed adapter's; the generator stays broken (doctor lists it) until the adapter is
+registered again from its files.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from loragen import adapters as adapter_io
 from loragen.errors import LoragenError
-from loragen.registry import db
+from loragen.registry import db, library
 from loragen.registry.blobs import BlobStore
 from loragen.registry.models import Adapter, BaseModel, BaseVersion, BaseVersionFile, Blob, GeneratorCheckpointRow
 from loragen.registry.snapshots import DIGEST, relative_path_problem
@@ -97,8 +101,8 @@ def clean_work_folders(home: Path, older_than_s: float = STALE_WORK_FOLDER_S) ->
 
 def verify_store(engine: Engine, blobs: BlobStore,
                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Re-hash every blob a row references; report the missing and damaged ones, and rows whose stored file
-    name or digest is not a path inside the store (a store's fsck).
+    """Re-hash every blob a row references; report the missing and damaged ones, rows whose stored file
+    name or digest is not a path inside the store (a store's fsck), and broken generator libraries.
 
     Runs beside writers and gc without holding a lock while it hashes; what looks
     wrong is looked at again under the store's lock, so a blob unregistered and
@@ -124,9 +128,22 @@ def verify_store(engine: Engine, blobs: BlobStore,
                 if state != "ok":
                     problems.append({"sha256": sha, "problem": state, "referenced_by": still[sha]})
     unreferenced = [sha for sha in blobs.digests() if sha not in referenced]
-    return {"ok": not problems, "blobs_checked": len(shas), "bytes_checked": sum(sizes.get(sha, 0) for sha in shas),
-            "problems": problems, "unreferenced_blobs": len(unreferenced),
+    broken_libraries = check_libraries(engine, {p["sha256"]: p["problem"] for p in problems})
+    return {"ok": not problems and not broken_libraries, "blobs_checked": len(shas),
+            "bytes_checked": sum(sizes.get(sha, 0) for sha in shas), "problems": problems,
+            "broken_libraries": broken_libraries, "unreferenced_blobs": len(unreferenced),
             "temp_files": len(blobs.temp_files())}
+
+
+def check_libraries(engine: Engine, blob_problems: dict[str, str]) -> list[dict[str, Any]]:
+    """Every generator library entry whose adapter is removed, or whose weights file is missing or changed.
+
+    A registered library adapter's file is one of the referenced blobs verify_store has just re-hashed:
+    `blob_problems` (digest -> missing/damaged) is what that pass found, so nothing is hashed twice.
+    """
+    with db.transaction(engine) as s:
+        links = library.links(s)
+    return library.broken_entries(links, lambda sha: blob_problems.get(sha, "ok"))
 
 
 def _unsafe_references(s: Session, referenced: dict[str, list[dict[str, str]]]) -> list[dict[str, Any]]:
