@@ -152,3 +152,50 @@ def test_an_unknown_checkpoint_format_is_refused_in_one_line(tmp_path):
     with pytest.raises(LoragenError, match="unknown generator checkpoint format") as caught:
         load_checkpoint(tmp_path)
     assert "\n" not in str(caught.value)
+
+
+# ---------------------------------------------------------------- through the CLI and the registry
+
+def test_cli_library_generator_generates_refines_and_guards_its_library(capsys, tiny_base, tmp_path, isolated_home):
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tests.helpers import one_line_error, registry_with_adapters, run_cli
+
+    ids = registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home, ["upper", "lower", "title"], steps=30,
+                                 key_dim=16, head_hidden=16)
+    trained = run_cli(capsys, "train", "--json")
+    assert trained.code == 0, trained.err
+    summary = trained.json()
+    assert summary["representation"] == "library" and summary["library_size"] == 3
+    generated = run_cli(capsys, "generate", "--task", "upper", "--base", "tiny", "--seed", "1", "--out",
+                        tmp_path / "gen", "--json")
+    assert generated.code == 0, generated.err
+    provenance = run_cli(capsys, "show", generated.json()["id"], "--json").json()["provenance"]
+    assert provenance["representation"] == "library" and provenance["seed"] == 1
+    config = json.loads((tmp_path / "gen" / "adapter_config.json").read_text())
+    assert config["r"] == 2  # the registry's rank
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), tmp_path / "gen")
+
+    # Few-shot refinement from a JSONL file of task records; its provenance names the examples and the steps.
+    records = tmp_path / "examples.jsonl"
+    records.write_text("".join(json.dumps({"prompt": f"{w}:", "target": f" {w.upper()}"}) + "\n"
+                               for w in ("ab", "cd", "ef", "gh", "ij", "kl", "mn", "op", "qr", "st")))
+    refined = run_cli(capsys, "generate", "--task", "Capitalise the word", "--base", "tiny", "--examples", records,
+                      "--shots", "3", "--refine-steps", "2", "--json")
+    assert refined.code == 0, refined.err
+    record = run_cli(capsys, "show", refined.json()["id"], "--json").json()["provenance"]["refinement"]
+    assert record["shots"] == 3 and record["held_back"] == 7 and record["steps"] == 2
+    assert record["examples"] == str(records) and len(record["examples_sha256"]) == 64
+    assert record["kept"] in ("refined", "start")
+    too_few = run_cli(capsys, "generate", "--task", "upper", "--base", "tiny", "--examples", records, "--shots", "10")
+    assert "more than --shots" in one_line_error(too_few)
+
+    # The library is a registry fact: rm refuses, --force says what breaks, generate then fails in one line.
+    assert "--force" in one_line_error(run_cli(capsys, "rm", ids[0]))
+    forced = run_cli(capsys, "rm", ids[0], "--force", "--json")
+    assert forced.code == 0 and forced.json()["broken_generators"]
+    broken = run_cli(capsys, "generate", "--task", "upper", "--base", "tiny")
+    assert ids[0][:12] in one_line_error(broken)

@@ -114,7 +114,7 @@ def train(registry: Registry, settings: GeneratorSettings, *, tasks: Sequence[st
             folder / WEIGHTS_FILE, folder / META_FILE, step=settings.steps, seed=settings.seed,
             tasks=sorted(data.task_descriptions),
             bases=sorted(data.base_embeddings), held_out=sorted(held_out), num_adapters=len(data.adapters),
-            final_loss=checkpoint.training["final_loss"])
+            final_loss=checkpoint.training["final_loss"], library=library)
     summary = {"id": registered.id, "created": registered.created, "adapters": len(data.adapters),
                "tasks": sorted(data.task_descriptions), "bases": sorted(data.base_embeddings),
                "held_out": sorted(held_out), "representation": settings.representation,
