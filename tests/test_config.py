@@ -117,11 +117,12 @@ def test_generator_settings_are_four_sections_side_by_side():
 
     from loragen.config import GENERATOR_SECTIONS, GeneratorSamplingSettings, GeneratorTrainingSettings
 
-    recorded = ["token_size", "d_model", "n_layers", "d_state", "prototype_dim", "denoiser_channels", "anchor",
-                "permutation_states", "memory_slots", "memory_code_dim", "direct_readout", "steps", "batch_size",
-                "tokens_per_step", "learning_rate", "checkpoint_every", "seed", "prediction_type", "sample_method",
-                "sample_steps", "eta", "task_loss_weight", "task_loss_every", "task_examples_per_step",
-                "task_descriptions_per_step", "task_loss_timestep"]
+    recorded = ["representation", "key_dim", "head_hidden", "token_size", "d_model", "n_layers", "d_state",
+                "prototype_dim", "denoiser_channels", "anchor", "permutation_states", "memory_slots", "memory_code_dim",
+                "direct_readout", "steps", "batch_size", "tokens_per_step", "learning_rate", "checkpoint_every", "seed",
+                "prediction_type", "leave_one_out", "sample_method", "sample_steps", "eta", "refine_steps",
+                "refine_learning_rate", "refine_held_back", "task_loss_weight", "task_loss_every",
+                "task_examples_per_step", "task_adapters_per_step", "task_descriptions_per_step", "task_loss_timestep"]
     assert list(asdict(GeneratorSettings())) == recorded
     assert [f.name for section in GENERATOR_SECTIONS for f in fields(section)] == recorded  # each key in one section
     settings = GeneratorSettings(steps=5, sample_method="ddpm", task_loss_weight=0.5, d_model=64)

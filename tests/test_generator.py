@@ -267,8 +267,15 @@ def test_network_config_comes_from_the_settings():
         assert getattr(config, name) == (tuple(value) if isinstance(value, list) else value), name
     assert config.num_tokens == 2 and config.num_permutation_states == 2  # memory on (16 slots), one state each
     assert _config().memory_code_dim == 0 and _config().num_permutation_states == 0
-    # Every network setting reaches the network: copied, or read to derive it (anchor: what the tokens hold).
-    assert set(copied) | {"permutation_states", "anchor"} == {f.name for f in fields(GeneratorNetworkSettings)}
+    # Every network setting reaches a network: copied, or read to derive it (anchor: what the tokens hold); the
+    # library generator's own (representation picks the network; key_dim and head_hidden size it).
+    library_only = {"representation", "key_dim", "head_hidden"}
+    assert set(copied) | {"permutation_states", "anchor"} | library_only == {f.name for f in fields(GeneratorNetworkSettings)}
+    from loragen.generator.blend_model import blend_config_from_settings
+
+    blend = blend_config_from_settings(GeneratorSettings(key_dim=24, head_hidden=40), library_size=3, num_slots=4,
+                                       num_module_types=2, text_dim=8, base_dim=6)
+    assert (blend.key_dim, blend.head_hidden) == (24, 40)
     # No defaults of its own: a field the settings do not fill cannot silently take a stale value.
     assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(GeneratorConfig))
 
@@ -298,15 +305,15 @@ def test_a_generator_trained_on_another_base_embedding_format_is_refused(capsys,
     """Bumping BASE_EMBED_FORMAT_VERSION recomputes the cached base embeddings (test_conditioning); a generator
     trained on the old format would read the new ones as another base, so generate refuses it in one line."""
     import loragen.generator.conditioning as conditioning
-    from loragen.generator.training import GeneratorCheckpoint
 
     registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home, ["upper", "lower"], steps=2)
     assert run_cli(capsys, "train").code == 0
     from loragen.cli.context import state
+    from loragen.generator.checkpoints import load_checkpoint
     from loragen.generator.training import META_FILE, WEIGHTS_FILE
 
     folder, _ = state.registry.generator_folder(None, weights_name=WEIGHTS_FILE, meta_name=META_FILE)
-    assert GeneratorCheckpoint.load(folder).base_embed_format == conditioning.BASE_EMBED_FORMAT_VERSION
+    assert load_checkpoint(folder).base_embed_format == conditioning.BASE_EMBED_FORMAT_VERSION
     monkeypatch.setattr(conditioning, "BASE_EMBED_FORMAT_VERSION", conditioning.BASE_EMBED_FORMAT_VERSION + 1)
     refused = run_cli(capsys, "generate", "--task", "upper", "--base", "tiny")
     assert refused.code == 1 and "trained on base embeddings of format" in refused.err

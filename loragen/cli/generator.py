@@ -71,7 +71,9 @@ def train(tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these 
         return
     typer.echo(f"{'registered' if registered.created else 'already registered'} generator {registered.id}: "
                f"{summary['adapters']} adapters, {len(summary['tasks'])} tasks, {len(summary['bases'])} base version(s), "
-               f"{summary['tokens_per_adapter']} tokens/adapter, final loss {summary['final_loss']:.4f}, "
+               + (f"a library of {summary['library_size']} adapters over {summary['slots']} slots"
+                  if summary["representation"] == "library" else f"{summary['tokens_per_adapter']} tokens/adapter")
+               + f", final loss {summary['final_loss']:.4f}, "
                f"{summary['wall_time_s']:.0f} s")
 
 

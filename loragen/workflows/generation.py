@@ -40,11 +40,11 @@ def load_generator(registry: Registry, ref: str | None = None) -> LoadedGenerato
                            f"and this loragen computes format {BASE_EMBED_FORMAT_VERSION}: train a new one (loragen train)")
     library = None
     if getattr(checkpoint, "representation", "raw") == "library":
-        library = registered_library(registry, uid, checkpoint)
+        library = _registered_library(registry, uid, checkpoint)
     return LoadedGenerator(uid=uid, checkpoint=checkpoint, model=checkpoint.build_model(), library=library)
 
 
-def registered_library(registry: Registry, uid: str, checkpoint):
+def _registered_library(registry: Registry, uid: str, checkpoint):
     """A library generator's Library, from the registry's adapters in the checkpoint's order."""
     from loragen.adapters import load_weights
     from loragen.generator.library import Library
