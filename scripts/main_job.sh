@@ -4,8 +4,11 @@
 #   3. fine-tune one multi-task LoRA on the union of the same three (the baseline a generator must beat);
 #   4. train the generator on the single-task adapters, honouring the split (--split);
 #   5. generate an adapter for verb_past_participle, a task the split holds out (the generator never saw
-#      its adapters, data or descriptions), from its description alone;
-#   6. score zero-shot, generated and multi-task on it with lm-eval and compare.
+#      its adapters, data or descriptions), from its description alone: a blend of the registered adapters;
+#   6. generate it again refined on 5 examples of the task (--examples: seconds, kept only if held-back examples
+#      do better);
+#   7. score zero-shot, generated, refined, the nearest registered adapter (verb_past_tense, the task generate
+#      names first) and the multi-task LoRA on it with lm-eval, and compare.
 # Idempotent: a second run reuses what the first registered and trained.
 # LORAGEN_HOME picks the registry (default ~/.loragen); MAIN_JOB_STEPS scales the fine-tuning.
 set -euo pipefail
@@ -23,9 +26,15 @@ done
 loragen finetune --tasks "$(IFS=,; echo "${SEEN[*]}")" --name "$GROUP" --exclude-held-out --base "$BASE" \
   --steps $((2 * STEPS)) --checkpoints 1 --lr 2e-3
 loragen train --split --steps 300
-loragen generate --task "Give the past participle of an English verb." --name "$HELD_OUT" --base "$BASE" --seed 0
+DESCRIPTION="Give the past participle of an English verb."
+loragen generate --task "$DESCRIPTION" --name "$HELD_OUT" --base "$BASE" --seed 0
+GENERATED=$(loragen list --task "$HELD_OUT" --origin generated --base "$BASE" -q | tail -1)
+loragen generate --task "$DESCRIPTION" --name "$HELD_OUT-refined" --base "$BASE" --seed 0 \
+  --examples "$HELD_OUT" --shots 5
 loragen eval --base "$BASE" --tasks "$HELD_OUT" --limit 50
-loragen eval "$(loragen list --task "$HELD_OUT" --origin generated --base "$BASE" -q | tail -1)" \
+loragen eval "$GENERATED" \
+  "$(loragen list --task "$HELD_OUT-refined" --origin generated --base "$BASE" -q | tail -1)" \
+  "$(loragen list --task verb_past_tense --base "$BASE" -q | tail -1)" \
   "$(loragen list --task "$GROUP" --base "$BASE" -q | tail -1)" \
   --tasks "$HELD_OUT" --limit 50
 loragen eval --compare

@@ -46,8 +46,9 @@ def test_refresh_registers_lineage_and_is_idempotent(capsys, evolved_registry):
 def test_refresh_eval_reports_before_and_after(capsys, tiny_base, tiny_base_v2, tmp_path, isolated_home):
     # A multiple-choice task: on 40 examples the tiny models' accuracies differ by adapter, where exact match is 0.
     task, limit = "has_part_choice", "40"
+    # The raw generator: its draws on this setup score apart from zero-shot and the old adapter (the check below).
     old_id = registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home,
-                                    ["country_subregion", task, "substance_choice"], steps=4)[1]
+                                    ["country_subregion", task, "substance_choice"], steps=4, representation="raw")[1]
     assert run_cli(capsys, "train").code == 0
     assert run_cli(capsys, "base", "update", "tiny", "--from", tiny_base_v2).code == 0
     result = run_cli(capsys, "refresh", "--tasks", task, "--no-validate", "--eval", "--limit", limit, "--json")
