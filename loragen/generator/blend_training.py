@@ -3,7 +3,8 @@
 The library is the training adapters themselves: entry j is adapter j. Each step takes a batch of training
 adapters; for adapter i the clean coefficients x0 are one-hot at i (the adapter, exactly), or, on a
 `leave_one_out` share of rows, the best blend of the library without any adapter of i's task (so the generator
-learns to compose neighbours, the only thing it can do for a task it never saw). x0 is noised at a random
+learns to compose neighbours, the only thing it can do for a task it never saw: library.best_blend says why that
+blend has full strength). x0 is noised at a random
 timestep, the head predicts it back, and the loss is the relative distance in weight-change space between the
 predicted blend and adapter i itself: exact, through the slots' Gram matrices (library.py), no dense delta_W.
 
@@ -118,7 +119,7 @@ def training_library(data) -> Library:
 @dataclass
 class BlendTargets:
     """What each training adapter's rows are trained toward: `lookup` is one-hot at the adapter itself;
-    `composed` is the nearest blend of the library without the adapter's task (its own task masked out,
+    `composed` is the nearest full-strength blend (library.best_blend) of the library without the adapter's task (its own task masked out,
     `composed_allowed`)."""
 
     lookup: torch.Tensor             # (N, S, J)

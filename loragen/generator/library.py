@@ -287,15 +287,24 @@ def relative_blend_error(grams: torch.Tensor, coefficients: torch.Tensor, target
 
 
 def best_blend(grams: torch.Tensor, target: torch.Tensor, allowed: torch.Tensor, ridge: float = 1e-4) -> torch.Tensor:
-    """Per slot, the coefficients over the `allowed` library entries (J bools) whose blend is nearest (in delta_W) to
-    the blend `target` (S, J): the least-squares projection, with a small ridge for libraries of near-equal adapters.
-    Entries not allowed get 0. Leave-one-task-out training noises this, not the unreachable one-hot."""
+    """Per slot, the blend of the `allowed` library entries (J bools) of full strength (coefficients summing to 1)
+    nearest, in delta_W, to the blend `target` (S, J); entries not allowed get 0. Leave-one-task-out training noises
+    this, not the unreachable one-hot.
+
+    Why full strength: adapters of different tasks are nearly orthogonal in delta_W, so the unconstrained projection
+    of a task onto the others is a near-zero blend, that is zero-shot. Summing to 1 makes it a mix of neighbours
+    at an adapter's strength, leaning toward the tasks whose changes resemble the target's (a uniform-like mix, the
+    mean adapter, when none does). Solved in closed form (Lagrange): a = G^-1 (g + mu 1), mu = (1 - 1'G^-1 g) /
+    1'G^-1 1, with a small ridge for libraries of near-equal adapters."""
     index = allowed.nonzero().flatten()
-    sub = grams[:, index][:, :, index]                                   # (S, K, K)
-    rhs = torch.einsum("sij,sj->si", grams[:, index], target.to(grams.dtype))   # (S, K)
+    sub = grams[:, index][:, :, index]                                        # (S, K, K)
+    rhs = torch.einsum("sij,sj->si", grams[:, index], target.to(grams.dtype))  # (S, K)
     eye = torch.eye(index.numel(), dtype=grams.dtype)
     damping = ridge * sub.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)
-    solved = torch.linalg.solve(sub + damping[:, None, None] * eye, rhs)
+    system = sub + damping[:, None, None] * eye
+    toward = torch.linalg.solve(system, rhs)                                  # G^-1 g
+    ones = torch.linalg.solve(system, torch.ones_like(rhs))                   # G^-1 1
+    mu = (1.0 - toward.sum(dim=1)) / ones.sum(dim=1)
     out = torch.zeros(target.shape, dtype=grams.dtype)
-    out[:, index] = solved
+    out[:, index] = toward + mu[:, None] * ones
     return out
