@@ -121,7 +121,8 @@ class Bench(StagedBench):
         self.multitask_config = FinetuneConfig(steps=args.multitask_steps, batch_size=8, learning_rate=args.ft_lr,
                                                checkpoints=1, checkpoint_every=args.multitask_steps, seed=args.seed)
         defaults = replace(load_settings().generator, steps=args.gen_steps, seed=args.seed, representation="library",
-                           task_loss_weight=0.0, leave_one_out=args.leave_one_out)
+                           batch_size=args.gen_batch, learning_rate=args.gen_lr, task_loss_weight=0.0,
+                           leave_one_out=args.leave_one_out)
         self.generator_settings = {  # in training order: the task-loss one (slowest) after the seconds-fast ones
             "generated_no_task_loss": defaults,
             "generated_lookup": replace(defaults, leave_one_out=0.0),
@@ -129,7 +130,8 @@ class Bench(StagedBench):
             "generated": replace(defaults, task_loss_weight=args.task_loss_weight, task_loss_every=args.task_loss_every,
                                  task_examples_per_step=args.task_examples, task_descriptions_per_step=2,
                                  task_adapters_per_step=1),
-            "generated_raw": replace(defaults, representation="raw", steps=args.raw_steps, leave_one_out=0.0),
+            "generated_raw": replace(load_settings().generator, steps=args.raw_steps, seed=args.seed,
+                                     representation="raw", task_loss_weight=0.0, leave_one_out=0.0),
         }
         self._registry = None
         self._base = None
@@ -679,6 +681,8 @@ def main() -> None:
     parser.add_argument("--val-limit", type=int, default=50, help="validation examples per corpus score (0: all)")
     parser.add_argument("--multitask-steps", type=int, default=320)
     parser.add_argument("--gen-steps", type=int, default=2000, help="library generators' training steps")
+    parser.add_argument("--gen-batch", type=int, default=16, help="library generators' adapters per step")
+    parser.add_argument("--gen-lr", type=float, default=5e-3, help="library generators' learning rate")
     parser.add_argument("--raw-steps", type=int, default=800, help="the raw-token generator's training steps")
     parser.add_argument("--leave-one-out", type=float, default=0.5,
                         help="the library generators' leave-one-out share (the lookup/compose columns use 0 and 1)")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.bench_generalization import COLUMNS, make_plan
+from bench.bench_generalization import COLUMNS, FITTED, SEEN_ONLY, make_plan
 from bench.harness import bootstrap_ci
 from loragen.tasks.split import load_split
 
@@ -66,7 +66,8 @@ def test_every_stage_on_a_tiny_base_then_a_resumed_run_changes_nothing(tmp_path,
     summary = work / "generalization.json"
     args = ["--base", "tiny", "--home", str(home), "--work", str(work), "--corpus-out", str(work / "corpus.json"),
             "--corpus-runs", str(work / "runs"), "--ft-steps", "2", "--val-limit", "3", "--multitask-steps", "2",
-            "--gen-steps", "4", "--task-loss-every", "2", "--task-examples", "2", "--limit", "3",
+            "--gen-steps", "4", "--raw-steps", "4", "--gen-batch", "2", "--refine-steps", "2",
+            "--task-loss-every", "2", "--task-examples", "2", "--limit", "3",
             "--training-limit", "3", "--held-out-limit", "1", "--seen-limit", "1", "--keep-unlearnable",
             "--threads", "1", "--summary", str(summary)]
     _run(args + ["--stages", "corpus,register"], tmp_path)
@@ -89,7 +90,8 @@ def test_every_stage_on_a_tiny_base_then_a_resumed_run_changes_nothing(tmp_path,
     assert result["complete"] and result["missing_scores"] == 0
     assert result["tasks_total"] >= 120 and result["families"] >= 12
     assert result["held_out"]["tasks"] == 1 and result["held_out"]["families_unseen"] == list(load_split().held_out_families)
-    for group, columns in (("held_out", [c for c in COLUMNS if c != "heldout_description"]), ("seen", COLUMNS)):
+    for group, columns in (("held_out", [c for c in COLUMNS if c not in SEEN_ONLY]),
+                           ("seen", [c for c in COLUMNS if c not in FITTED])):
         for column in columns:
             assert 0.0 <= result[group][column] <= 1.0, (group, column)
     # The per-task rows are the scores the evaluation stage recorded, and each group's column means are their means.
@@ -110,8 +112,14 @@ def test_every_stage_on_a_tiny_base_then_a_resumed_run_changes_nothing(tmp_path,
     assert summary.with_suffix(".png").stat().st_size > 1000
     generators = json.loads((work / "generators.json").read_text())
     assert generators["generated"]["settings"]["task_loss_weight"] == 1.0
-    assert generators["generated_diffusion"]["settings"]["task_loss_weight"] == 0.0
-    assert generators["generated"]["id"] != generators["generated_diffusion"]["id"]
+    assert generators["generated_raw"]["settings"]["representation"] == "raw"
+    assert {generators[c]["settings"]["leave_one_out"] for c in ("generated_lookup", "generated_compose")} == {0.0, 1.0}
+    assert len({made["id"] for made in generators.values()}) == len(generators) == 5
+    # The refined and lorahub adapters of the held-out task record their fit: the same shots, kept or not.
+    [held_out_task] = [t for t, row in result["per_task"].items() if row["split"] == "held_out"]
+    fitted = json.loads((work / "adapters.json").read_text())[held_out_task]
+    assert fitted["refined"]["examples_sha256"] == fitted["lorahub"]["examples_sha256"]
+    assert fitted["refined"]["kept"] in ("refined", "start") and fitted["refined"]["shots"] == 5
     # No held-out task's adapter, data or description reached a generator or the multi-task LoRA: read from the
     # registered checkpoints themselves, not from what the benchmark asked for.
     from loragen.workflows import load_generator
