@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 
 from loragen import __version__
-from loragen.atomic import staged_folder, torch_load_state, torch_save_atomic
+from loragen.atomic import staged_folder
 from loragen.config import GeneratorSettings
 from loragen.errors import LoragenError
 from loragen.generator.blend_model import BlendGenerator, BlendGeneratorConfig, blend_config_from_settings
@@ -37,13 +37,18 @@ from loragen.generator.conditioning import BASE_EMBED_FORMAT_VERSION
 from loragen.generator.diffusion import DDPMSchedule
 from loragen.generator.functional_lora import applied_blend
 from loragen.generator.library import SLOT_LAYER, Library, best_blend, relative_blend_error
-from loragen.generator.training import TaskExamples, _pick_description, _pick_descriptions
+from loragen.generator.training import (
+    STATE_FILE,
+    TaskExamples,
+    _pick_description,
+    _pick_descriptions,
+    resume_run,
+    save_run,
+)
 
 BLEND_FORMAT = "loragen-generator/2"
 WEIGHTS_FILE = "generator.safetensors"
 META_FILE = "generator.json"
-STATE_FILE = "state.pt"
-STATE_KEYS = ("fingerprint", "step", "model", "optimizer", "sampler", "torch_rng", "losses")
 
 
 @dataclass
@@ -119,8 +124,8 @@ def training_library(data) -> Library:
 @dataclass
 class BlendTargets:
     """What each training adapter's rows are trained toward: `lookup` is one-hot at the adapter itself;
-    `composed` is the nearest full-strength blend (library.best_blend) of the library without the adapter's task (its own task masked out,
-    `composed_allowed`)."""
+    `composed` is the nearest full-strength blend (library.best_blend) of the library without the adapter's task
+    (its own task masked out: `composed_allowed`)."""
 
     lookup: torch.Tensor             # (N, S, J)
     composed: torch.Tensor           # (N, S, J)
@@ -171,7 +176,8 @@ class BlendTaskLoss:
 def row_targets(targets: BlendTargets, picks: torch.Tensor, compose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, S, J) clean coefficients and (B, J) allowed entries of the picked rows."""
     x0 = torch.where(compose[:, None, None], targets.composed[picks], targets.lookup[picks])
-    allowed = torch.where(compose[:, None], targets.composed_allowed[picks], torch.ones_like(targets.composed_allowed[picks]))
+    own_masked = targets.composed_allowed[picks]
+    allowed = torch.where(compose[:, None], own_masked, torch.ones_like(own_masked))
     return x0, allowed
 
 
@@ -214,16 +220,9 @@ def train_blend_generator(data, settings: GeneratorSettings, run_dir: Path,
     fingerprint = {"settings": train_settings, "adapters": [a.uid for a in data.adapters], "kind": "library"}
     task_loss = BlendTaskLoss(data, settings, library) if settings.task_loss_weight else None
     start, losses, task_losses = 0, [], []
-    state_path = run_dir / STATE_FILE
-    if state_path.is_file():
-        state = torch_load_state(state_path, STATE_KEYS)
-        if state["fingerprint"] != fingerprint:
-            raise LoragenError(f"{run_dir} holds a generator run with other settings or adapters; "
-                               "remove it or change the seed")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+    state = resume_run(run_dir, fingerprint, model, optimizer)
+    if state is not None:
         sampler.set_state(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
         start, losses, task_losses = state["step"], state["losses"], state.get("task_losses", [])
 
     model.train()
@@ -251,10 +250,7 @@ def train_blend_generator(data, settings: GeneratorSettings, run_dir: Path,
         optimizer.step()
         losses.append(diffusion)
         if step % settings.checkpoint_every == 0 or step == settings.steps:
-            torch_save_atomic({"fingerprint": fingerprint, "step": step, "model": model.state_dict(),
-                               "optimizer": optimizer.state_dict(), "sampler": sampler.get_state(),
-                               "torch_rng": torch.get_rng_state(), "losses": losses, "task_losses": task_losses},
-                              state_path)
+            save_run(run_dir / STATE_FILE, fingerprint, step, model, optimizer, sampler, losses, task_losses)
         if progress:
             progress(step, settings.steps, sum(losses[-20:]) / len(losses[-20:]))
     model.eval()

@@ -208,18 +208,12 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
     start, losses, task_losses = 0, [], []
     task_loss_step = TaskLossStep(data, settings, layout, stats, anchor) if settings.task_loss_weight else None
     state_path = run_dir / STATE_FILE
-    if state_path.is_file():
-        state = torch_load_state(state_path, STATE_KEYS)
-        if state["fingerprint"] != fingerprint:
-            raise LoragenError(f"{run_dir} holds a generator run with other settings or adapters; "
-                               "remove it or change the seed")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+    state = resume_run(run_dir, fingerprint, model, optimizer)
+    if state is not None:
         if world == 1:
             sampler.set_state(state["sampler"])  # bit-identical to an uninterrupted run
         else:
             sampler.manual_seed(settings.seed * 1000 + process_rank + 7919 * state["step"])
-        torch.set_rng_state(state["torch_rng"])
         start, losses = state["step"], state["losses"]
         task_losses = state.get("task_losses", [])
 
@@ -247,10 +241,7 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
         optimizer.step()
         losses.append(diffusion)
         if process_rank == 0 and (step % settings.checkpoint_every == 0 or step == settings.steps):
-            torch_save_atomic({"fingerprint": fingerprint, "step": step, "model": model.state_dict(),
-                               "optimizer": optimizer.state_dict(), "sampler": sampler.get_state(),
-                               "torch_rng": torch.get_rng_state(), "losses": losses, "task_losses": task_losses},
-                              state_path)
+            save_run(state_path, fingerprint, step, model, optimizer, sampler, losses, task_losses)
         if progress:
             progress(step, settings.steps, sum(losses[-20:]) / len(losses[-20:]))
     model.eval()
@@ -265,6 +256,32 @@ def train_generator(data: TrainingSet, settings: GeneratorSettings, run_dir: Pat
                                       if task_losses else None),
                   "wall_time_s": round(time.perf_counter() - began, 2), "resumed_from_step": start},
         weights={k: v.detach().clone() for k, v in model.state_dict().items()}, anchor=anchor)
+
+
+def resume_run(run_dir: Path, fingerprint: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+               ) -> dict[str, Any] | None:
+    """A run folder's saved state, once checked to be this run's (same settings and adapters), with the model,
+    the optimizer and torch's RNG restored from it; None when the run starts fresh. The caller restores its own
+    sampler and counters from the returned state."""
+    state_path = Path(run_dir) / STATE_FILE
+    if not state_path.is_file():
+        return None
+    state = torch_load_state(state_path, STATE_KEYS)
+    if state["fingerprint"] != fingerprint:
+        raise LoragenError(f"{run_dir} holds a generator run with other settings or adapters; "
+                           "remove it or change the seed")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    return state
+
+
+def save_run(state_path: Path, fingerprint: dict, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             sampler: torch.Generator, losses: list, task_losses: list) -> None:
+    """What `resume_run` reads, written atomically (a kill mid-write leaves the previous state)."""
+    torch_save_atomic({"fingerprint": fingerprint, "step": step, "model": model.state_dict(),
+                       "optimizer": optimizer.state_dict(), "sampler": sampler.get_state(),
+                       "torch_rng": torch.get_rng_state(), "losses": losses, "task_losses": task_losses}, state_path)
 
 
 def average_gradients(model: torch.nn.Module, world: int) -> None:
