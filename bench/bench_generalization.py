@@ -680,9 +680,9 @@ def main() -> None:
     parser.add_argument("--ft-lr", type=float, default=5e-3)
     parser.add_argument("--val-limit", type=int, default=50, help="validation examples per corpus score (0: all)")
     parser.add_argument("--multitask-steps", type=int, default=320)
-    parser.add_argument("--gen-steps", type=int, default=2000, help="library generators' training steps")
+    parser.add_argument("--gen-steps", type=int, default=2500, help="library generators' training steps")
     parser.add_argument("--gen-batch", type=int, default=16, help="library generators' adapters per step")
-    parser.add_argument("--gen-lr", type=float, default=5e-3, help="library generators' learning rate")
+    parser.add_argument("--gen-lr", type=float, default=3e-3, help="library generators' learning rate")
     parser.add_argument("--raw-steps", type=int, default=800, help="the raw-token generator's training steps")
     parser.add_argument("--leave-one-out", type=float, default=0.5,
                         help="the library generators' leave-one-out share (the lookup/compose columns use 0 and 1)")

@@ -19,7 +19,7 @@ from loragen.generator.library import relative_blend_error
 from loragen.generator.sampling import LoadedGenerator, sample_coefficients, sample_state_dict
 from loragen.generator.training import TrainingAdapter, TrainingSet
 
-TINY = dict(d_model=32, n_layers=1, d_state=4, key_dim=16, head_hidden=32, batch_size=4, learning_rate=1e-2,
+TINY = dict(d_model=32, n_layers=1, d_state=4, key_dim=16, head_hidden=32, batch_size=4, learning_rate=3e-3,
             checkpoint_every=50, sample_steps=5, leave_one_out=0.0, representation="library")
 
 

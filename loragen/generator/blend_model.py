@@ -8,7 +8,9 @@ Read top to bottom:
      slot's affinity for adapter j is query . key_j: a new description lands near the adapters of tasks described
      alike, which is what lets it compose neighbours for a task it never saw;
   5. the diffusion head denoises the slot's coefficient vector (one value per library adapter) from x_t, the
-     affinities and the timestep, predicting x0. It is equivariant over the library (the same small MLP reads each
+     affinities, the plain cosine between the description and each adapter's task text (fixed, not learned: near 1
+     says "this very task", which tells looking an adapter up from composing neighbours) and the timestep,
+     predicting x0. It is equivariant over the library (the same small MLP reads each
      adapter's entry), so it does not care how many adapters there are or in which order.
 
 A one-hot coefficient vector is a training adapter exactly (library.py); the noise schedule and sampler are
@@ -89,21 +91,23 @@ class LibraryKeys(nn.Module):
 
 class CoefficientDenoiser(nn.Module):
     """x0 of each slot's coefficient vector from x_t, the slot's affinities and t: one small MLP applied to every
-    (slot, adapter) entry alike, reading the entry, its affinity, the affinity's softmax share and the time."""
+    (slot, adapter) entry alike, reading the entry, its affinity, the affinity's softmax share, the description's
+    cosine to the entry's task text, and the time."""
 
     def __init__(self, config: BlendGeneratorConfig):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(3 + TIME_FEATURES, config.head_hidden), nn.SiLU(),
+        self.mlp = nn.Sequential(nn.Linear(4 + TIME_FEATURES, config.head_hidden), nn.SiLU(),
                                  nn.Linear(config.head_hidden, config.head_hidden), nn.SiLU(),
                                  nn.Linear(config.head_hidden, 1))
 
     def forward(self, x_t: torch.Tensor, affinity: torch.Tensor, t: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """x_t, affinity: (..., J); t: (...,) timesteps; allowed: (..., J) bools (entries a blend may use)."""
-        masked = affinity.masked_fill(~allowed, -math.inf)
-        share = torch.softmax(masked, dim=-1).nan_to_num(0.0)
+        """x_t: (..., J); affinity: (..., J, 2), the learned affinity and the text cosine (BlendGenerator.affinities);
+        t: (...,) timesteps; allowed: (..., J) bools (entries a blend may use)."""
+        learned, cosine = affinity[..., 0], affinity[..., 1]
+        share = torch.softmax(learned.masked_fill(~allowed, -math.inf), dim=-1).nan_to_num(0.0)
         time = sinusoid(t.flatten(), TIME_FEATURES).reshape(*t.shape, TIME_FEATURES) / 4.0
-        features = torch.cat([x_t[..., None], affinity[..., None] / math.sqrt(affinity.shape[-1]), share[..., None],
-                              time[..., None, :].expand(*x_t.shape, TIME_FEATURES)], dim=-1)
+        features = torch.cat([x_t[..., None], learned[..., None] / math.sqrt(learned.shape[-1]), share[..., None],
+                              cosine[..., None], time[..., None, :].expand(*x_t.shape, TIME_FEATURES)], dim=-1)
         return self.mlp(features).squeeze(-1) * allowed
 
 
@@ -122,13 +126,16 @@ class BlendGenerator(nn.Module):
 
     def affinities(self, layer: torch.Tensor, module: torch.Tensor, text: torch.Tensor,
                    base: torch.Tensor) -> torch.Tensor:
-        """(S,) slot positions and (B, dim) conditions -> (B, S, J) slot-to-adapter affinities."""
+        """(S,) slot positions and (B, dim) conditions -> (B, S, J, 2): each slot's learned affinity to each library
+        adapter, and the description's cosine to the adapter's task text (the same for every slot)."""
         x = self.positions(layer, module)[None] + self.condition(text, base)[:, None, :]
         queries = self.to_query(self.backbone(x))
-        return queries @ self.keys(self.library_text).T / math.sqrt(self.config.key_dim)
+        learned = queries @ self.keys(self.library_text).T / math.sqrt(self.config.key_dim)
+        cosine = nn.functional.normalize(text, dim=-1) @ nn.functional.normalize(self.library_text, dim=-1).T
+        return torch.stack([learned, cosine[:, None, :].expand_as(learned)], dim=-1)
 
     def denoise(self, x_t: torch.Tensor, affinity: torch.Tensor, t: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """Predict x0 of the coefficients: (..., J) x_t and affinities, (...,) t, (..., J) allowed -> (..., J)."""
+        """Predict x0 of the coefficients: (..., J) x_t, (..., J, 2) affinities, (...,) t, (..., J) allowed -> (..., J)."""
         return self.denoiser(x_t, affinity, t, allowed)
 
 

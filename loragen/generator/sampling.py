@@ -110,14 +110,15 @@ def sample_coefficients(generator: LoadedGenerator, text: torch.Tensor, base: to
     checkpoint, model = generator.checkpoint, generator.model
     rng = torch.Generator().manual_seed(seed)
     affinity = model.affinities(*checkpoint.slot_positions(), text.float()[None], base.float()[None])[0]
+    shape = affinity.shape[:-1]                                     # (S, J)
     if allowed is None:
-        allowed = torch.ones(affinity.shape[-1], dtype=torch.bool)
-    rows = allowed.expand_as(affinity)
+        allowed = torch.ones(shape[-1], dtype=torch.bool)
+    rows = allowed.expand(shape)
 
     def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return model.denoise(x_t * rows, affinity, t, rows)
 
-    return checkpoint.schedule.sample(denoise, tuple(affinity.shape), method=method,
+    return checkpoint.schedule.sample(denoise, tuple(shape), method=method,
                                       steps=None if method == "ddpm" else steps, eta=eta, generator=rng,
                                       progress=progress) * rows
 
