@@ -686,7 +686,7 @@ def main() -> None:
     parser.add_argument("--raw-steps", type=int, default=800, help="the raw-token generator's training steps")
     parser.add_argument("--leave-one-out", type=float, default=0.5,
                         help="the library generators' leave-one-out share (the lookup/compose columns use 0 and 1)")
-    parser.add_argument("--refine-steps", type=int, default=20, help="refined/lorahub: gradient steps on the shots")
+    parser.add_argument("--refine-steps", type=int, default=15, help="refined/lorahub: gradient steps on the shots")
     parser.add_argument("--fit-seen", action="store_true", help="refined/lorahub on the seen sample too")
     parser.add_argument("--reuse", default="bench/results/generalization.json",
                         help="an earlier summary to take --reuse-columns' per-task scores from")

@@ -239,8 +239,11 @@ class GeneratorSamplingSettings:
     sample_steps: int = field(default=10, metadata={"help": f"DDIM steps, at most {DDPM_TRAIN_TIMESTEPS} "
                                                             f"(DDPM always runs all {DDPM_TRAIN_TIMESTEPS})"})
     eta: float = field(default=0.0, metadata={"help": "DDIM eta (0: deterministic given the seed)"})
-    refine_steps: int = field(default=20, metadata={"help": "`generate --examples`: gradient steps of the few-shot fit"})
-    refine_learning_rate: float = field(default=0.05, metadata={"help": "`generate --examples`: the fit's Adam step"})
+    # Adam moves each library weight by at most about the step per step: 15 x 0.02 bounds the fit to ~0.3 of an
+    # adapter's weight, a nudge of the generated blend. 20 x 0.05 overfit 5 examples in the main job (2026-12-02:
+    # held-back loss 0.110 -> 0.197, so the unrefined blend was kept).
+    refine_steps: int = field(default=15, metadata={"help": "`generate --examples`: gradient steps of the few-shot fit"})
+    refine_learning_rate: float = field(default=0.02, metadata={"help": "`generate --examples`: the fit's Adam step"})
     refine_held_back: int = field(default=16, metadata={
         "help": "`generate --examples`: examples held back from the fit to check it (the refined adapter is kept "
                 "only if their loss goes down)"})
