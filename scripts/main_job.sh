@@ -7,8 +7,8 @@
 #      its adapters, data or descriptions), from its description alone: a blend of the registered adapters;
 #   6. generate it again refined on 5 examples of the task (--examples: seconds, kept only if held-back examples
 #      do better);
-#   7. score zero-shot, generated, refined, the nearest registered adapter (verb_past_tense, the task generate
-#      names first) and the multi-task LoRA on it with lm-eval, and compare.
+#   7. score zero-shot, generated, refined, the nearest registered adapter by meaning (verb_past_tense: a
+#      user's own pick; the text encoder ranks verb_gerund first) and the multi-task LoRA on it, and compare.
 # Idempotent: a second run reuses what the first registered and trained.
 # LORAGEN_HOME picks the registry (default ~/.loragen); MAIN_JOB_STEPS scales the fine-tuning.
 set -euo pipefail
@@ -25,7 +25,7 @@ done
 # Twice a single task's steps: the three tasks' examples in one run (each task weighs the same).
 loragen finetune --tasks "$(IFS=,; echo "${SEEN[*]}")" --name "$GROUP" --exclude-held-out --base "$BASE" \
   --steps $((2 * STEPS)) --checkpoints 1 --lr 2e-3
-loragen train --split --steps 1500 --lr 5e-3
+loragen train --split --steps 1500 --lr 3e-3
 DESCRIPTION="Give the past participle of an English verb."
 loragen generate --task "$DESCRIPTION" --name "$HELD_OUT" --base "$BASE" --seed 0
 GENERATED=$(loragen list --task "$HELD_OUT" --origin generated --base "$BASE" -q | tail -1)
