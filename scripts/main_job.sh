@@ -25,7 +25,7 @@ done
 # Twice a single task's steps: the three tasks' examples in one run (each task weighs the same).
 loragen finetune --tasks "$(IFS=,; echo "${SEEN[*]}")" --name "$GROUP" --exclude-held-out --base "$BASE" \
   --steps $((2 * STEPS)) --checkpoints 1 --lr 2e-3
-loragen train --split --steps 1500 --lr 3e-3
+loragen train --split --steps 1500 --lr 5e-3
 DESCRIPTION="Give the past participle of an English verb."
 loragen generate --task "$DESCRIPTION" --name "$HELD_OUT" --base "$BASE" --seed 0
 GENERATED=$(loragen list --task "$HELD_OUT" --origin generated --base "$BASE" -q | tail -1)
