@@ -123,13 +123,15 @@ class Bench(StagedBench):
         defaults = replace(load_settings().generator, steps=args.gen_steps, seed=args.seed, representation="library",
                            batch_size=args.gen_batch, learning_rate=args.gen_lr, task_loss_weight=0.0,
                            leave_one_out=args.leave_one_out)
+        with_task_loss = (replace(defaults, task_loss_weight=args.task_loss_weight,
+                                  task_loss_every=args.task_loss_every, task_examples_per_step=args.task_examples,
+                                  task_descriptions_per_step=2, task_adapters_per_step=1)
+                          if args.task_loss_weight else defaults)  # --task-loss-weight 0: the same generator
         self.generator_settings = {  # in training order: the task-loss one (slowest) after the seconds-fast ones
             "generated_no_task_loss": defaults,
             "generated_lookup": replace(defaults, leave_one_out=0.0),
             "generated_compose": replace(defaults, leave_one_out=1.0),
-            "generated": replace(defaults, task_loss_weight=args.task_loss_weight, task_loss_every=args.task_loss_every,
-                                 task_examples_per_step=args.task_examples, task_descriptions_per_step=2,
-                                 task_adapters_per_step=1),
+            "generated": with_task_loss,
             "generated_raw": replace(load_settings().generator, steps=args.raw_steps, seed=args.seed,
                                      representation="raw", task_loss_weight=0.0, leave_one_out=0.0),
         }
@@ -276,14 +278,16 @@ class Bench(StagedBench):
 
         shared = manifest.setdefault("_shared", {})
         multitask_id = self.read("multitask.json", {}).get("id")
-        if multitask_id is None:
-            raise SystemExit("the multi-task LoRA is not trained yet: run --stages multitask first")
-        if shared.get("multitask", {}).get("id") != multitask_id:
-            target = _emptied(folder / "_shared" / "multitask")  # a kill mid-export, or an older multi-task LoRA
-            self.registry.export(multitask_id, target)
-            shared["multitask"] = {"path": str(target), "id": multitask_id, "made_from": {"multitask": multitask_id}}
-            self.write("adapters.json", manifest)
-        if shared.get("mean_adapter", {}).get("of") != tasks:
+        if "multitask" not in self.reused_columns:  # a reused column's scores need no adapter
+            if multitask_id is None:
+                raise SystemExit("the multi-task LoRA is not trained yet: run --stages multitask first")
+            if shared.get("multitask", {}).get("id") != multitask_id:
+                target = _emptied(folder / "_shared" / "multitask")  # a kill mid-export, or an older multi-task LoRA
+                self.registry.export(multitask_id, target)
+                shared["multitask"] = {"path": str(target), "id": multitask_id,
+                                       "made_from": {"multitask": multitask_id}}
+                self.write("adapters.json", manifest)
+        if "mean_adapter" not in self.reused_columns and shared.get("mean_adapter", {}).get("of") != tasks:
             target = _emptied(folder / "_shared" / "mean_adapter")
             weights = [TrainingAdapter(uid=t, task=t, base=self.version,
                                        state_dict=load_weights(self.corpus_adapter(t) / "adapter_model.safetensors"))
@@ -305,9 +309,11 @@ class Bench(StagedBench):
             task = get_task(task_name)
             description = self.description(task)
             before = json.dumps(made, sort_keys=True)
-            made["finetuned"] = {"path": str(self.corpus_adapter(task_name)), "made_from": baseline_from}
-            made["multitask"] = shared["multitask"]
-            made["mean_adapter"] = shared["mean_adapter"]
+            if "finetuned" not in self.reused_columns:
+                made["finetuned"] = {"path": str(self.corpus_adapter(task_name)), "made_from": baseline_from}
+            for column in ("multitask", "mean_adapter"):
+                if column not in self.reused_columns:
+                    made[column] = shared[column]
             text = encoder.encode([description])[0]
             nearest = max(tasks, key=lambda t: float(task_texts[t] @ text))
             made["nearest_task"] = {"path": str(self.corpus_adapter(nearest)), "task": nearest,
@@ -688,7 +694,7 @@ def main() -> None:
                         help="the library generators' leave-one-out share (the lookup/compose columns use 0 and 1)")
     parser.add_argument("--refine-steps", type=int, default=15, help="refined/lorahub: gradient steps on the shots")
     parser.add_argument("--fit-seen", action="store_true", help="refined/lorahub on the seen sample too")
-    parser.add_argument("--reuse", default="bench/results/generalization.json",
+    parser.add_argument("--reuse", default="bench/results/generalization-ddca8ab.json",
                         help="an earlier summary to take --reuse-columns' per-task scores from")
     parser.add_argument("--reuse-columns", default="", help="columns whose scores come from --reuse (default none)")
     parser.add_argument("--task-loss-weight", type=float, default=1.0)
