@@ -178,11 +178,14 @@ class Bench(StagedBench):
     def training_tasks(self) -> list[str]:
         """The training tasks whose fine-tuning gained at least MIN_GAIN (all of them with --keep-unlearnable)."""
         rows = self.corpus_rows()
-        missing = [t for t in self.plan.training if t not in rows]
+        # A task this run did not fine-tune counts as the committed corpus summary found it: one it found not
+        # learnable needs no adapter (a session may rebuild only the learnable tasks' adapters).
+        missing = [t for t in self.plan.training if t not in rows
+                   and (self.args.keep_unlearnable or self.learnable(t) is not False)]
         if missing:
             raise SystemExit(f"{len(missing)} training task(s) have no corpus row yet (first: {missing[0]}): "
                              "run --stages corpus first")
-        return [t for t in self.plan.training if self.args.keep_unlearnable or rows[t]["learnable"]]
+        return [t for t in self.plan.training if t in rows and (self.args.keep_unlearnable or rows[t]["learnable"])]
 
     # ---------------------------------------------------------------- stages
 
@@ -233,7 +236,7 @@ class Bench(StagedBench):
         done = self.read("generators.json", {})
         tasks = self.training_tasks()
         for column, settings in self.generator_settings.items():
-            if column in self.reused_columns:
+            if column in self.reused_columns or column not in self.chosen_generators:
                 continue
             if done.get(column, {}).get("settings") == asdict(settings) and done[column]["tasks"] == tasks:
                 print(f"generators: {column} already trained ({done[column]['id']})", flush=True)
@@ -322,6 +325,8 @@ class Bench(StagedBench):
             wanted["random_description"] = ("generated", self.random_description(task_name))
             if task_name in self.plan.seen_sample:
                 wanted["heldout_description"] = ("generated", self.split.held_out_description(task_name))
+            if self.args.fitted == "only":
+                wanted = {}
             for column, (generator_column, text_of) in wanted.items():
                 if generator_column not in generators:
                     continue
@@ -339,7 +344,9 @@ class Bench(StagedBench):
                 write_adapter_folder(target, state_dict, lora)
                 made[column] = {"path": str(target), "generator": generator.uid, "description": text_of,
                                 "seed": self.args.seed, "generate_s": round(seconds, 3), "made_from": made_from}
-            if "generated" in generators and (task_name in self.plan.held_out or self.args.fit_seen):
+            if self.args.fitted == "none":
+                pass
+            elif "generated" in generators and (task_name in self.plan.held_out or self.args.fit_seen):
                 self.fitted_adapters(task_name, made, generators["generated"], description, encoder, condition,
                                      folder, lora)
             if json.dumps(made, sort_keys=True) != before:
@@ -437,6 +444,10 @@ class Bench(StagedBench):
         if waiting:
             print(f"evaluate: {len(waiting)} adapter(s) not made yet (first: {waiting[0]}): run --stages adapters "
                   "once the generators are trained, then evaluate again", flush=True)
+
+    @property
+    def chosen_generators(self) -> tuple[str, ...]:
+        return tuple(c.strip() for c in self.args.generators.split(",")) if self.args.generators else GENERATORS
 
     @property
     def reused_columns(self) -> tuple[str, ...]:
@@ -694,6 +705,10 @@ def main() -> None:
                         help="the library generators' leave-one-out share (the lookup/compose columns use 0 and 1)")
     parser.add_argument("--refine-steps", type=int, default=15, help="refined/lorahub: gradient steps on the shots")
     parser.add_argument("--fit-seen", action="store_true", help="refined/lorahub on the seen sample too")
+    parser.add_argument("--fitted", choices=("all", "none", "only"), default="all",
+                        help="adapters stage: make refined/lorahub too (all), not (none), or only them (only)")
+    parser.add_argument("--generators", default="",
+                        help="generators stage: train only these columns' generators, comma-separated (default all)")
     parser.add_argument("--reuse", default="bench/results/generalization-ddca8ab.json",
                         help="an earlier summary to take --reuse-columns' per-task scores from")
     parser.add_argument("--reuse-columns", default="", help="columns whose scores come from --reuse (default none)")
