@@ -199,3 +199,10 @@ def test_cli_library_generator_generates_refines_and_guards_its_library(capsys, 
     assert forced.code == 0 and forced.json()["broken_generators"]
     broken = run_cli(capsys, "generate", "--task", "upper", "--base", "tiny")
     assert ids[0][:12] in one_line_error(broken)
+
+
+def test_train_nproc_with_a_library_generator_is_refused_in_one_line(capsys, tiny_base, tmp_path, isolated_home):
+    from tests.helpers import one_line_error, registry_with_adapters, run_cli
+
+    registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home, ["upper"], steps=2)
+    assert "--nproc" in one_line_error(run_cli(capsys, "train", "--nproc", "2"))

@@ -177,7 +177,7 @@ def test_data_parallel_training_with_two_cpu_processes(capsys, tiny_base, tmp_pa
 
     extra = dict(task_loss_weight=1.0, task_loss_every=2, task_examples_per_step=2) if task_loss else {}
     registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home, ["element_symbol", "noun_singular"], steps=4,
-                           **extra)
+                           representation="raw", **extra)  # data-parallel training is the raw generator's
     env = dict(os.environ, LORAGEN_HOME=str(isolated_home), OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-m", "loragen", "train", "--nproc", "2", "--json"], env=env,
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)

@@ -13,6 +13,7 @@ from loragen.cli.context import state
 from loragen.cli.options import split_names
 from loragen.cli.render import Column, StepProgress, render, say
 from loragen.config import SELECT_LIMIT
+from loragen.errors import LoragenError
 
 
 def train(tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these tasks' adapters (comma-separated)."),
@@ -33,6 +34,9 @@ def train(tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these 
 
     if nproc < 1:
         raise typer.BadParameter("--nproc must be at least 1")
+    if nproc > 1 and state.settings.generator.representation == "library":
+        raise LoragenError("--nproc trains the raw-token generator data-parallel; a library generator is small and "
+                           "trains in one process: drop --nproc, or set generator.representation = \"raw\"")
     chosen_tasks, chosen_bases = split_names(tasks, "--tasks"), split_names(bases, "--bases")
     held_out_tasks = split_names(held_out, "--held-out")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
