@@ -213,19 +213,9 @@ class Library:
         return cls(slots=slots, A=stacked_a, B=stacked_b, scales=scale_vector.float(), rank=rank,
                    grams=torch.stack(grams))
 
-    def slot_layers(self) -> torch.Tensor:
-        """(S,) the decoder layer of each slot (0 where the path names none)."""
-        return torch.tensor([int(m.group(1)) if (m := SLOT_LAYER.search(s)) else 0 for s in self.slots])
-
     def slot_modules(self) -> list[str]:
         """Each slot's module leaf name (q_proj, v_proj, …)."""
         return [slot.rsplit(".", 1)[-1] for slot in self.slots]
-
-    def factors(self, index: int) -> list[LoraFactors]:
-        """Slot `index`'s factors, one LoraFactors per library adapter."""
-        r = self.rank
-        return [LoraFactors(A=self.A[index][j * r:(j + 1) * r].double(), B=self.B[index][:, j * r:(j + 1) * r].double(),
-                            scale=float(self.scales[j])) for j in range(self.size)]
 
     def to_state_dict(self, coefficients: torch.Tensor, rank: int, scale: float,
                       tolerance: float = EXPORT_TOLERANCE) -> dict[str, torch.Tensor]:
