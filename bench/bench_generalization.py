@@ -39,6 +39,7 @@ summary (named in the rows), for columns whose adapters this run would make iden
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import random
@@ -178,10 +179,7 @@ class Bench(StagedBench):
     def training_tasks(self) -> list[str]:
         """The training tasks whose fine-tuning gained at least MIN_GAIN (all of them with --keep-unlearnable)."""
         rows = self.corpus_rows()
-        # A task this run did not fine-tune counts as the committed corpus summary found it: one it found not
-        # learnable needs no adapter (a session may rebuild only the learnable tasks' adapters).
-        missing = [t for t in self.plan.training if t not in rows
-                   and (self.args.keep_unlearnable or self.learnable(t) is not False)]
+        missing = self.missing_training_rows(rows)
         if missing:
             raise SystemExit(f"{len(missing)} training task(s) have no corpus row yet (first: {missing[0]}): "
                              "run --stages corpus first")
@@ -522,7 +520,7 @@ class Bench(StagedBench):
             return out
 
         held_out = group(self.plan.held_out)
-        learnable = [t for t in self.plan.held_out if self.learnable(t)]
+        learnable = [t for t in self.plan.held_out if self.learnable(t, corpus)]
         held_out["learnable"] = group(learnable)
         held_out["learnable_tasks"] = learnable
         held_out["generated_above_zero_shot_learnable"] = held_out["learnable"]["generated_above_zero_shot"]
@@ -542,7 +540,7 @@ class Bench(StagedBench):
             "command": command_line(), "machine": machine(),
             "complete": not missing, "missing_scores": len(missing),
             "tasks_total": len(all_tasks), "families": len(families),
-            "training_tasks": len(self.training_tasks()) if all(t in corpus for t in self.plan.training) else None,
+            "training_tasks": None if self.missing_training_rows(corpus) else len(self.training_tasks()),
             "held_out": held_out, "seen": seen,
             "generation_s_mean": mean_or_none(generation_s), "generation_s_max": max(generation_s, default=None),
             "generation_raw_s_mean": mean_or_none(raw_generation_s), "refine_s_mean": mean_or_none(refine_s),
@@ -572,15 +570,24 @@ class Bench(StagedBench):
             return COLUMNS if self.args.fit_seen else tuple(c for c in COLUMNS if c not in FITTED)
         return tuple(c for c in COLUMNS if c not in SEEN_ONLY)
 
-    def learnable(self, task: str) -> bool | None:
-        """Whether fine-tuning gained >= 0.05 on the task's validation split: this run's corpus row, else the
-        committed corpus summary's (a held-out ceiling this run did not fine-tune again)."""
-        row = self.corpus_rows().get(task)
-        if row is None:
-            committed = Path("bench/results/corpus_scores.json")
-            rows = {r["task"]: r for r in json.loads(committed.read_text())["rows"]} if committed.is_file() else {}
-            row = rows.get(task)
+    def missing_training_rows(self, rows: dict[str, dict]) -> list[str]:
+        """Training tasks that need a corpus row this run lacks. A task this run did not fine-tune counts as the
+        committed corpus summary found it: one it found not learnable needs no adapter (a session may rebuild only
+        the learnable tasks' adapters)."""
+        return [t for t in self.plan.training if t not in rows
+                and (self.args.keep_unlearnable or self.learnable(t, rows) is not False)]
+
+    def learnable(self, task: str, rows: dict[str, dict] | None = None) -> bool | None:
+        """Whether fine-tuning gained >= 0.05 on the task's validation split: this run's corpus row (from `rows`
+        when the caller has read them), else the committed corpus summary's (a task this run did not fine-tune)."""
+        row = (self.corpus_rows() if rows is None else rows).get(task) or self.committed_corpus_rows.get(task)
         return None if row is None else bool(row["learnable"])
+
+    @functools.cached_property
+    def committed_corpus_rows(self) -> dict[str, dict]:
+        """bench/results/corpus_scores.json's rows by task, read once."""
+        committed = Path("bench/results/corpus_scores.json")
+        return {r["task"]: r for r in json.loads(committed.read_text())["rows"]} if committed.is_file() else {}
 
     def description(self, task) -> str:
         """The description a user would type: a held-out task's first, a seen task's first training description."""
