@@ -192,6 +192,13 @@ def test_cli_library_generator_generates_refines_and_guards_its_library(capsys, 
     assert record["kept"] in ("refined", "start")
     too_few = run_cli(capsys, "generate", "--task", "upper", "--base", "tiny", "--examples", records, "--shots", "10")
     assert "more than --shots" in one_line_error(too_few)
+    damaged = tmp_path / "damaged.jsonl"
+    damaged.write_text('{"prompt": "ab:", "target": " AB"}\n{"prompt": "cd:"}\n')
+    assert f"{damaged}:2: not a task record" in one_line_error(
+        run_cli(capsys, "generate", "--task", "upper", "--base", "tiny", "--examples", damaged, "--shots", "1"))
+    several = run_cli(capsys, "generate", "--task", "upper", "--base", "tiny", "--examples", records, "--samples", "2",
+                      "--validate-on", "verb_gerund")
+    assert "--samples 1" in one_line_error(several)
 
     # The library is a registry fact: rm refuses, --force says what breaks, generate then fails in one line.
     assert "--force" in one_line_error(run_cli(capsys, "rm", ids[0]))

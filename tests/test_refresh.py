@@ -5,7 +5,7 @@ import pytest
 
 import loragen.workflows.refreshing
 from loragen.evaluation import Score
-from tests.helpers import registry_with_adapters, run_cli
+from tests.helpers import one_line_error, registry_with_adapters, run_cli
 
 
 @pytest.fixture
@@ -50,6 +50,9 @@ def test_refresh_eval_reports_before_and_after(capsys, tiny_base, tiny_base_v2, 
     old_id = registry_with_adapters(capsys, tiny_base, tmp_path, isolated_home,
                                     ["country_subregion", task, "substance_choice"], steps=4, representation="raw")[1]
     assert run_cli(capsys, "train").code == 0
+    # Refinement needs library coefficients: a raw generator refuses --examples in one line.
+    raw_refined = run_cli(capsys, "generate", "--task", task, "--base", "tiny", "--examples", task, "--shots", "2")
+    assert "emits raw weights" in one_line_error(raw_refined)
     assert run_cli(capsys, "base", "update", "tiny", "--from", tiny_base_v2).code == 0
     result = run_cli(capsys, "refresh", "--tasks", task, "--no-validate", "--eval", "--limit", limit, "--json")
     assert result.code == 0, result.err
