@@ -13,7 +13,8 @@ fixed sample of seen tasks is evaluated. Stages, each resumable (its results are
   register    register the learnable seen tasks' adapters in --home (held-out adapters stay in their run folders)
   multitask   one LoRA on the union of the same training tasks (workflows.finetune_multitask)
   generators  two generators through workflows.train with the split: diffusion loss only, and diffusion + task loss
-  adapters    every column's adapter for each evaluated task, as PEFT folders (generation time recorded)
+  adapters    every column's adapter for each evaluated task, as PEFT folders (generation time recorded;
+              --shard K/N as for evaluate: the shards share adapters.json)
   evaluate    each (task, column) on the test split, --limit examples, one score at a time (--shard K/N: run
               N processes, one per K; they share scores.json)
   summary     means with bootstrap 95% intervals, a PNG, bench/results/generalization.json
@@ -269,12 +270,14 @@ class Bench(StagedBench):
         tasks = self.training_tasks()
         encoder = text_encoder(self.registry)
         condition = base_condition(self.registry, self.version)
+        # A generator trained under other settings (an earlier run's) makes nothing: its columns wait for it.
         generators = {c: load_generator(self.registry, g["id"]) for c, g in generators_made.items()
-                      if c in self.generator_settings}
+                      if c in self.generator_settings and g["settings"] == asdict(self.generator_settings[c])
+                      and g["tasks"] == tasks}
         missing_generators = [c for c in self.generator_settings if c not in generators]
         if missing_generators:
-            print(f"adapters: generator(s) {', '.join(missing_generators)} not trained yet: their columns wait "
-                  "for --stages generators", flush=True)
+            print(f"adapters: generator(s) {', '.join(missing_generators)} not trained under these settings yet: "
+                  "their columns wait for --stages generators", flush=True)
         lora = lora_config_dict(self.lora.r, self.lora.alpha, list(self.lora.target_modules))
 
         shared = manifest.setdefault("_shared", {})
@@ -287,7 +290,7 @@ class Bench(StagedBench):
                 self.registry.export(multitask_id, target)
                 shared["multitask"] = {"path": str(target), "id": multitask_id,
                                        "made_from": {"multitask": multitask_id}}
-                self.write("adapters.json", manifest)
+                self.save_made("_shared", shared)
         if "mean_adapter" not in self.reused_columns and shared.get("mean_adapter", {}).get("of") != tasks:
             target = _emptied(folder / "_shared" / "mean_adapter")
             weights = [TrainingAdapter(uid=t, task=t, base=self.version,
@@ -296,7 +299,7 @@ class Bench(StagedBench):
             write_adapter_folder(target, mean_adapter(weights), lora)
             shared["mean_adapter"] = {"path": str(target), "of": tasks,
                                       "made_from": {"training_tasks": tasks, "corpus": self.corpus_settings()}}
-            self.write("adapters.json", manifest)
+            self.save_made("_shared", shared)
         # What each kind of column is made from; a column whose record names anything else is made again.
         baseline_from = {"training_tasks": tasks, "corpus": self.corpus_settings()}
         generated_from = {c: {"generator": g.uid, "seed": self.args.seed} for c, g in generators.items()}
@@ -304,7 +307,8 @@ class Bench(StagedBench):
         # The nearest training task of a description: cosine to the mean of that task's training descriptions.
         task_texts = {t: torch.nn.functional.normalize(encoder.encode(self.split.training_descriptions(get_task(t)))
                                                        .mean(0), dim=0) for t in tasks}
-        for task_name in self.plan.evaluated:
+        index, count = self.shard
+        for task_name in self.plan.evaluated[index - 1::count]:
             made = manifest.setdefault(task_name, {})
             made.pop("_made_from", None)  # the older, one-fingerprint-per-task layout
             task = get_task(task_name)
@@ -342,14 +346,19 @@ class Bench(StagedBench):
                 write_adapter_folder(target, state_dict, lora)
                 made[column] = {"path": str(target), "generator": generator.uid, "description": text_of,
                                 "seed": self.args.seed, "generate_s": round(seconds, 3), "made_from": made_from}
-            if self.args.fitted == "none":
-                pass
-            elif "generated" in generators and (task_name in self.plan.held_out or self.args.fit_seen):
-                self.fitted_adapters(task_name, made, generators["generated"], description, encoder, condition,
-                                     folder, lora)
+            if self.args.fitted != "none" and (task_name in self.plan.held_out or self.args.fit_seen):
+                self.fitted_adapters(task_name, made, generators, description, encoder, condition, folder, lora)
             if json.dumps(made, sort_keys=True) != before:
-                self.write("adapters.json", manifest)
+                self.save_made(task_name, made)
                 print(f"adapters: {task_name} (nearest training task: {nearest})", flush=True)
+
+    def save_made(self, key: str, made: dict) -> None:
+        """Write one task's (or `_shared`'s) adapter records into adapters.json, read again under the work folder's
+        lock: adapter shards run as separate processes and each owns only its own tasks' entries."""
+        with scores_lock(self.work):
+            manifest = self.read("adapters.json", {})
+            manifest[key] = made
+            self.write("adapters.json", manifest)
 
     def shots(self, task_name: str) -> tuple[list, list]:
         """The task's 5 shots and 16 held-back examples: one seeded draw from its training split, the same for
@@ -359,17 +368,26 @@ class Bench(StagedBench):
 
         return split_examples(get_task(task_name).examples("train"), SHOTS, HELD_BACK, seed=self.args.seed)
 
-    def fitted_adapters(self, task_name, made, generator, description, encoder, condition, folder, lora) -> None:
-        """refined: the generator's blend for the description, fitted on the task's shots; lorahub: the same fit
-        from uniform weights. Each is kept only where the held-back examples' loss went down (refine_blend)."""
+    def fitted_adapters(self, task_name, made, generators, description, encoder, condition, folder, lora) -> None:
+        """refined: `generated`'s blend for the description, fitted on the task's shots; lorahub: the same fit from
+        uniform weights over the library, which any library generator holds (they all train on the same adapters),
+        so lorahub can be made while `generated` still trains. Each is kept only where the held-back examples' loss
+        went down (refine_blend)."""
         from loragen.adapters import write_adapter_folder
         from loragen.generator.refine import examples_digest, refine_blend, uniform_start
         from loragen.generator.sampling import export_blend, sample_coefficients
 
         settings = self.generator_settings["generated"]
+        holders = [g for c, g in generators.items() if g.library is not None and c != "generated"]
+        library_holder = generators.get("generated") or (holders[0] if holders else None)
         shots, held_back = self.shots(task_name)
         for column in FITTED:
-            made_from = {"generator": generator.uid, "seed": self.args.seed, "description": description,
+            generator = generators.get("generated") if column == "refined" else library_holder
+            if generator is None:
+                continue
+            made_by = ({"generator": generator.uid, "description": description} if column == "refined" else
+                       {"library": [entry["uid"] for entry in generator.checkpoint.library]})
+            made_from = {**made_by, "seed": self.args.seed,
                          "examples": examples_digest([*shots, *held_back]), "steps": self.args.refine_steps,
                          "learning_rate": settings.refine_learning_rate, "start": column}
             if made.get(column, {}).get("made_from") == made_from:
@@ -387,6 +405,7 @@ class Bench(StagedBench):
             write_adapter_folder(target, export_blend(generator, outcome.coefficients), lora)
             made[column] = {"path": str(target), "refine_s": round(outcome.seconds, 2), **outcome.record(),
                             "made_from": made_from}
+            self.save_made(task_name, made)  # a refinement takes a minute: a kill loses at most the one under way
             print(f"adapters: {task_name} {column} kept {outcome.kept} ({outcome.held_back_loss_start:.3f} -> "
                   f"{outcome.held_back_loss_refined:.3f}, {outcome.seconds:.1f} s)", flush=True)
 

@@ -233,7 +233,8 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def scores_lock(work: Path):
-    """The lock that shards of one benchmark hold while they read, add to and write work/scores.json."""
+    """The lock that shards of one benchmark hold while they read, add to and write work/scores.json (and
+    bench_generalization's work/adapters.json, whose adapter shards share it the same way)."""
     from filelock import FileLock
 
     work.mkdir(parents=True, exist_ok=True)

@@ -84,6 +84,10 @@ def test_every_stage_on_a_tiny_base_then_a_resumed_run_changes_nothing(tmp_path,
     assert all(row in rows for row in early)  # training the generators did not unmake the baselines
     assert {row["task"] for row in rows if row not in early} == {row["task"] for row in early} - {
         row["task"] for row in early if row["task"] in load_split().held_out_tasks}
+    # Adapter shards split the tasks the same way: the held-out task's generated adapters wait for shard 1.
+    made = json.loads((work / "adapters.json").read_text())
+    assert {t for t, columns in made.items() if "generated" in columns} == {
+        row["task"] for row in early if row["task"] not in load_split().held_out_tasks}
     _run(args, tmp_path)
 
     result = json.loads(summary.read_text())
