@@ -63,7 +63,7 @@ from bench.harness import (
     parse_shard,
     run_stages,
     score_columns,
-    scores_lock,
+    work_lock,
     write_summary,
 )
 
@@ -237,7 +237,7 @@ class Bench(StagedBench):
         for column, settings in self.generator_settings.items():
             if column in self.reused_columns or column not in self.chosen_generators:
                 continue
-            if done.get(column, {}).get("settings") == asdict(settings) and done[column]["tasks"] == tasks:
+            if self.trained_as_now(column, done.get(column), tasks):
                 print(f"generators: {column} already trained ({done[column]['id']})", flush=True)
                 continue
             began = time.perf_counter()
@@ -250,6 +250,12 @@ class Bench(StagedBench):
             self.write("generators.json", done)
             print(f"generators: {column} {registered.id}, final loss {summary['final_loss']:.4f}, "
                   f"{done[column]['train_s']:.0f} s", flush=True)
+
+    def trained_as_now(self, column: str, record: dict | None, tasks: list[str]) -> bool:
+        """Whether generators.json's `record` of `column` is the generator this run would train: the same settings
+        on the same training tasks (an earlier run's generator is neither reused nor sampled from)."""
+        return (column in self.generator_settings and record is not None
+                and record["settings"] == asdict(self.generator_settings[column]) and record["tasks"] == tasks)
 
     def adapters(self) -> None:
         """Write every column's adapter of every evaluated task; adapters.json says where, and how each was made.
@@ -272,8 +278,7 @@ class Bench(StagedBench):
         condition = base_condition(self.registry, self.version)
         # A generator trained under other settings (an earlier run's) makes nothing: its columns wait for it.
         generators = {c: load_generator(self.registry, g["id"]) for c, g in generators_made.items()
-                      if c in self.generator_settings and g["settings"] == asdict(self.generator_settings[c])
-                      and g["tasks"] == tasks}
+                      if self.trained_as_now(c, g, tasks)}
         missing_generators = [c for c in self.generator_settings if c not in generators]
         if missing_generators:
             print(f"adapters: generator(s) {', '.join(missing_generators)} not trained under these settings yet: "
@@ -355,7 +360,7 @@ class Bench(StagedBench):
     def save_made(self, key: str, made: dict) -> None:
         """Write one task's (or `_shared`'s) adapter records into adapters.json, read again under the work folder's
         lock: adapter shards run as separate processes and each owns only its own tasks' entries."""
-        with scores_lock(self.work):
+        with work_lock(self.work):
             manifest = self.read("adapters.json", {})
             manifest[key] = made
             self.write("adapters.json", manifest)
@@ -378,8 +383,7 @@ class Bench(StagedBench):
         from loragen.generator.sampling import export_blend, sample_coefficients
 
         settings = self.generator_settings["generated"]
-        holders = [g for c, g in generators.items() if g.library is not None and c != "generated"]
-        library_holder = generators.get("generated") or (holders[0] if holders else None)
+        library_holder = next((g for g in generators.values() if g.library is not None), None)
         shots, held_back = self.shots(task_name)
         for column in FITTED:
             generator = generators.get("generated") if column == "refined" else library_holder
@@ -415,7 +419,7 @@ class Bench(StagedBench):
         from loragen.tasks.suite import get_task
 
         manifest = self.read("adapters.json", {})
-        with scores_lock(self.work):
+        with work_lock(self.work):
             scores = self.read("scores.json", {"settings": self.eval_settings(), "rows": []})
             if scores["settings"] != self.eval_settings():
                 raise SystemExit(f"{self.work / 'scores.json'} holds scores of other evaluation settings: move it away")

@@ -49,7 +49,7 @@ from bench.harness import (
     parse_shard,
     run_stages,
     score_columns,
-    scores_lock,
+    work_lock,
     write_summary,
 )
 
@@ -204,7 +204,7 @@ class Bench(StagedBench):
         from loragen.tasks.suite import get_task
 
         finetuned, refreshed = self.read("finetune.json", {}), self.read("refreshed.json", {})
-        with scores_lock(self.work):
+        with work_lock(self.work):
             scores = self.read("scores.json", {"limit": self.args.limit, "rows": []})
         if scores["limit"] != self.args.limit:
             raise SystemExit(f"{self.work / 'scores.json'} holds scores at --limit {scores['limit']}: move it away "

@@ -6,8 +6,8 @@ Every benchmark builds on this one module:
     <home>/runs/<task>__<base>__seed<seed>__<fingerprint>);
   * StagedBench / chosen_stages / run_stages: a staged benchmark's work folder and `--stages`, each stage a method
     of its benchmark object;
-  * parse_shard / scores_lock / StagedBench.add_score: N processes sharing one scores.json, each scoring every
-    N-th piece;
+  * parse_shard / work_lock / StagedBench.add_score: N processes sharing one scores.json (or another work
+    file), each scoring every N-th piece;
   * score_columns: a task scored zero-shot and with each of its adapter folders on one loaded base;
   * mean_or_none / bootstrap_ci: the summaries' statistics;
   * write_json (work files) and write_summary (results, stamped with the code revision that produced them).
@@ -205,7 +205,7 @@ class StagedBench:
     def add_score(self, row: dict, scores: dict) -> dict:
         """Append `row` to scores.json (`scores`: its content when there is no file yet) and return the file's rows
         as written. Read again under the lock: another shard may have added rows since."""
-        with scores_lock(self.work):
+        with work_lock(self.work):
             scores = self.read("scores.json", scores)
             scores["rows"].append(row)
             self.write("scores.json", scores)
@@ -232,9 +232,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-def scores_lock(work: Path):
-    """The lock that shards of one benchmark hold while they read, add to and write work/scores.json (and
-    bench_generalization's work/adapters.json, whose adapter shards share it the same way)."""
+def work_lock(work: Path):
+    """The lock that shards of one benchmark hold while they read, add to and write a shared file of its work
+    folder: scores.json, and bench_generalization's adapters.json."""
     from filelock import FileLock
 
     work.mkdir(parents=True, exist_ok=True)
