@@ -23,10 +23,10 @@ Columns: zero_shot; finetuned (the task's own corpus adapter: for a held-out tas
 mean_adapter (mean of all training adapters); nearest_task (the training adapter of the task whose descriptions
 are nearest the evaluated description); icl (the base with the task's 5 shots written before every prompt);
 the generators' columns (issue 20):
-  generated               library coordinates, leave-one-out mix, + task loss (the default generator)
-  generated_no_task_loss  the same without the task loss
+  generated               the default generator (library coordinates, the configured leave_one_out) + task loss
+  generated_no_task_loss  the same without the task loss: what `loragen train` makes by default
   generated_lookup        without task loss, never leaving a task out (leave_one_out 0)
-  generated_compose       without task loss, always leaving the task out (leave_one_out 1)
+  generated_mix           without task loss, leaving the task out of half the rows (leave_one_out 0.5)
   generated_raw           the first design: raw LoRA values as tokens, diffusion loss only
   refined                 `generated`'s blend refined on the task's 5 shots (generate --examples)
   lorahub                 the same fit from uniform weights over the library, without the generator
@@ -69,9 +69,9 @@ from bench.harness import (
 
 STAGES = ("corpus", "register", "multitask", "generators", "adapters", "evaluate", "summary")
 COLUMNS = ("zero_shot", "finetuned", "multitask", "mean_adapter", "nearest_task", "icl", "generated",
-           "generated_no_task_loss", "generated_lookup", "generated_compose", "generated_raw", "refined", "lorahub",
+           "generated_no_task_loss", "generated_lookup", "generated_mix", "generated_raw", "refined", "lorahub",
            "random_description", "heldout_description")
-GENERATORS = ("generated", "generated_no_task_loss", "generated_lookup", "generated_compose", "generated_raw")
+GENERATORS = ("generated", "generated_no_task_loss", "generated_lookup", "generated_mix", "generated_raw")
 FITTED = ("refined", "lorahub")            # fitted on the task's shots
 SEEN_ONLY = ("heldout_description",)
 SHOTS, HELD_BACK = 5, 16
@@ -124,7 +124,8 @@ class Bench(StagedBench):
                                                checkpoints=1, checkpoint_every=args.multitask_steps, seed=args.seed)
         defaults = replace(load_settings().generator, steps=args.gen_steps, seed=args.seed, representation="library",
                            batch_size=args.gen_batch, learning_rate=args.gen_lr, task_loss_weight=0.0,
-                           leave_one_out=args.leave_one_out)
+                           leave_one_out=(load_settings().generator.leave_one_out if args.leave_one_out is None
+                                          else args.leave_one_out))
         with_task_loss = (replace(defaults, task_loss_weight=args.task_loss_weight,
                                   task_loss_every=args.task_loss_every, task_examples_per_step=args.task_examples,
                                   task_descriptions_per_step=2, task_adapters_per_step=1)
@@ -132,7 +133,7 @@ class Bench(StagedBench):
         self.generator_settings = {  # in training order: the task-loss one (slowest) after the seconds-fast ones
             "generated_no_task_loss": defaults,
             "generated_lookup": replace(defaults, leave_one_out=0.0),
-            "generated_compose": replace(defaults, leave_one_out=1.0),
+            "generated_mix": replace(defaults, leave_one_out=0.5),
             "generated": with_task_loss,
             "generated_raw": replace(load_settings().generator, steps=args.raw_steps, seed=args.seed,
                                      representation="raw", task_loss_weight=0.0, leave_one_out=0.0),
@@ -731,8 +732,9 @@ def main() -> None:
     parser.add_argument("--gen-batch", type=int, default=16, help="library generators' adapters per step")
     parser.add_argument("--gen-lr", type=float, default=3e-3, help="library generators' learning rate")
     parser.add_argument("--raw-steps", type=int, default=800, help="the raw-token generator's training steps")
-    parser.add_argument("--leave-one-out", type=float, default=0.5,
-                        help="the library generators' leave-one-out share (the lookup/compose columns use 0 and 1)")
+    parser.add_argument("--leave-one-out", type=float, default=None,
+                        help="generated and generated_no_task_loss's leave-one-out share (default: the configured "
+                             "generator.leave_one_out; the lookup/mix columns use 0 and 0.5)")
     parser.add_argument("--refine-steps", type=int, default=15, help="refined/lorahub: gradient steps on the shots")
     parser.add_argument("--fit-seen", action="store_true", help="refined/lorahub on the seen sample too")
     parser.add_argument("--fitted", choices=("all", "none", "only"), default="all",

@@ -117,7 +117,7 @@ def test_every_stage_on_a_tiny_base_then_a_resumed_run_changes_nothing(tmp_path,
     generators = json.loads((work / "generators.json").read_text())
     assert generators["generated"]["settings"]["task_loss_weight"] == 1.0
     assert generators["generated_raw"]["settings"]["representation"] == "raw"
-    assert {generators[c]["settings"]["leave_one_out"] for c in ("generated_lookup", "generated_compose")} == {0.0, 1.0}
+    assert {generators[c]["settings"]["leave_one_out"] for c in ("generated_lookup", "generated_mix")} == {0.0, 0.5}
     assert len({made["id"] for made in generators.values()}) == len(generators) == 5
     # The refined and lorahub adapters of the held-out task record their fit: the same shots, kept or not.
     [held_out_task] = [t for t, row in result["per_task"].items() if row["split"] == "held_out"]
