@@ -88,6 +88,8 @@ def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this b
                Column("SECONDS", lambda r: r["seconds"], "right")]
     if not dry_run:
         columns += [Column("CHOSEN BY", lambda r: r["chosen_by"]), Column("VALIDATION", _candidates)]
+    if adapt and not dry_run:
+        columns.append(Column("ADAPT S", lambda r: r["adapt_seconds"], "right"))
     if run_eval and not dry_run:
         columns += [Column("OLD ON NEW", lambda r: _score(r, "old_on_new"), "right"),
                     Column("ZERO-SHOT", lambda r: _score(r, "zero_shot"), "right"),
