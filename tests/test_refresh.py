@@ -393,3 +393,13 @@ def test_a_killed_adapting_refresh_resumes_and_registers_each_task_once(capsys, 
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert len(run_cli(capsys, "list", "--base", "tiny@v2", "--task", "element_symbol", "--json").json()) == 1
+
+
+def test_adapt_with_more_shots_than_examples_refreshes_without_adapting(capsys, monkeypatch, evolved_registry):
+    calls = _scores_in_order(monkeypatch, [0.9, 0.2, 0.4, 0.3])
+    result = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--adapt", "--shots", "100000", "--json")
+    assert result.code == 0, result.err
+    [item] = result.json()
+    assert len(calls) == 1 and item["action"] == "carried over" and "--shots 100000 needs more" in item["adapt_skipped"]
+    shown = run_cli(capsys, "show", item["id"], "--json").json()
+    assert shown["provenance"]["refresh"]["adapt_skipped"] == item["adapt_skipped"]

@@ -65,7 +65,7 @@ class RefreshItem:
     shift_skipped: str | None = None  # why no shifted candidate was drawn, when validating with shift on
     winner: int | None = None      # the index in `candidates` of the one registered (0: the carried-over adapter)
     adapt_seconds: float | None = None  # with --adapt: the adaptations' time (the draw's is `seconds`)
-    adapt_skipped: str | None = None    # why the best candidate got no warm fine-tune, when it did not
+    adapt_skipped: str | None = None    # why --adapt made no (or no warm fine-tuned) candidate for this task
     scores: dict[str, float] = field(default_factory=dict)   # with --eval: old_on_new / zero_shot / refreshed
 
 
@@ -274,9 +274,10 @@ def _adapted_candidates(registry: Registry, model, tokenizer, item: RefreshItem,
 
     task = bundled_task(item.task)
     pairs = task.examples("train") if task is not None and task.declares_split("train") else []
-    if len(pairs) <= adapt.shots:
-        raise LoragenError(f"task {item.task!r} has {len(pairs)} training example(s): --adapt --shots {adapt.shots} "
-                           "needs more, to hold some back")
+    if len(pairs) <= adapt.shots:  # this task is refreshed without adaptation; the others still are
+        item.adapt_skipped = (f"{len(pairs)} training example(s): --shots {adapt.shots} needs more, to hold some "
+                              "back")
+        return []
     shots, held_back = split_examples(pairs, adapt.shots, adapt.held_back, seed)
     examples = {"shots": len(shots), "examples_sha256": examples_digest(shots), "steps": adapt.steps}
     made: list[Candidate] = []
