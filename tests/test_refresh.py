@@ -333,6 +333,10 @@ def test_adapting_lowers_the_loss_and_the_adapted_candidates_are_validated(capsy
     warm_record = item["candidates"][-1]["adapted"]
     assert warm_record["from"] == 2 and warm_record["shots"] == 4 and warm_record["steps"] == 8  # the best: sample 2
     assert item["action"] == "adapted" and item["adapt_seconds"] > 0
+    # The blend refinement is recorded whether or not it was kept (a candidate only when kept).
+    refinement = item["blend_refinement"]
+    assert refinement["from"] == 2 and refinement["kept"] in ("refined", "start") and refinement["steps"] == 8
+    assert (("adapted", "blend") in kinds) == (refinement["kept"] == "refined")
 
     # The warm fine-tune started from the best candidate's weights and lowered the new base's loss on its shots.
     [(start, lora, shots)] = started
@@ -346,6 +350,7 @@ def test_adapting_lowers_the_loss_and_the_adapted_candidates_are_validated(capsy
     assert shown["origin"] == "trained" and shown["replaces"] == evolved_registry["element_symbol"]
     assert shown["provenance"]["refresh"]["winner"] == "adapted"
     assert shown["provenance"]["refresh"]["candidates"] == item["candidates"]
+    assert shown["provenance"]["refresh"]["blend_refinement"] == refinement
     registry = Registry(load_settings().registry)
     registered = load_weights(registry.adapter_folder(item["id"]) / "adapter_model.safetensors")
     assert all(registered[name].equal(finished[0][name]) for name in finished[0])

@@ -66,6 +66,7 @@ class RefreshItem:
     winner: int | None = None      # the index in `candidates` of the one registered (0: the carried-over adapter)
     adapt_seconds: float | None = None  # with --adapt: the adaptations' time (the draw's is `seconds`)
     adapt_skipped: str | None = None    # why --adapt made no (or no warm fine-tuned) candidate for this task
+    blend_refinement: dict[str, Any] | None = None  # --adapt's blend refinement, kept or not (Refinement.record)
     scores: dict[str, float] = field(default_factory=dict)   # with --eval: old_on_new / zero_shot / refreshed
 
 
@@ -247,6 +248,8 @@ def _refresh_by_validation(registry: Registry, loader: BaseLoader, item: Refresh
         record["refresh"]["shift_skipped"] = item.shift_skipped
     if item.adapt_skipped:
         record["refresh"]["adapt_skipped"] = item.adapt_skipped
+    if item.blend_refinement:  # also when it was not kept, so no candidate records it
+        record["refresh"]["blend_refinement"] = item.blend_refinement
     if chosen is not carried:
         warm = chosen.kind == ADAPTED and chosen.adapted["how"] == "warm_finetune"
         registered = register_drawn(registry, drawn, chosen, item.replaces, record,
@@ -288,6 +291,7 @@ def _adapted_candidates(registry: Registry, model, tokenizer, item: RefreshItem,
         index = position_of(start, drawn.candidates)
         outcome = refine_blend(model, tokenizer, drawn.generator.library, drawn.coefficients[index], shots, held_back,
                                steps=adapt.steps, learning_rate=blend_learning_rate)
+        item.blend_refinement = {"from": position_of(start, scored), **outcome.record()}
         if outcome.kept == "refined":
             from loragen.generator.sampling import export_blend
 
