@@ -86,6 +86,11 @@ def denoiser_channels_problem(channels: Sequence[Any], num_groups: int) -> str |
 REFRESH_SAMPLES = 2
 # `generate --samples N` and `refresh`: validation examples each candidate is scored on (--select-limit).
 SELECT_LIMIT = 50
+# `refresh --adapt`: the task's training examples the best candidate is adapted on, the gradient steps of each
+# adaptation, and the warm fine-tune's learning rate (the blend refinement keeps generator.refine_learning_rate).
+ADAPT_SHOTS = 16
+ADAPT_STEPS = 10
+ADAPT_LEARNING_RATE = 2e-3
 # `generate` warns when the description's best cosine similarity to any training task's descriptions is below
 # this (loragen.generator.familiarity). Measured by bench/bench_familiarity.py (bench/results/familiarity.json):
 # the 5th percentile of the split's real held-out descriptions, rounded down; it warns on 7% of the held-out

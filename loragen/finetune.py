@@ -109,6 +109,35 @@ class _BatchOrder:
         self.order = list(state["order"])
 
 
+def state_dict_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors' names, dtypes, shapes and bytes, in name order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def load_lora_weights(peft_model, state_dict: dict[str, torch.Tensor]) -> None:
+    """Set the LoRA's weights to a saved adapter's, exactly: every trainable tensor from it, nothing left over,
+    shapes equal (a start of another rank or other modules is refused in one line)."""
+    from peft import set_peft_model_state_dict
+
+    trainable = {name for name, p in peft_model.named_parameters() if p.requires_grad}
+    try:
+        result = set_peft_model_state_dict(peft_model, state_dict)
+    except RuntimeError as error:  # torch's size mismatch: name the first line only
+        raise LoragenError(f"the warm start does not fit this LoRA: {str(error).strip().splitlines()[-1].strip()}") from None
+    missing = sorted(name for name in result.missing_keys if name in trainable)
+    if result.unexpected_keys or missing:
+        stray = (result.unexpected_keys or missing)[0]
+        raise LoragenError(f"the warm start does not fit this LoRA: {'unexpected' if result.unexpected_keys else 'missing'} "
+                           f"tensor {stray}")
+
+
 def pad_token_id(tokenizer) -> int:
     """What `collate` pads with: the tokenizer's pad token, or 0 for one without (labels mask the padding anyway)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -127,9 +156,12 @@ def _lora_state(peft_model) -> dict[str, torch.Tensor]:
 
 
 def finetune(model, tokenizer, examples: Sequence[tuple[str, str]], lora: LoraConfig, config: FinetuneConfig,
-             run_dir: Path, progress: Callable[[int, int, float], None] | None = None) -> FinetuneResult:
+             run_dir: Path, progress: Callable[[int, int, float], None] | None = None,
+             start_from: dict[str, torch.Tensor] | None = None) -> FinetuneResult:
     """Train a LoRA on `examples`, resuming from `run_dir` if an earlier run of the same settings stopped.
 
+    `start_from` (a PEFT adapter's saved tensors, of `lora`'s rank and modules) is a warm start: the LoRA begins
+    at those weights instead of peft's initialisation; its digest is part of the run's settings.
     The LoRA layers are removed from `model` afterwards, so one loaded base serves many runs.
     """
     if not examples:
@@ -137,8 +169,12 @@ def finetune(model, tokenizer, examples: Sequence[tuple[str, str]], lora: LoraCo
     run_dir = Path(run_dir)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     settings = {"lora": asdict(lora), "finetune": asdict(config), "examples": len(examples)}
+    if start_from is not None:  # only then, so the settings of cold runs saved before warm starts still match
+        settings["start_from"] = state_dict_digest(start_from)
     torch.manual_seed(config.seed)
     peft_model = make_peft_model(model, lora)
+    if start_from is not None:
+        load_lora_weights(peft_model, start_from)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     order = _BatchOrder(len(examples), config.batch_size, config.seed)

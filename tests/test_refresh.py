@@ -241,3 +241,170 @@ def test_refresh_to_a_named_version_takes_the_latest_earlier_adapter(capsys, evo
     assert {p["base"] for p in newest} == {"tiny@v3"}
     first = run_cli(capsys, "refresh", "--base", "tiny@v1", "--dry-run")
     assert first.code == 1 and "tiny@v1 is the first version" in first.err
+
+
+# ---------------------------------------------------------------- refresh --adapt
+
+
+def _scores_in_order(monkeypatch, values):
+    """Validation scores handed out in the order candidates are scored, across calls (the drawn candidates, then
+    the adapted ones); records each call's folders."""
+    calls, remaining = [], list(values)
+
+    def fixed(model, tokenizer, task, folders, limit):
+        calls.append([str(f) for f in folders])
+        taken = [remaining.pop(0) for _ in folders]
+        return [Score(task=task.name, metric="exact_match", value=v, stderr=None, num_examples=limit, split="validation")
+                for v in taken]
+
+    monkeypatch.setattr(loragen.workflows.refreshing, "validation_scores", fixed)
+    return calls
+
+
+def _lora_loss(base_dir, state_dict, examples, lora):
+    """The next-token loss on `examples` of the base at `base_dir` with `state_dict` as its LoRA."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from loragen.finetune import collate, encode_examples, load_lora_weights, make_peft_model, pad_token_id
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    peft_model = make_peft_model(model, lora)
+    load_lora_weights(peft_model, state_dict)
+    peft_model.eval()
+    with torch.no_grad():
+        return float(peft_model(**collate(encode_examples(tokenizer, examples), pad_token_id(tokenizer))).loss)
+
+
+def test_the_warm_start_is_the_start_adapters_exact_weights(tiny_base, tmp_path):
+    from peft import get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    from loragen.adapters import load_weights
+    from loragen.config import LoraConfig
+    from loragen.errors import LoragenError
+    from loragen.finetune import load_lora_weights, make_peft_model
+    from tests.tiny import make_lora
+
+    start = load_weights(make_lora(tiny_base, tmp_path / "start", seed=4, r=2) / "adapter_model.safetensors")
+    peft_model = make_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base),
+                                 LoraConfig(r=2, alpha=4, target_modules=["q_proj", "v_proj"]))
+    load_lora_weights(peft_model, start)
+    loaded = get_peft_model_state_dict(peft_model)
+    assert loaded.keys() == start.keys()
+    assert all(loaded[name].equal(start[name]) for name in start)
+    other = make_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base),
+                            LoraConfig(r=4, alpha=4, target_modules=["q_proj", "v_proj"]))
+    with pytest.raises(LoragenError, match="the warm start does not fit this LoRA"):
+        load_lora_weights(other, start)
+
+
+def test_adapting_lowers_the_loss_and_the_adapted_candidates_are_validated(capsys, monkeypatch, evolved_registry,
+                                                                           tiny_base_v2):
+    import loragen.workflows.refreshing as refreshing
+    from loragen.adapters import load_weights
+    from loragen.config import LoraConfig, load_settings
+    from loragen.generator.refine import split_examples
+    from loragen.registry.store import Registry
+
+    started, finished = [], []
+    warm = refreshing._warm_finetune
+
+    def watched(registry, model, tokenizer, item, start, lora, shots, adapt, seed):
+        weights, seconds = warm(registry, model, tokenizer, item, start, lora, shots, adapt, seed)
+        started.append((start, lora, shots))
+        finished.append(weights)
+        return weights, seconds
+
+    monkeypatch.setattr(refreshing, "_warm_finetune", watched)
+    # carried over, two samples, shifted; then the adapted ones (a refined blend if it was kept, then the warm
+    # fine-tune): the warm fine-tune wins either way.
+    calls = _scores_in_order(monkeypatch, [0.5, 0.2, 0.6, 0.3, 0.7, 0.9])
+    result = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--adapt", "--shots", "4", "--steps", "8",
+                     "--adapt-lr", "0.01", "--json")
+    assert result.code == 0, result.err
+    [item] = result.json()
+    # Scored in two rounds: the four drawn candidates, then the adapted ones (each like every candidate).
+    assert [len(call) for call in calls] in ([4, 1], [4, 2])
+    kinds = [(c["kind"], (c["adapted"] or {}).get("how")) for c in item["candidates"]]
+    assert kinds[:4] == [("carried_over", None), ("generated", None), ("generated", None), ("shifted", None)]
+    assert kinds[-1] == ("adapted", "warm_finetune") and set(kinds[4:-1]) <= {("adapted", "blend")}
+    warm_record = item["candidates"][-1]["adapted"]
+    assert warm_record["from"] == 2 and warm_record["shots"] == 4 and warm_record["steps"] == 8  # the best: sample 2
+    assert item["action"] == "adapted" and item["adapt_seconds"] > 0
+    # The blend refinement is recorded whether or not it was kept (a candidate only when kept).
+    refinement = item["blend_refinement"]
+    assert refinement["from"] == 2 and refinement["kept"] in ("refined", "start") and refinement["steps"] == 8
+    assert (("adapted", "blend") in kinds) == (refinement["kept"] == "refined")
+
+    # The warm fine-tune started from the best candidate's weights and lowered the new base's loss on its shots.
+    [(start, lora, shots)] = started
+    assert lora == LoraConfig(r=2, alpha=4, target_modules=["q_proj", "v_proj"]) and len(shots) == 4
+    expected_shots, _ = split_examples(refreshing.bundled_task("element_symbol").examples("train"), 4, 16, 0)
+    assert shots == expected_shots
+    assert _lora_loss(tiny_base_v2, finished[0], shots, lora) < _lora_loss(tiny_base_v2, start, shots, lora)
+
+    # Registered as a fine-tune (origin trained) succeeding the old adapter, with every candidate's record.
+    shown = run_cli(capsys, "show", item["id"], "--json").json()
+    assert shown["origin"] == "trained" and shown["replaces"] == evolved_registry["element_symbol"]
+    assert shown["provenance"]["refresh"]["winner"] == "adapted"
+    assert shown["provenance"]["refresh"]["candidates"] == item["candidates"]
+    assert shown["provenance"]["refresh"]["blend_refinement"] == refinement
+    registry = Registry(load_settings().registry)
+    registered = load_weights(registry.adapter_folder(item["id"]) / "adapter_model.safetensors")
+    assert all(registered[name].equal(finished[0][name]) for name in finished[0])
+    again = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--adapt", "--json").json()
+    assert again[0]["action"].startswith("skip: ") and "already adapted" in again[0]["action"]
+
+
+def test_a_carried_over_winner_is_still_registered_as_carried_over_with_adapt(capsys, monkeypatch, evolved_registry):
+    _scores_in_order(monkeypatch, [0.9, 0.2, 0.4, 0.3, 0.5, 0.5])
+    result = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--adapt", "--shots", "2", "--steps", "1", "--json")
+    assert result.code == 0, result.err
+    [item] = result.json()
+    assert item["action"] == "carried over" and item["candidates"][-1]["kind"] == "adapted"
+    assert item["candidates"][-1]["adapted"]["from"] == 0  # adapted from the best: the carried-over adapter
+    shown = run_cli(capsys, "show", item["id"], "--json").json()
+    assert shown["origin"] == "carried_over" and shown["provenance"]["refresh"]["winner"] == "carried_over"
+
+
+def test_adapt_needs_validation(capsys, evolved_registry):
+    result = run_cli(capsys, "refresh", "--adapt", "--no-validate")
+    assert "--adapt picks among candidates on validation data" in one_line_error(result)
+    assert run_cli(capsys, "list", "--base", "tiny@v2", "--json").json() == []
+
+
+@pytest.mark.slow
+def test_a_killed_adapting_refresh_resumes_and_registers_each_task_once(capsys, evolved_registry, isolated_home):
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(__import__("os").environ, LORAGEN_HOME=str(isolated_home), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "loragen", "refresh", "--tasks", "element_symbol", "--adapt", "--shots", "4",
+               "--steps", "300", "--select-limit", "2", "--json"]
+    rng, killed = random.Random(0), 0
+    for _ in range(3):
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(8.0, 20.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait()
+    assert killed > 0
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert len(run_cli(capsys, "list", "--base", "tiny@v2", "--task", "element_symbol", "--json").json()) == 1
+
+
+def test_adapt_with_more_shots_than_examples_refreshes_without_adapting(capsys, monkeypatch, evolved_registry):
+    calls = _scores_in_order(monkeypatch, [0.9, 0.2, 0.4, 0.3])
+    result = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--adapt", "--shots", "100000", "--json")
+    assert result.code == 0, result.err
+    [item] = result.json()
+    assert len(calls) == 1 and item["action"] == "carried over" and "--shots 100000 needs more" in item["adapt_skipped"]
+    shown = run_cli(capsys, "show", item["id"], "--json").json()
+    assert shown["provenance"]["refresh"]["adapt_skipped"] == item["adapt_skipped"]

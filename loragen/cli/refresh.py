@@ -10,7 +10,7 @@ import typer
 from loragen.cli.context import state
 from loragen.cli.options import split_names
 from loragen.cli.render import Column, StepProgress, render
-from loragen.config import REFRESH_SAMPLES, SELECT_LIMIT
+from loragen.config import ADAPT_LEARNING_RATE, ADAPT_SHOTS, ADAPT_STEPS, REFRESH_SAMPLES, SELECT_LIMIT
 
 
 def _score(item: dict, key: str) -> Optional[str]:
@@ -19,15 +19,17 @@ def _score(item: dict, key: str) -> Optional[str]:
 
 
 def _candidates(item: dict) -> Optional[str]:
-    """'carried 0.620 · 0.580 0.600 · shifted 0.640*': the carried-over score, each generated sample's, then the
-    shifted candidate's; * marks the winner."""
+    """'carried 0.620 · 0.580 0.600 · shifted 0.640 · adapted 0.700*': the carried-over score, each generated
+    sample's, the shifted candidate's, then the adapted ones' (--adapt); * marks the winner."""
     if not item["candidates"]:
         return None
     cells = [f"{c['score']:.3f}{'*' if i == item['winner'] else ''}" for i, c in enumerate(item["candidates"])]
     kinds = [c["kind"] for c in item["candidates"]]
     generated = [cell for cell, kind in zip(cells, kinds) if kind == "generated"]
     shifted = [cell for cell, kind in zip(cells, kinds) if kind == "shifted"]
-    return f"carried {cells[0]} · {' '.join(generated)}" + (f" · shifted {' '.join(shifted)}" if shifted else "")
+    adapted = [cell for cell, kind in zip(cells, kinds) if kind == "adapted"]
+    return (f"carried {cells[0]} · {' '.join(generated)}" + (f" · shifted {' '.join(shifted)}" if shifted else "")
+            + (f" · adapted {' '.join(adapted)}" if adapted else ""))
 
 
 def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this base (its newest version), or NAME@vN."),
@@ -42,6 +44,14 @@ def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this b
                 False, "--no-shift",
                 help="Leave out the shifted candidate: the carried-over adapter moved by the generator's predicted change."),
             select_limit: int = typer.Option(SELECT_LIMIT, "--select-limit", min=1, help="Validation examples per candidate."),
+            adapt: bool = typer.Option(
+                False, "--adapt",
+                help="Adapt the best candidate to the new version on the task's training examples (its blend "
+                     "refined, its LoRA fine-tuned from its weights); validation picks among all."),
+            shots: int = typer.Option(ADAPT_SHOTS, "--shots", min=1, help="--adapt: training examples to adapt on."),
+            adapt_steps: int = typer.Option(ADAPT_STEPS, "--steps", min=1, help="--adapt: gradient steps of each adaptation."),
+            adapt_lr: float = typer.Option(ADAPT_LEARNING_RATE, "--adapt-lr", min=0.0,
+                                           help="--adapt: the warm fine-tune's learning rate."),
             run_eval: bool = typer.Option(False, "--eval", help="Score old-on-new, zero-shot and refreshed with lm-eval."),
             limit: Optional[int] = typer.Option(None, "--limit", help="Examples per task for --eval (settings: eval.limit)."),
             seed: int = typer.Option(0, help="Sampling seed."),
@@ -52,10 +62,14 @@ def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this b
     --samples generated ones, scored on the new version: the best is registered (a tie keeps the carried-over
     one), and every candidate's score goes into its provenance. One more candidate unless --no-shift: the
     carried-over adapter plus the change the generator predicts from the old version to the new one.
+    With --adapt, the best of those is then adapted on --shots training examples for --steps steps (seconds,
+    not a fine-tune's minutes): a generated blend is refined, and the best candidate's LoRA is fine-tuned from
+    its weights; the adapted ones are scored too, and the best of all is registered.
     """
     from loragen import workflows
 
     task_list = split_names(tasks, "--tasks")
+    request = workflows.AdaptRequest(shots=shots, steps=adapt_steps, learning_rate=adapt_lr) if adapt else None
     registry = state.registry
     if dry_run:
         items = workflows.plan_refresh(registry, base=base, tasks=task_list)
@@ -64,7 +78,7 @@ def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this b
         with StepProgress("refreshing", max(1, planned)) as bar:
             items = workflows.refresh(registry, state.settings.generator, base=base, tasks=task_list, seed=seed,
                                       samples=samples, validate=not no_validate, shift=not no_shift,
-                                      select_limit=select_limit,
+                                      select_limit=select_limit, adapt=request,
                                       run_eval=run_eval, evaluate_limit=limit if limit is not None else state.settings.eval.limit,
                                       progress=lambda done, total: bar.update(done, total))
     rows = [item.__dict__ for item in items]
@@ -74,13 +88,17 @@ def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this b
                Column("SECONDS", lambda r: r["seconds"], "right")]
     if not dry_run:
         columns += [Column("CHOSEN BY", lambda r: r["chosen_by"]), Column("VALIDATION", _candidates)]
+    if adapt and not dry_run:
+        columns.append(Column("ADAPT S", lambda r: r["adapt_seconds"], "right"))
     if run_eval and not dry_run:
         columns += [Column("OLD ON NEW", lambda r: _score(r, "old_on_new"), "right"),
                     Column("ZERO-SHOT", lambda r: _score(r, "zero_shot"), "right"),
                     Column("REFRESHED", lambda r: _score(r, "refreshed"), "right")]
     generated = sum(r["action"] == "generated" for r in rows)
     carried = sum(r["action"] == "carried over" for r in rows)
+    adapted = sum(r["action"] == "adapted" for r in rows)
     summary = (f"{sum(r['action'] == 'generate' for r in rows)} adapter(s) would be made (dry run)" if dry_run
                else f"{generated} adapter(s) generated, {carried} carried over, "
-                    f"{len(rows) - generated - carried} already up to date")
+                    + (f"{adapted} adapted, " if adapt else "")
+                    + f"{len(rows) - generated - carried - adapted} already up to date")
     render(rows, as_json=as_json, columns=columns, key="task", summary=summary)

@@ -69,12 +69,12 @@ from loragen.workflows.generation import (
     sample_state_dict,
     slug,
 )
-from loragen.workflows.refreshing import RefreshItem, draw_shifted, plan_refresh, refresh
+from loragen.workflows.refreshing import AdaptRequest, RefreshItem, draw_shifted, plan_refresh, refresh
 from loragen.workflows.training import collect_training_set, train, train_on
 
 __all__ = [
-    "BaseLoader", "CARRIED_OVER", "Candidate", "Drawn", "EvalTarget", "FinetuneOutcome", "GenerateResult",
-    "LoadedBase", "LoadedGenerator", "MAX_SEED", "MultitaskOutcome", "Notify", "Progress", "RefreshItem",
+    "AdaptRequest", "BaseLoader", "CARRIED_OVER", "Candidate", "Drawn", "EvalTarget", "FinetuneOutcome",
+    "GenerateResult", "LoadedBase", "LoadedGenerator", "MAX_SEED", "MultitaskOutcome", "Notify", "Progress", "RefreshItem",
     "RegisteredCheckpoint", "SEEN_TASKS", "SLUG_LENGTH", "TargetScore", "base_condition", "bundled_task", "choose",
     "collect_training_set", "default_group_name", "distributed_rank", "draw", "draw_shifted", "evaluate_adapters",
     "evaluate_base", "evaluate_targets", "find_task", "finetune_multitask", "finetune_run_dir", "finetune_task",

@@ -160,6 +160,7 @@ class Candidate:
     kind: str = "generated"
     adapter: str | None = None       # carried_over: the predecessor's id
     from_base: str | None = None     # carried_over: the version it was made on
+    adapted: dict[str, Any] | None = None  # "adapted" (refresh --adapt): how, from which candidate, on what examples
 
     def record(self) -> dict[str, Any]:
         return asdict(self)
@@ -255,6 +256,7 @@ class Drawn:
     provenance: dict[str, Any]
     new_task: bool                  # the registry has no task of this name yet
     validation: Any = None          # the Task whose validation split picks among several samples, or None
+    coefficients: list | None = None  # a library generator's: each sample's blend (S, J), in the seeds' order
     _tmp: Any = None
 
     def add(self, candidate: Candidate, state_dict: dict) -> None:
@@ -363,12 +365,14 @@ def draw(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref
     return Drawn(task_name=task_name, version=version, condition=condition,
                  descriptions=descriptions, generator=generator, candidates=[Candidate(seed=s) for s in seeds],
                  state_dicts=state_dicts, seconds=time.perf_counter() - began, provenance=provenance,
-                 new_task=task_name not in registered_tasks, validation=validation)
+                 new_task=task_name not in registered_tasks, validation=validation,
+                 coefficients=None if generator.library is None else drawn_coefficients)
 
 
 def register_drawn(registry: Registry, drawn: Drawn, chosen: Candidate, replaces: str | None,
-                   extra: dict[str, Any] | None = None) -> Registered:
-    """Register one of the drawn candidates (origin=generated), every candidate's record in its provenance."""
+                   extra: dict[str, Any] | None = None, origin: Origin = Origin.generated) -> Registered:
+    """Register one of the drawn candidates (origin generated, or trained for refresh's warm fine-tune), every
+    candidate's record in its provenance."""
     from loragen.adapters import write_adapter_folder
 
     provenance = {**drawn.provenance, "seed": chosen.seed, "candidates": [c.record() for c in drawn.candidates],
@@ -376,7 +380,7 @@ def register_drawn(registry: Registry, drawn: Drawn, chosen: Candidate, replaces
     with tempfile.TemporaryDirectory(prefix="loragen-generated-", dir=registry.home) as tmp:
         folder = write_adapter_folder(Path(tmp) / "adapter", drawn.state_dict_of(chosen), drawn.lora_config())
         return registry.ingest(folder, drawn.version.label, drawn.task_name,
-                               drawn.descriptions if drawn.new_task else [], origin=Origin.generated,
+                               drawn.descriptions if drawn.new_task else [], origin=origin,
                                replaces=replaces, provenance=provenance)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from loragen.config import REFRESH_SAMPLES, SELECT_LIMIT, GeneratorSettings
+from loragen.config import ADAPT_LEARNING_RATE, ADAPT_SHOTS, ADAPT_STEPS, REFRESH_SAMPLES, SELECT_LIMIT, GeneratorSettings
 from loragen.errors import LoragenError
 from loragen.registry.models import Origin
 from loragen.registry.store import Registry
@@ -25,6 +25,30 @@ from loragen.workflows.generation import (
 )
 
 
+ADAPTED = "adapted"
+
+
+@dataclass(frozen=True)
+class AdaptRequest:
+    """`refresh --adapt`: after the candidates are scored, the best one is adapted to the new version on `shots` of
+    the task's training examples, `steps` gradient steps through the new base's loss: its blend (a generated
+    sample of a library generator) by refinement, and its LoRA by a warm-started fine-tune. The adapted ones are
+    scored like every candidate and validation picks among all."""
+
+    shots: int = ADAPT_SHOTS
+    steps: int = ADAPT_STEPS
+    learning_rate: float = ADAPT_LEARNING_RATE   # the warm fine-tune's
+    held_back: int = 16                          # examples the blend refinement checks itself on
+
+    def __post_init__(self) -> None:
+        for name in ("shots", "steps", "held_back"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LoragenError(f"--adapt {name} must be a whole number of at least 1 (got {value!r})")
+        if not self.learning_rate > 0:
+            raise LoragenError(f"the adaptation's learning rate must be above 0 (got {self.learning_rate!r})")
+
+
 @dataclass
 class RefreshItem:
     task: str
@@ -40,6 +64,9 @@ class RefreshItem:
     candidates: list[dict[str, Any]] = field(default_factory=list)  # every candidate's record (Candidate.record)
     shift_skipped: str | None = None  # why no shifted candidate was drawn, when validating with shift on
     winner: int | None = None      # the index in `candidates` of the one registered (0: the carried-over adapter)
+    adapt_seconds: float | None = None  # with --adapt: the adaptations' time (the draw's is `seconds`)
+    adapt_skipped: str | None = None    # why --adapt made no (or no warm fine-tuned) candidate for this task
+    blend_refinement: dict[str, Any] | None = None  # --adapt's blend refinement, kept or not (Refinement.record)
     scores: dict[str, float] = field(default_factory=dict)   # with --eval: old_on_new / zero_shot / refreshed
 
 
@@ -60,9 +87,12 @@ def plan_refresh(registry: Registry, *, base: str | None = None, tasks: Sequence
                 continue
             # The adapter to succeed: from the latest earlier version, the newest one made there.
             predecessor = max(earlier, key=lambda a: (versions[a["base"]], a["created_at"]))
+            # What refresh registers: a generated or carried-over adapter, or a warm fine-tune (--adapt).
             existing = [a for a in adapters if a["task"] == task and a["base"] == label
-                        and a["origin"] in ("generated", "carried_over")]
-            action = (f"skip: {existing[-1]['id']} already {existing[-1]['origin'].replace('_', ' ')} for {label}"
+                        and (a["origin"] in ("generated", "carried_over") or "refresh" in (a["provenance"] or {}))]
+            done_as = (existing[-1]["origin"].replace("_", " ") if existing and existing[-1]["origin"] != "trained"
+                       else ADAPTED)
+            action = (f"skip: {existing[-1]['id']} already {done_as} for {label}"
                       if existing else "generate")
             items.append(RefreshItem(task=task, base=label, replaces=predecessor["id"], replaces_base=predecessor["base"],
                                      action=action, id=existing[-1]["id"] if existing else None))
@@ -88,7 +118,7 @@ def _newest_versions(registry: Registry, base: str | None) -> list[str]:
 def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None = None,
             tasks: Sequence[str] | None = None, seed: int = 0, samples: int = REFRESH_SAMPLES, validate: bool = True,
             shift: bool = True, select_limit: int = SELECT_LIMIT, evaluate_limit: int | None = None, run_eval: bool = False,
-            progress: Callable[[int, int], None] | None = None) -> list[RefreshItem]:
+            adapt: AdaptRequest | None = None, progress: Callable[[int, int], None] | None = None) -> list[RefreshItem]:
     """Give each task an adapter for the newest base version; idempotent (done tasks are skipped).
 
     With `validate` and a task that has validation data (a bundled task), the candidates are the predecessor
@@ -98,7 +128,13 @@ def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None
     (generator.shift, drawn with the first sample's seed). A carried-over winner is registered as the
     new version's adapter (origin carried_over, `replaces` lineage); either way the provenance lists every
     candidate's score. Without validation data, or with validate=False, one generated sample is registered.
+    With `adapt` (validation needed), the best scored candidate is then adapted to the new version on the task's
+    training examples (AdaptRequest), and the adapted candidates join the choice; a warm fine-tune that wins is
+    registered as trained, with the refresh record in its provenance. A killed run resumes: the draws repeat from
+    their seeds, the warm fine-tune continues from its last saved step, and a registered task is skipped.
     """
+    if adapt is not None and not validate:
+        raise LoragenError("--adapt picks among candidates on validation data: it cannot be used with --no-validate")
     if samples < 1:  # checked here too: a task without validation data draws one sample whatever `samples` says
         raise LoragenError(f"samples must be at least 1 (got {samples})")
     if select_limit < 1:
@@ -121,7 +157,8 @@ def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None
                                         {"refresh": {"chosen_by": item.chosen_by}})
             item.action, item.id = "generated", registered.id
         else:
-            _refresh_by_validation(registry, loader, item, drawn, validation, select_limit)
+            _refresh_by_validation(registry, loader, item, drawn, validation, select_limit, adapt, seed,
+                                   settings.refine_learning_rate)
         if progress:
             progress(index + 1, len(todo))
     if run_eval:
@@ -178,9 +215,10 @@ def _refresh_validation(task_name: str):
 
 
 def _refresh_by_validation(registry: Registry, loader: BaseLoader, item: RefreshItem, drawn: Drawn, validation,
-                           limit: int) -> None:
-    """Score the carried-over predecessor and the drawn candidates on the new version, register the one `choose`
-    picks, and fill in the item (action, id, candidates, winner)."""
+                           limit: int, adapt: AdaptRequest | None = None, seed: int = 0,
+                           blend_learning_rate: float = 0.0) -> None:
+    """Score the carried-over predecessor and the drawn candidates on the new version (then, with `adapt`, the
+    best one adapted), register the one `choose` picks, and fill in the item (action, id, candidates, winner)."""
     model, tokenizer, _ = loader.get(item.base)
     carried_folder = registry.adapter_folder(item.replaces)
     carried = Candidate(kind=CARRIED_OVER, adapter=item.replaces, from_base=item.replaces_base)
@@ -188,6 +226,18 @@ def _refresh_by_validation(registry: Registry, loader: BaseLoader, item: Refresh
     scores = validation_scores(model, tokenizer, validation, [carried_folder, *drawn.folders(registry)], limit)
     for candidate, score in zip(candidates, scores):
         candidate.score, candidate.metric = score.value, score.metric
+    if adapt is not None:
+        import time
+
+        began = time.perf_counter()
+        adapted = _adapted_candidates(registry, model, tokenizer, item, drawn, candidates, adapt, seed,
+                                      blend_learning_rate)
+        item.adapt_seconds = round(time.perf_counter() - began, 3)
+        if adapted:
+            scores = validation_scores(model, tokenizer, validation, drawn.folders(registry)[-len(adapted):], limit)
+            for candidate, score in zip(adapted, scores):
+                candidate.score, candidate.metric = score.value, score.metric
+            candidates += adapted
     chosen = choose(candidates)
     item.candidates, item.winner = [c.record() for c in candidates], position_of(chosen, candidates)
     record = {"refresh": {"chosen_by": "validation", "winner": chosen.kind, "candidates": item.candidates,
@@ -196,8 +246,15 @@ def _refresh_by_validation(registry: Registry, loader: BaseLoader, item: Refresh
         record["refresh"]["shifted_from"] = {"adapter": item.replaces, "base": item.replaces_base}
     elif item.shift_skipped:
         record["refresh"]["shift_skipped"] = item.shift_skipped
+    if item.adapt_skipped:
+        record["refresh"]["adapt_skipped"] = item.adapt_skipped
+    if item.blend_refinement:  # also when it was not kept, so no candidate records it
+        record["refresh"]["blend_refinement"] = item.blend_refinement
     if chosen is not carried:
-        item.action, item.id = "generated", register_drawn(registry, drawn, chosen, item.replaces, record).id
+        warm = chosen.kind == ADAPTED and chosen.adapted["how"] == "warm_finetune"
+        registered = register_drawn(registry, drawn, chosen, item.replaces, record,
+                                    origin=Origin.trained if warm else Origin.generated)
+        item.action, item.id = (ADAPTED if chosen.kind == ADAPTED else "generated"), registered.id
         return
     old = registry.adapter_files(item.replaces)[2]
     # What drew the generated candidates it beat (generator, condition, sampler), so the comparison can be redone.
@@ -207,6 +264,102 @@ def _refresh_by_validation(registry: Registry, loader: BaseLoader, item: Refresh
                                  provenance={"carried_over_from": old["uid"], "from_base": item.replaces_base,
                                              "base": item.base, "candidates_drawn_by": drew, **record})
     item.action, item.id = "carried over", registered.id
+
+
+def _adapted_candidates(registry: Registry, model, tokenizer, item: RefreshItem, drawn: Drawn,
+                        scored: list[Candidate], adapt: AdaptRequest, seed: int, blend_learning_rate: float
+                        ) -> list[Candidate]:
+    """The best scored candidate adapted to the new version on the task's training examples, added to `drawn`
+    (unscored) and returned: the best generated sample's blend refined (a library generator's; kept only when its
+    held-back examples' loss went down, as `generate --examples`), and the best candidate's LoRA fine-tuned for
+    `adapt.steps` steps from its exact weights."""
+    from loragen.generator.refine import examples_digest, refine_blend, split_examples
+
+    task = bundled_task(item.task)
+    pairs = task.examples("train") if task is not None and task.declares_split("train") else []
+    if len(pairs) <= adapt.shots:  # this task is refreshed without adaptation; the others still are
+        item.adapt_skipped = (f"{len(pairs)} training example(s): --shots {adapt.shots} needs more, to hold some "
+                              "back")
+        return []
+    shots, held_back = split_examples(pairs, adapt.shots, adapt.held_back, seed)
+    examples = {"shots": len(shots), "examples_sha256": examples_digest(shots), "steps": adapt.steps}
+    made: list[Candidate] = []
+
+    generated = [c for c in scored if c.kind == "generated"]
+    if drawn.coefficients is not None and generated:
+        start = choose(generated)
+        index = position_of(start, drawn.candidates)
+        outcome = refine_blend(model, tokenizer, drawn.generator.library, drawn.coefficients[index], shots, held_back,
+                               steps=adapt.steps, learning_rate=blend_learning_rate)
+        item.blend_refinement = {"from": position_of(start, scored), **outcome.record()}
+        if outcome.kept == "refined":
+            from loragen.generator.sampling import export_blend
+
+            candidate = Candidate(seed=start.seed, kind=ADAPTED, adapted={
+                "how": "blend", "from": position_of(start, scored), **examples, **outcome.record()})
+            drawn.add(candidate, export_blend(drawn.generator, outcome.coefficients))
+            made.append(candidate)
+
+    start = choose(scored)
+    start_weights = _weights_of(registry, drawn, start, item)
+    try:
+        lora = _lora_of(registry, drawn, start, item)
+    except LoragenError as error:
+        item.adapt_skipped = str(error)
+        return made
+    candidate = Candidate(seed=start.seed, kind=ADAPTED, adapted={
+        "how": "warm_finetune", "from": position_of(start, scored), **examples,
+        "learning_rate": adapt.learning_rate})
+    weights, seconds = _warm_finetune(registry, model, tokenizer, item, start_weights, lora, shots, adapt, seed)
+    candidate.adapted["seconds"] = round(seconds, 3)
+    drawn.add(candidate, weights)
+    made.append(candidate)
+    return made
+
+
+def _weights_of(registry: Registry, drawn: Drawn, candidate: Candidate, item: RefreshItem) -> dict:
+    from loragen.adapters import load_weights
+
+    if candidate.kind == CARRIED_OVER:
+        return load_weights(registry.adapter_folder(item.replaces) / "adapter_model.safetensors")
+    return drawn.state_dict_of(candidate)
+
+
+def _lora_of(registry: Registry, drawn: Drawn, candidate: Candidate, item: RefreshItem):
+    """The LoRA shape of a candidate: the carried-over adapter's own, or the generator's."""
+    from loragen.adapters import read_adapter_folder
+    from loragen.config import LoraConfig
+
+    if candidate.kind == CARRIED_OVER:
+        folder = read_adapter_folder(registry.adapter_folder(item.replaces))
+        if not folder.alpha.is_integer():
+            raise LoragenError(f"{item.replaces} has lora_alpha {folder.alpha:g}; a warm fine-tune needs a whole number")
+        return LoraConfig(r=folder.rank, alpha=int(folder.alpha), target_modules=sorted(folder.target_leaf_names()))
+    lora = drawn.generator.checkpoint.lora
+    return LoraConfig(r=lora["r"], alpha=lora["lora_alpha"], target_modules=sorted(lora["target_modules"]))
+
+
+def _warm_finetune(registry: Registry, model, tokenizer, item: RefreshItem, start: dict, lora, shots, adapt: AdaptRequest,
+                   seed: int) -> tuple[dict, float]:
+    """`adapt.steps` LoRA steps on `shots` from `start`'s exact weights, in a resumable run folder of the home
+    named by everything that decides its result; returns the final weights and the seconds trained."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from loragen.adapters import load_weights
+    from loragen.config import FinetuneConfig
+    from loragen.finetune import finetune, state_dict_digest
+    from loragen.generator.refine import examples_digest
+
+    config = FinetuneConfig(steps=adapt.steps, batch_size=min(8, len(shots)), learning_rate=adapt.learning_rate,
+                            checkpoints=1, checkpoint_every=adapt.steps, seed=seed)
+    key = [state_dict_digest(start), asdict(config), asdict(lora), examples_digest(shots),
+           registry.version(item.base).weights_digest]
+    fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    run_dir = registry.home / "runs" / f"{item.task}__{item.base.replace('@', '_')}__adapt__{fingerprint}"
+    result = finetune(model, tokenizer, shots, lora, config, run_dir, start_from=start)
+    return load_weights(result.checkpoints[-1].path / "adapter_model.safetensors"), result.total_train_s
 
 
 def _evaluate_refresh(registry: Registry, items: Sequence[RefreshItem], limit: int | None, loader: BaseLoader) -> None:
