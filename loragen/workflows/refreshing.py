@@ -24,7 +24,6 @@ from loragen.workflows.generation import (
     sample_state_dict,
 )
 
-
 ADAPTED = "adapted"
 
 
