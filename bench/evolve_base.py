@@ -3,7 +3,8 @@
     python -m bench.evolve_base                # every rung of LADDER in bench/out/ladder/home, resuming the made ones
     python -m bench.evolve_base --upto 4       # v2..v4 only
 
-Each rung starts from the version before it (a chain, as a base's releases are), trains every weight with the
+Each rung starts from the version before it (a chain, as a base's releases are; v8 and v9 branch from an earlier
+one, `Rung.parent`), trains every weight with the
 causal-LM loss on a real text from a Debian package, and is registered with `base update` (which refuses a
 version whose linear shapes differ). The kinds:
 
@@ -148,6 +149,11 @@ class Rung:
     steps: int
     learning_rate: float
     role: str            # "train", "near" or "far"
+    parent: int | None = None  # the version it evolves from; None: the one before it (the chain)
+
+    @property
+    def parent_version(self) -> int:
+        return self.version - 1 if self.parent is None else self.parent
 
     def note(self, parent: str, batch_size: int, length: int, seed: int) -> str:
         """The `base update` note: the recipe in words (v2 and v3 keep issue 4's wording, so they are reused)."""
@@ -164,6 +170,12 @@ LADDER = (
     Rung(5, "instruction", "wordnet_chat", "WordNet words asked and glossed in the chat template", 120, 1e-4, "train"),
     Rung(6, "continued pretraining", "freedict:deu-eng", "FreeDict German-English", 120, 2e-4, "near"),
     Rung(7, "continued pretraining", "freedict:lat-eng+cym-eng", "FreeDict Latin- and Welsh-English", 360, 1e-3, "far"),
+    # Issue 21: training versions as far from the others as v7 is, so the generator's base condition has seen
+    # changes of that size. Branches, not the chain: evolved from v7 they would carry the far test version itself.
+    # v8 repeats v7's recipe from the last training rung on another language; v9 takes it from the root.
+    Rung(8, "continued pretraining", "freedict:fra-eng", "FreeDict French-English", 360, 1e-3, "train", parent=5),
+    Rung(9, "continued pretraining", "freedict:spa-eng+ita-eng", "FreeDict Spanish- and Italian-English", 360, 1e-3,
+         "train", parent=1),
 )
 
 
@@ -177,10 +189,10 @@ def weight_distance(parent: dict, child: dict) -> float:
     return (change / total) ** 0.5
 
 
-def register_rung(registry, folder: Path, note: str, base: str = BASE):
-    """`base update` of `base` to the folder: a version whose linear shapes differ is refused there, with one
-    line, before anything is registered."""
-    return registry.update_base(base, str(folder), note)
+def register_rung(registry, folder: Path, note: str, base: str = BASE, parent: str | None = None):
+    """`base update` of `base` to the folder (lineage to `parent`, NAME@vN, when given): a version whose linear
+    shapes differ is refused there, with one line, before anything is registered."""
+    return registry.update_base(base, str(folder), note, parent=parent)
 
 
 def token_blocks(tokenizer, text: str, length: int) -> torch.Tensor:
@@ -283,7 +295,7 @@ def make_rung(registry, rung: Rung, *, batch_size: int, length: int, seed: int, 
     versions = sorted(row["version"] for row in registry.list_bases() if row["base"] == base)
     if versions[-1] != rung.version - 1:
         raise SystemExit(f"{base} is at v{versions[-1]}; expected v{rung.version - 1} before making v{rung.version}")
-    model, tokenizer, parent = load_base(registry, f"{base}@v{rung.version - 1}")
+    model, tokenizer, parent = load_base(registry, f"{base}@v{rung.parent_version}")
     parent_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     zero_shot_before = mean_zero_shot(model, tokenizer, list(zero_shot_tasks), zero_shot_limit)
     if rung.corpus == "wordnet_chat" and not tokenizer.chat_template:
@@ -300,26 +312,27 @@ def make_rung(registry, rung: Rung, *, batch_size: int, length: int, seed: int, 
                                            recipe=note, log=log)
     folder = out / f"v{rung.version}"
     save_hf_folder(model, tokenizer, folder)
-    registered = register_rung(registry, folder, note, base)
+    registered = register_rung(registry, folder, note, base, parent=parent.label)
     state_path.unlink(missing_ok=True)
     record = {"version": rung.version, "role": rung.role, "kind": rung.kind, "corpus": rung.label,
               "parent": parent.label, "rows": len(blocks), "steps": rung.steps, "learning_rate": rung.learning_rate,
               "first_loss": losses[0], "last_loss": sum(losses[-10:]) / len(losses[-10:]),
               "seconds": round(seconds, 1), "id": registered.id,
               **distances(registry, base, rung.version, parent_weights, zero_shot_before, model, tokenizer,
-                          zero_shot_tasks, zero_shot_limit)}
+                          zero_shot_tasks, zero_shot_limit, parent_version=rung.parent_version)}
     log(f"registered {registered.id}; {seconds:.0f} s, weights moved {record['weight_change_vs_parent']:.4%} of "
         "their norm")
     return record
 
 
 def distances(registry, base: str, version: int, parent_weights: dict, zero_shot_parent: float | None, model,
-              tokenizer, zero_shot_tasks, zero_shot_limit: int) -> dict:
-    """How far version `version` (loaded as `model`) moved from its parent: relative weight change, base-embedding
-    distance, and the mean validation zero-shot before and after."""
+              tokenizer, zero_shot_tasks, zero_shot_limit: int, parent_version: int | None = None) -> dict:
+    """How far version `version` (loaded as `model`) moved from its parent (the version before it, unless
+    `parent_version` says otherwise): relative weight change, base-embedding distance, and the mean validation
+    zero-shot before and after."""
     from loragen.workflows import base_condition
 
-    child, parent = f"{base}@v{version}", f"{base}@v{version - 1}"
+    child, parent = f"{base}@v{version}", f"{base}@v{version - 1 if parent_version is None else parent_version}"
     return {"zero_shot_tasks": list(zero_shot_tasks), "zero_shot_parent": zero_shot_parent,
             "zero_shot": mean_zero_shot(model, tokenizer, list(zero_shot_tasks), zero_shot_limit),
             "weight_change_vs_parent": round(weight_distance(parent_weights, model.state_dict()), 6),
@@ -332,16 +345,16 @@ def describe_registered(registry, rung: Rung, *, base: str = BASE, zero_shot_tas
     written): its distances from the parent, measured on the registered weights (no training)."""
     from loragen.workflows import load_base
 
-    parent_model, tokenizer, _ = load_base(registry, f"{base}@v{rung.version - 1}")
+    parent_model, tokenizer, _ = load_base(registry, f"{base}@v{rung.parent_version}")
     parent_weights = {k: v.detach().clone() for k, v in parent_model.state_dict().items()}
     zero_shot_parent = mean_zero_shot(parent_model, tokenizer, list(zero_shot_tasks), zero_shot_limit)
     del parent_model
     model, tokenizer, _ = load_base(registry, f"{base}@v{rung.version}")
     return {"version": rung.version, "role": rung.role, "kind": rung.kind, "corpus": rung.label,
-            "parent": f"{base}@v{rung.version - 1}", "steps": rung.steps, "learning_rate": rung.learning_rate,
+            "parent": f"{base}@v{rung.parent_version}", "steps": rung.steps, "learning_rate": rung.learning_rate,
             "measured_after_registration": True,
             **distances(registry, base, rung.version, parent_weights, zero_shot_parent, model, tokenizer,
-                        zero_shot_tasks, zero_shot_limit)}
+                        zero_shot_tasks, zero_shot_limit, parent_version=rung.parent_version)}
 
 
 def main() -> None:
@@ -366,7 +379,7 @@ def main() -> None:
     for rung in (r for r in LADDER if r.version <= args.upto):
         seed = args.seed + rung.version - 2
         if rung.version in notes:
-            expected = rung.note(f"{BASE}@v{rung.version - 1}", args.batch_size, args.length, seed)
+            expected = rung.note(f"{BASE}@v{rung.parent_version}", args.batch_size, args.length, seed)
             if notes[rung.version] != expected:
                 raise SystemExit(f"{BASE}@v{rung.version} is registered with another recipe ({notes[rung.version]!r}); "
                                  f"this ladder makes it as {expected!r}: use another --home")

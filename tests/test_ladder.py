@@ -18,16 +18,25 @@ from bench.evolve_base import (
 from loragen.errors import LoragenError
 
 
-def test_ladder_has_six_versions_of_several_kinds_and_two_unseen_ones_last():
+def test_ladder_has_versions_of_several_kinds_two_unseen_ones_and_far_training_branches():
     versions = [r.version for r in LADDER]
-    assert versions == list(range(2, 2 + len(LADDER))) and len(LADDER) >= 6  # a chain from v1
+    assert versions == list(range(2, 2 + len(LADDER))) and len(LADDER) >= 8  # numbered in order from v1
     assert {r.kind for r in LADDER} == {"continued pretraining", "instruction"}
-    roles = [r.role for r in LADDER]
-    assert roles.count("near") == 1 and roles.count("far") == 1
-    assert roles[-2:] == ["near", "far"]  # the unseen versions come after every training version
-    assert 1 + roles.count("train") >= 4  # v1 and the train rungs carry adapters
+    roles = {r.version: r.role for r in LADDER}
+    assert (roles[6], roles[7]) == ("near", "far") and list(roles.values()).count("train") == len(LADDER) - 2
+    assert 1 + list(roles.values()).count("train") >= 4  # v1 and the train rungs carry adapters
+    # No training version evolves from an unseen one (it would carry the test version's weights), and each
+    # parent exists before its child.
+    for rung in LADDER:
+        assert rung.parent_version < rung.version
+        if rung.role == "train":
+            assert roles.get(rung.parent_version, "train") == "train"
+    # The far version is trained harder than every chain rung; issue 21's branches are trained as hard as it is.
     far = next(r for r in LADDER if r.role == "far")
-    assert all(far.learning_rate * far.steps > r.learning_rate * r.steps for r in LADDER if r is not far)
+    chain = [r for r in LADDER if r.parent is None and r is not far]
+    branches = [r for r in LADDER if r.parent is not None]
+    assert all(far.learning_rate * far.steps > r.learning_rate * r.steps for r in chain)
+    assert branches and all(r.learning_rate * r.steps >= far.learning_rate * far.steps for r in branches)
 
 
 def test_issue_4s_versions_keep_their_recipe_and_note_so_a_registry_that_has_them_reuses_them():
@@ -84,6 +93,15 @@ def test_a_rung_on_a_tiny_base_is_registered_with_its_recipe_and_the_same_seed_g
         weights.append(load_base(registry, "tiny@v2").model.state_dict())
         assert not list((tmp_path / f"evolved{attempt}").glob("*training-state*"))  # removed once registered
     assert weight_distance(weights[0], weights[1]) == 0.0
+    # A branch: v3 evolved from v1, numbered after v2, with its lineage and its distances measured from v1.
+    branch = Rung(3, "continued pretraining", "toy", "a toy text", steps=3, learning_rate=1e-3, role="train", parent=1)
+    record = make_rung(registry, branch, batch_size=2, length=16, seed=1, out=tmp_path / "evolved-branch",
+                       base="tiny", zero_shot_tasks=[], log=lambda line: None)
+    [v3] = [row for row in registry.list_bases() if row["name"] == "tiny@v3"]
+    assert v3["parent"] == "tiny@v1" and v3["note"] == branch.note("tiny@v1", 2, 16, 1) and record["parent"] == "tiny@v1"
+    v1 = load_base(registry, "tiny@v1").model.state_dict()
+    assert record["weight_change_vs_parent"] == pytest.approx(
+        weight_distance(v1, load_base(registry, "tiny@v3").model.state_dict()), rel=1e-6)
 
 
 def test_a_rung_killed_mid_training_resumes_from_its_last_save_to_the_same_weights(tmp_path, tiny_base, monkeypatch):

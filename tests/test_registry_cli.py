@@ -7,7 +7,7 @@ import struct
 import pytest
 import torch
 
-from tests.helpers import blob_files, run_cli
+from tests.helpers import blob_files, one_line_error, run_cli
 from tests.tiny import make_lora, make_tiny_llama
 
 
@@ -57,6 +57,20 @@ def test_base_update_lineage_and_architecture_check(capsys, registered, tiny_bas
     assert len(refused.err.strip().splitlines()) == 2  # "reading …" then the one-line error
     same = run_cli(capsys, "base", "update", "tiny", "--from", tiny_base_v2)
     assert same.code == 1 and "already registered as tiny@v2" in same.err
+
+
+def test_base_update_parent_names_an_earlier_release(capsys, registered, tiny_base_v2, tmp_path):
+    """A version evolved from an earlier release than the newest: numbered after the newest, lineage to its parent."""
+    assert run_cli(capsys, "base", "update", "tiny", "--from", tiny_base_v2).code == 0
+    branch = make_tiny_llama(tmp_path / "branch", seed=5)
+    for parent, message in (("other@v1", "the parent must be a version of 'tiny'"), ("tiny", "as tiny@vN"),
+                            ("tiny@v9", "v9")):
+        refused = run_cli(capsys, "base", "update", "tiny", "--from", branch, "--parent", parent)
+        assert refused.code == 1 and message in one_line_error(refused)
+    result = run_cli(capsys, "base", "update", "tiny", "--from", branch, "--parent", "tiny@v1", "--json")
+    assert result.code == 0, result.err
+    v3 = [r for r in run_cli(capsys, "list", "bases", "--json").json() if r["name"] == "tiny@v3"][0]
+    assert v3["parent"] == "tiny@v1"
 
 
 def test_ingest_export_roundtrip_gives_same_outputs(capsys, registered, tiny_base, tiny_adapter, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 from loragen.cli.context import state
@@ -43,9 +45,11 @@ def add(name: str = typer.Argument(..., help="Name for the base, e.g. smollm2-13
 def update(name: str = typer.Argument(..., help="An existing base."),
            source: str = typer.Option(..., "--from", help="Folder or .gguf of the evolved weights."),
            note: str = typer.Option("", "--note", help='How it evolved, e.g. "continued pretraining on GCIDE".'),
+           parent: Optional[str] = typer.Option(
+               None, "--parent", help="NAME@vN it evolved from, when not the newest version (a branch)."),
            as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
-    """Register an evolved version of a base: same architecture, new weights."""
-    result = state.registry.update_base(name, source, note, reading=_say_reading)
+    """Register an evolved version of a base: same architecture, new weights, numbered after the newest."""
+    result = state.registry.update_base(name, source, note, reading=_say_reading, parent=parent)
     _report(result.id, "registered", as_json)
 
 

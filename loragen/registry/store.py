@@ -177,17 +177,26 @@ class Registry:
             return Registered(id=f"{name}@v{version.version}", created=True)
 
     def update_base(self, name: str, source_spec: str, note: str = "",
-                    reading: Callable[[str], None] | None = None) -> Registered:
-        """Register an evolved version: same architecture, new weights.
+                    reading: Callable[[str], None] | None = None, parent: str | None = None) -> Registered:
+        """Register an evolved version: same architecture, new weights. It is numbered after the newest version;
+        its parent (lineage) is the newest, or `parent` (NAME@vN of the same base) for weights evolved from an
+        earlier release.
 
         The base is found before the source is touched; `reading` is told the source before its weights are read.
         """
         if "@" in name:  # a new version always follows the newest, so a version here would only mislead
             raise LoragenError(f"base update takes a base name ({quoted(name.split('@')[0])}), not a version "
-                               f"({quoted(name)}): the new version always follows the newest")
+                               f"({quoted(name)}): the new version always follows the newest (--parent names "
+                               "the version it evolved from)")
         check_text("note", note)
         with self.session() as s:
             latest = self.resolve_version(s, name)
+            parent_id = latest.id
+            if parent is not None:
+                if parent.split("@")[0] != name or "@" not in parent:
+                    raise LoragenError(f"the parent must be a version of {quoted(name)}, as {name}@vN "
+                                       f"(got {quoted(parent)})")
+                parent_id = self.resolve_version(s, parent).id
         source = resolve_source(source_spec)
         if reading:
             reading(source.description)
@@ -202,7 +211,7 @@ class Registry:
                 raise LoragenError(f"these weights are already registered as {name}@v{same.version}")
             base = s.get(BaseModel, latest.base_id)
             newest = s.scalar(select(func.max(BaseVersion.version)).where(BaseVersion.base_id == base.id))
-            version = self._add_version(s, base, newest + 1, latest.id, source, architecture, digest, staged, note)
+            version = self._add_version(s, base, newest + 1, parent_id, source, architecture, digest, staged, note)
             return Registered(id=f"{name}@v{version.version}", created=True)
 
     def _stage_base_files(self, source: BaseSource) -> dict[str, StagedBlob]:
