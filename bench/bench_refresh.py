@@ -16,9 +16,15 @@ The ladder's rungs say which versions train the generator (v1 and the `train` ru
              and the shifted one (the carried-over adapter plus the generator's predicted change between the
              versions, workflows.draw_shifted, no selection), written to folders; then `refresh` with validation
              (registered), timed
+  adapt      issue 21: `refresh --adapt` (--shots, --adapt-steps, --adapt-lr) in a copy of the registry as it was
+             before the validated refresh (hard links to its files, its own database), so both refreshes start
+             from the same place: refresh_adapted (its registered winner, timed) and adapted (the best candidate
+             fine-tuned from its weights on the shots); beside them, at the same shots, steps and learning rate,
+             warm_finetune (the carried-over adapter fine-tuned from its weights: what a careful user does by
+             hand) and short_finetune (a fresh LoRA), each timed and never registered
   evaluate   per task and unseen version on the test split: zero_shot, carried_over, regenerated, shifted,
-             refresh_validated, finetuned (--shard K/N: N processes, each every N-th (version, task), sharing
-             scores.json; then run --stages summary once they are done)
+             refresh_validated, finetuned, and the adapt stage's columns (--shard K/N: N processes, each every
+             N-th (version, task), sharing scores.json; then run --stages summary once they are done)
   geometry   where the regenerated adapter lies, per unseen version and task: its cosine to the carried-over
              adapter, to the mean of the task's training adapters and to the ceiling, and how much the base
              condition alone moves the generator's output (the same seed drawn for the last training version)
@@ -31,6 +37,7 @@ when it is below -2 standard errors of the difference of two proportions on the 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -53,8 +60,10 @@ from bench.harness import (
     write_summary,
 )
 
-STAGES = ("finetune", "generator", "refresh", "evaluate", "geometry", "summary")
-COLUMNS = ("zero_shot", "carried_over", "regenerated", "shifted", "refresh_validated", "finetuned")
+STAGES = ("finetune", "generator", "refresh", "adapt", "evaluate", "geometry", "summary")
+COLUMNS = ("zero_shot", "carried_over", "regenerated", "shifted", "refresh_validated", "finetuned",
+           "adapted", "warm_finetune", "short_finetune", "refresh_adapted")
+ADAPT_COLUMNS = ("adapted", "warm_finetune", "short_finetune", "refresh_adapted")
 # Seen tasks of the committed split where fine-tuning clearly beats zero-shot on v1 (BENCHMARKS.md: issue 3's
 # table and the corpus rows); none is held out, so this benchmark's generator never sees a held-out task.
 DEFAULT_TASKS = "adjective_comparative,country_region,hypernym_choice,noun_plural,noun_singular,verb_base_form"
@@ -200,6 +209,102 @@ class Bench(StagedBench):
             print(f"refresh: {version} ({role}) regenerated {len(self.tasks)} in {seconds:.1f} s, validated refresh "
                   f"{validated_s:.0f} s: " + ", ".join(f"{i.task} {i.action}" for i in items), flush=True)
 
+    def adapt(self) -> None:
+        from loragen.workflows import AdaptRequest, plan_refresh, refresh
+
+        self.require(self.unseen.values(), "adapt")
+        if "id" not in self.read("generator.json", {}):
+            raise SystemExit("no generator yet: run --stages generator first")
+        made = self.read("adapted.json", {})
+        copy = self.registry_copy()
+        request = AdaptRequest(shots=self.args.shots, steps=self.args.adapt_steps, learning_rate=self.args.adapt_lr)
+        for role in ("far", "near"):
+            version = self.unseen[role]
+            if version in made:
+                print(f"adapt: {version} already done", flush=True)
+                continue
+            plan = {item.task: item for item in plan_refresh(copy, base=version, tasks=self.tasks)}
+            began = time.perf_counter()
+            items = refresh(copy, self.settings, base=version, tasks=self.tasks, seed=self.args.seed,
+                            samples=self.args.samples, select_limit=self.args.select_limit, adapt=request)
+            seconds = time.perf_counter() - began
+            resumed = [item for item in items if item.action.startswith("skip")]
+            for item in resumed:  # registered by a run killed before this stage wrote its record: read it back
+                record = copy.get_adapter(item.id)["provenance"].get("refresh") or {}
+                item.candidates, item.adapt_seconds = record.get("candidates", []), None
+            tasks = {}
+            for item in items:
+                warm = next((c["adapted"] for c in item.candidates
+                             if c["kind"] == "adapted" and c["adapted"]["how"] == "warm_finetune"), None)
+                carried = plan[item.task].replaces
+                baselines = self.adapt_baselines(version, item.task, carried, request)
+                tasks[item.task] = {"refresh_adapted": item.id, "action": item.action,
+                                    "winner": next((c["kind"] for i, c in enumerate(item.candidates)
+                                                    if i == item.winner), None),
+                                    "candidates": item.candidates, "adapt_s": item.adapt_seconds,
+                                    "adapted_run": warm["run"] if warm else None,
+                                    "adapted_from": item.candidates[warm["from"]]["kind"] if warm else None,
+                                    "carried_over": carried, **baselines}
+            made[version] = {"role": role, "refresh_adapted_s": None if resumed else round(seconds, 1),
+                             "request": {"shots": request.shots, "steps": request.steps,
+                                         "learning_rate": request.learning_rate}, "tasks": tasks}
+            self.write("adapted.json", made)
+            print(f"adapt: {version} ({role}) refresh --adapt {seconds:.0f} s: " + ", ".join(
+                f"{t} {v['action']} ({v['winner']})" for t, v in tasks.items()), flush=True)
+
+    def registry_copy(self):
+        """The adapt stage's registry: the ladder's files hard-linked (content-addressed, never rewritten in place),
+        its own SQLite database copied, and the validated refresh's registrations on the unseen versions removed
+        from it. Made in a temporary folder and renamed, so a kill never leaves a half-made copy."""
+        import shutil
+        import sqlite3
+
+        target = self.work / "adapt-home"
+        if not target.is_dir():
+            source = Path(self.args.home)
+            database = source / "registry.db"
+            if not database.is_file() or self.registry.config.url:
+                raise SystemExit(f"adapt: copies the ladder's SQLite registry ({database}); this home has none")
+            staging = self.work / "adapt-home.partial"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(source, staging, copy_function=os.link,
+                            ignore=shutil.ignore_patterns("registry.db*", "registry.lock"))
+            with sqlite3.connect(database) as original, sqlite3.connect(staging / "registry.db") as copied:
+                original.backup(copied)
+            staged = open_registry(staging, add_bundled=False)
+            for version in self.unseen.values():
+                for adapter in staged.list_adapters(base_ref=version):
+                    if adapter["origin"] in ("generated", "carried_over") or "refresh" in (adapter["provenance"] or {}):
+                        staged.remove(adapter["id"])
+            staging.rename(target)
+        return open_registry(target, add_bundled=False)
+
+    def adapt_baselines(self, version: str, task: str, carried: str, request) -> dict:
+        """warm_finetune and short_finetune of `task` on `version`: `request.steps` steps on the same shots as
+        refresh --adapt, from the carried-over adapter's weights and from a fresh LoRA; folders and seconds."""
+        from loragen.adapters import load_weights, read_adapter_folder
+        from loragen.config import FinetuneConfig, LoraConfig
+        from loragen.finetune import finetune
+        from loragen.generator.refine import split_examples
+        from loragen.tasks.suite import get_task
+
+        shots, _ = split_examples(get_task(task).examples("train"), request.shots, 16, self.args.seed)
+        folder = self.registry.adapter_folder(carried)
+        shape = read_adapter_folder(folder)
+        lora = LoraConfig(r=shape.rank, alpha=int(shape.alpha), target_modules=sorted(shape.target_leaf_names()))
+        config = FinetuneConfig(steps=request.steps, batch_size=min(8, len(shots)), learning_rate=request.learning_rate,
+                                checkpoints=1, checkpoint_every=request.steps, seed=self.args.seed)
+        model, tokenizer, _ = self.loader.get(version)
+        out = {}
+        for column, start in (("warm_finetune", load_weights(folder / "adapter_model.safetensors")),
+                              ("short_finetune", None)):
+            run_dir = (self.work / "adapt-baselines" / f"{task}__{version.replace('@', '_')}__{column}__k{len(shots)}"
+                       f"__n{config.steps}__lr{config.learning_rate}__s{config.seed}")
+            result = finetune(model, tokenizer, shots, lora, config, run_dir, start_from=start)
+            out[column] = str(result.checkpoints[-1].path)
+            out[f"{column}_s"] = round(result.total_train_s, 2)
+        return out
+
     def evaluate(self) -> None:
         from loragen.tasks.suite import get_task
 
@@ -221,8 +326,8 @@ class Bench(StagedBench):
                 folders = {"zero_shot": None, "carried_over": self.registry.adapter_folder(made["carried_over"]),
                            "regenerated": made["folder"], "shifted": made["shifted_folder"],
                            "refresh_validated": self.registry.adapter_folder(made["refresh_validated"]),
-                           "finetuned": finetuned[version][task_name]["folder"]}
-                waiting = {c: folders[c] for c in COLUMNS if (version, task_name, c) not in done}
+                           "finetuned": finetuned[version][task_name]["folder"], **self.adapt_folders(version, task_name)}
+                waiting = {c: folders[c] for c in COLUMNS if c in folders and (version, task_name, c) not in done}
                 for column, score, _ in score_columns(model, tokenizer, get_task(task_name), waiting,
                                                       limit=self.args.limit):
                     scores = self.add_score({"version": version, "task": task_name, "column": column,
@@ -230,6 +335,20 @@ class Bench(StagedBench):
                 print(f"evaluate: {task_name} on {version}: " + " ".join(
                     f"{r['column']}={r['value']:.3f}" for r in scores["rows"]
                     if r["version"] == version and r["task"] == task_name), flush=True)
+
+    def adapt_folders(self, version: str, task: str) -> dict:
+        """The adapt stage's folders for (version, task), once it has run (an older run's evaluation goes on
+        without them): adapted only where a warm fine-tune was made."""
+        made = self.read("adapted.json", {}).get(version, {}).get("tasks", {}).get(task)
+        if made is None:
+            return {}
+        copy = open_registry(self.work / "adapt-home", add_bundled=False)
+        folders = {"refresh_adapted": copy.adapter_folder(made["refresh_adapted"]),
+                   "warm_finetune": made["warm_finetune"], "short_finetune": made["short_finetune"]}
+        if made["adapted_run"]:
+            [last] = sorted((self.work / "adapt-home" / "runs" / made["adapted_run"] / "checkpoints").iterdir())[-1:]
+            folders["adapted"] = last
+        return folders
 
     def geometry(self) -> None:
         """Cosines between adapters as the generator sees them: the flattened LoRA factors (every run starts from
@@ -282,9 +401,14 @@ class Bench(StagedBench):
             examples[(row["version"], row["task"])] = row["examples"]
         geometry = self.read("geometry.json", {"tasks": {}, "base_distance_to_training": {}})
         ran_on = machine()
+        far_distances = geometry["base_distance_to_training"].get(self.unseen["far"])
         out = {"command": command_line(), "date": ran_on["date"], "machine": ran_on,
                "versions": len(self.train_versions) + len(self.unseen), "train_versions": self.train_versions,
-               "tasks": self.tasks}
+               "tasks": self.tasks,
+               # issue 21: does the training versions' spread in base embedding cover the far version's distance
+               # (to its nearest training version)?
+               "train_spread": geometry.get("training_spread"),
+               "far_distance": min(far_distances.values()) if far_distances else None}
         for role, version in self.unseen.items():
             cells = {t: table.get((version, t), {}) for t in self.tasks}
             group = {"version": version}
@@ -294,10 +418,12 @@ class Bench(StagedBench):
                 group[f"{column}_ci95"] = bootstrap_ci(values, self.args.seed)
             # Paired over tasks: the tasks differ far more from one another than the columns do, so the columns'
             # own intervals overlap whatever happens; the interval of the per-task difference is the sharper test.
-            for column in ("regenerated", "shifted", "refresh_validated", "finetuned"):
-                differences = [c[column] - c["carried_over"] for c in cells.values() if {column, "carried_over"} <= set(c)]
-                group[f"{column}_minus_carried_over"] = mean_or_none(differences)
-                group[f"{column}_minus_carried_over_ci95"] = bootstrap_ci(differences, self.args.seed)
+            against_carried = [(c, "carried_over") for c in ("regenerated", "shifted", "refresh_validated", "finetuned",
+                                                             *ADAPT_COLUMNS)]
+            for column, against in against_carried + [(c, "warm_finetune") for c in ("adapted", "refresh_adapted")]:
+                differences = [c[column] - c[against] for c in cells.values() if {column, against} <= set(c)]
+                group[f"{column}_minus_{against}"] = mean_or_none(differences)
+                group[f"{column}_minus_{against}_ci95"] = bootstrap_ci(differences, self.args.seed)
             pairs = [t for t, c in cells.items() if {"refresh_validated", "carried_over"} <= set(c)]
             group["refresh_validated_below_carried_over_beyond_noise"] = [
                 t for t in pairs if _below_noise(cells[t]["refresh_validated"], cells[t]["carried_over"],
@@ -309,6 +435,16 @@ class Bench(StagedBench):
             group["refresh_seconds"] = made.get("regenerate_all_s")
             group["refresh_validated_seconds"] = made.get("refresh_validated_s")
             group["finetune_seconds"] = round(sum(v["train_s"] for v in finetuned.get(version, {}).values()), 1)
+            adapted = self.read("adapted.json", {}).get(version, {})
+            if adapted:  # the adapt stage's seconds, summed over tasks (a resumed task's adaptation time is unknown)
+                rows = adapted["tasks"].values()
+                group["adapt_seconds"] = (round(sum(r["adapt_s"] for r in rows), 1)
+                                          if all(r["adapt_s"] is not None for r in rows) else None)
+                group["refresh_adapted_seconds"] = adapted["refresh_adapted_s"]
+                for column in ("warm_finetune", "short_finetune"):
+                    group[f"{column}_seconds"] = round(sum(r[f"{column}_s"] for r in rows), 1)
+                group["adapt_request"] = adapted["request"]
+                group["adapted_winners"] = {t: r["winner"] for t, r in adapted["tasks"].items()}
             group["winners"] = {t: v.get("winner") or v["action"] for t, v in made.get("tasks", {}).items()}
             group["per_task"] = cells
             if rows := geometry["tasks"].get(version):  # means over tasks; per task in <work>/geometry.json
@@ -320,7 +456,7 @@ class Bench(StagedBench):
             _plot(out, Path(self.args.summary).with_suffix(".png"))
         for role in self.unseen:
             g = out[role]
-            print(f"{role} ({g['version']}): " + "  ".join(f"{c} {g[c]}" for c in COLUMNS) +
+            print(f"{role} ({g['version']}): " + "  ".join(f"{c} {g[c]}" for c in COLUMNS if g[c] is not None) +
                   f"  refresh {g['refresh_seconds']} s vs fine-tune {g['finetune_seconds']} s", flush=True)
         return out
 
@@ -355,8 +491,11 @@ def _plot(summary: dict, path: Path) -> None:
     fig, axis = plt.subplots(figsize=(6, 4))
     for column, label in (("zero_shot", "zero-shot"), ("carried_over", "carried over"), ("regenerated", "regenerated"),
                           ("shifted", "shifted"), ("refresh_validated", "refresh (validated)"),
-                          ("finetuned", "fine-tuned (ceiling)")):
-        points = [(summary[r]["version"], summary[r][column]) for r in roles if summary[r][column] is not None]
+                          ("finetuned", "fine-tuned (ceiling)"), ("warm_finetune", "warm fine-tune (same budget)"),
+                          ("refresh_adapted", "refresh --adapt")):
+        points = [(summary[r]["version"], summary[r].get(column)) for r in roles if summary[r].get(column) is not None]
+        if not points:
+            continue
         axis.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)
     axis.set_ylabel("mean test score over tasks")
     axis.set_title("Unseen versions of the ladder")
@@ -384,6 +523,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2, help="generated candidates in the validated refresh")
     parser.add_argument("--select-limit", type=int, default=50, help="validation examples per candidate")
     parser.add_argument("--limit", type=int, default=100, help="test examples per evaluation")
+    parser.add_argument("--shots", type=int, default=16, help="adapt: training examples per task")
+    parser.add_argument("--adapt-steps", type=int, default=10, help="adapt: gradient steps of each adaptation")
+    parser.add_argument("--adapt-lr", type=float, default=2e-3, help="adapt: the fine-tunes' learning rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shard", default="1/1", help="evaluate: this process's share, K/N")

@@ -65,7 +65,8 @@ def test_every_stage_on_a_tiny_ladder_then_a_resumed_run_changes_nothing(tmp_pat
     summary = tmp_path / "summary.json"
     args = ["--home", str(home), "--work", str(work), "--base", "tiny", "--train-versions", "1,2", "--near", "3",
             "--far", "4", "--tasks", "element_symbol,noun_singular", "--finetune-steps", "2", "--generator-steps", "4",
-            "--samples", "2", "--select-limit", "2", "--limit", "3", "--threads", "1", "--summary", str(summary)]
+            "--samples", "2", "--select-limit", "2", "--limit", "3", "--threads", "1", "--summary", str(summary),
+            "--shots", "3", "--adapt-steps", "2"]
     _run(args, tmp_path, home)
     result = json.loads(summary.read_text())
     assert result["versions"] == 4 and result["train_versions"] == ["tiny@v1", "tiny@v2"]
@@ -83,6 +84,9 @@ def test_every_stage_on_a_tiny_ladder_then_a_resumed_run_changes_nothing(tmp_pat
             values = [row[column] for row in group["per_task"].values()]
             assert group[column] == pytest.approx(statistics.fmean(values), abs=1e-4), (role, column)
         assert set(group["winners"].values()) <= {"carried_over", "generated", "shifted"}  # the winning candidate
+        assert set(group["adapted_winners"].values()) <= {"carried_over", "generated", "shifted", "adapted"}
+        assert group["adapt_seconds"] > 0 and group["warm_finetune_seconds"] > 0 and group["short_finetune_seconds"] > 0
+        assert group["adapt_request"] == {"shots": 3, "steps": 2, "learning_rate": 0.002}
         assert group["refresh_seconds"] > 0 and group["finetune_seconds"] > 0
         difference = [group["per_task"][t]["regenerated"] - group["per_task"][t]["carried_over"]
                       for t in ("element_symbol", "noun_singular")]
@@ -100,7 +104,22 @@ def test_every_stage_on_a_tiny_ladder_then_a_resumed_run_changes_nothing(tmp_pat
         assert set(geometry["tasks"][version]) == {"element_symbol", "noun_singular"}
         for row in geometry["tasks"][version].values():
             assert row["base_change_moves_output"] >= 0 and -1.0 <= row["regenerated_vs_carried_over"] <= 1.0
+    assert result["train_spread"] == geometry["training_spread"]
+    assert result["far_distance"] == min(geometry["base_distance_to_training"]["tiny@v4"].values())
+    # refresh --adapt ran in a copy of the registry: the validated refresh's registrations are untouched, and in the
+    # copy each task on each unseen version is registered once, by the adapting refresh.
+    adapted = json.loads((work / "adapted.json").read_text())
+    copy = Registry(RegistryConfig(home=str(work / "adapt-home")))
+    for version in ("tiny@v3", "tiny@v4"):
+        in_copy = copy.list_adapters(base_ref=version)
+        assert sorted(a["task"] for a in in_copy) == ["element_symbol", "noun_singular"]
+        assert {a["id"] for a in in_copy} == {t["refresh_adapted"] for t in adapted[version]["tasks"].values()}
+        assert all("refresh" in a["provenance"] and a["provenance"]["refresh"]["candidates"][-1]["kind"] == "adapted"
+                   for a in in_copy)
     refreshed = json.loads((work / "refreshed.json").read_text())
+    for made in (t for v in refreshed.values() for t in v["tasks"].values()):  # the original's: no adapted candidate
+        candidates = registry.get_adapter(made["refresh_validated"])["provenance"]["refresh"]["candidates"]
+        assert "adapted" not in {c["kind"] for c in candidates}
     # Both unseen versions refreshed from the last training version, never from each other.
     assert {t["from_base"] for v in refreshed.values() for t in v["tasks"].values()} == {"tiny@v2"}
     # The ceilings on unseen versions were never registered (refresh could otherwise carry them over).

@@ -301,7 +301,7 @@ def test_the_warm_start_is_the_start_adapters_exact_weights(tiny_base, tmp_path)
 
 
 def test_adapting_lowers_the_loss_and_the_adapted_candidates_are_validated(capsys, monkeypatch, evolved_registry,
-                                                                           tiny_base_v2):
+                                                                           tiny_base_v2, isolated_home):
     import loragen.workflows.refreshing as refreshing
     from loragen.adapters import load_weights
     from loragen.config import LoraConfig, load_settings
@@ -312,10 +312,10 @@ def test_adapting_lowers_the_loss_and_the_adapted_candidates_are_validated(capsy
     warm = refreshing._warm_finetune
 
     def watched(registry, model, tokenizer, item, start, lora, shots, adapt, seed):
-        weights, seconds = warm(registry, model, tokenizer, item, start, lora, shots, adapt, seed)
+        weights, seconds, run_dir = warm(registry, model, tokenizer, item, start, lora, shots, adapt, seed)
         started.append((start, lora, shots))
         finished.append(weights)
-        return weights, seconds
+        return weights, seconds, run_dir
 
     monkeypatch.setattr(refreshing, "_warm_finetune", watched)
     # carried over, two samples, shifted; then the adapted ones (a refined blend if it was kept, then the warm
@@ -332,6 +332,7 @@ def test_adapting_lowers_the_loss_and_the_adapted_candidates_are_validated(capsy
     assert kinds[-1] == ("adapted", "warm_finetune") and set(kinds[4:-1]) <= {("adapted", "blend")}
     warm_record = item["candidates"][-1]["adapted"]
     assert warm_record["from"] == 2 and warm_record["shots"] == 4 and warm_record["steps"] == 8  # the best: sample 2
+    assert (isolated_home / "runs" / warm_record["run"] / "checkpoints").is_dir()
     assert item["action"] == "adapted" and item["adapt_seconds"] > 0
     # The blend refinement is recorded whether or not it was kept (a candidate only when kept).
     refinement = item["blend_refinement"]

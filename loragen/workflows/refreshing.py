@@ -4,6 +4,7 @@ than carrying the old one over unchanged."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from loragen.config import ADAPT_LEARNING_RATE, ADAPT_SHOTS, ADAPT_STEPS, REFRESH_SAMPLES, SELECT_LIMIT, GeneratorSettings
@@ -309,8 +310,9 @@ def _adapted_candidates(registry: Registry, model, tokenizer, item: RefreshItem,
     candidate = Candidate(seed=start.seed, kind=ADAPTED, adapted={
         "how": "warm_finetune", "from": position_of(start, scored), **examples,
         "learning_rate": adapt.learning_rate})
-    weights, seconds = _warm_finetune(registry, model, tokenizer, item, start_weights, lora, shots, adapt, seed)
-    candidate.adapted["seconds"] = round(seconds, 3)
+    weights, seconds, run_dir = _warm_finetune(registry, model, tokenizer, item, start_weights, lora, shots, adapt,
+                                               seed)
+    candidate.adapted.update(seconds=round(seconds, 3), run=run_dir.name)  # the run folder under <home>/runs
     drawn.add(candidate, weights)
     made.append(candidate)
     return made
@@ -339,9 +341,9 @@ def _lora_of(registry: Registry, drawn: Drawn, candidate: Candidate, item: Refre
 
 
 def _warm_finetune(registry: Registry, model, tokenizer, item: RefreshItem, start: dict, lora, shots, adapt: AdaptRequest,
-                   seed: int) -> tuple[dict, float]:
+                   seed: int) -> tuple[dict, float, Path]:
     """`adapt.steps` LoRA steps on `shots` from `start`'s exact weights, in a resumable run folder of the home
-    named by everything that decides its result; returns the final weights and the seconds trained."""
+    named by everything that decides its result; returns the final weights, the seconds trained and the folder."""
     import hashlib
     import json
     from dataclasses import asdict
@@ -358,7 +360,7 @@ def _warm_finetune(registry: Registry, model, tokenizer, item: RefreshItem, star
     fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     run_dir = registry.home / "runs" / f"{item.task}__{item.base.replace('@', '_')}__adapt__{fingerprint}"
     result = finetune(model, tokenizer, shots, lora, config, run_dir, start_from=start)
-    return load_weights(result.checkpoints[-1].path / "adapter_model.safetensors"), result.total_train_s
+    return load_weights(result.checkpoints[-1].path / "adapter_model.safetensors"), result.total_train_s, run_dir
 
 
 def _evaluate_refresh(registry: Registry, items: Sequence[RefreshItem], limit: int | None, loader: BaseLoader) -> None:
