@@ -43,6 +43,26 @@ def test_refresh_registers_lineage_and_is_idempotent(capsys, evolved_registry):
     assert "0 adapter(s) generated, 0 carried over, 2 already up to date" in run_cli(capsys, "refresh").out
 
 
+def test_dry_run_estimates_the_time_from_earlier_refreshes_of_the_base(capsys, monkeypatch, evolved_registry,
+                                                                       tiny_base, tmp_path):
+    from tests.tiny import make_tiny_llama
+
+    first = run_cli(capsys, "refresh", "--dry-run")
+    assert "no earlier refresh of these bases, run the same way, to estimate the time from" in first.out
+    _scores_by_candidate(monkeypatch, [0.9, 0.2, 0.4, 0.3])
+    done = {i["task"]: i for i in run_cli(capsys, "refresh", "--json").json()}
+    recorded = sorted(run_cli(capsys, "show", item["id"], "--json").json()["provenance"]["refresh"]["seconds"]
+                      for item in done.values())
+    assert all(seconds > 0 for seconds in recorded)
+    assert run_cli(capsys, "base", "update", "tiny", "--from", make_tiny_llama(tmp_path / "v3", seed=3)).code == 0
+    plan = run_cli(capsys, "refresh", "--dry-run", "--json").json()
+    # The median of the two earlier tasks' times, for each task the v3 refresh would make.
+    assert [p["estimate_s"] for p in plan] == [round((recorded[0] + recorded[1]) / 2, 1)] * 2
+    assert "about" in run_cli(capsys, "refresh", "--dry-run").out
+    # Refreshes run without --adapt say nothing of one with it.
+    assert [p["estimate_s"] for p in run_cli(capsys, "refresh", "--dry-run", "--adapt", "--json").json()] == [None] * 2
+
+
 def test_refresh_eval_reports_before_and_after(capsys, tiny_base, tiny_base_v2, tmp_path, isolated_home):
     # A multiple-choice task: on 40 examples the tiny models' accuracies differ by adapter, where exact match is 0.
     task, limit = "has_part_choice", "40"

@@ -32,9 +32,24 @@ def _candidates(item: dict) -> Optional[str]:
             + (f" · adapted {' '.join(adapted)}" if adapted else ""))
 
 
+def _dry_run_summary(rows: list[dict]) -> str:
+    """'2 adapter(s) would be made (dry run), about 1.5 min by earlier refreshes of these bases', or why no time."""
+    planned = [r for r in rows if r["action"] == "generate"]
+    head = f"{len(planned)} adapter(s) would be made (dry run)"
+    estimates = [r["estimate_s"] for r in planned if r["estimate_s"] is not None]
+    if not planned:
+        return head
+    if not estimates:
+        return f"{head}; no earlier refresh of these bases, run the same way, to estimate the time from"
+    total = sum(estimates) * len(planned) / len(estimates)  # a task without a record counts as the others' mean
+    return f"{head}, about {total / 60:.1f} min by earlier refreshes of these bases"
+
+
 def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this base (its newest version), or NAME@vN."),
             tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these tasks (comma-separated)."),
-            dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be generated; change nothing."),
+            dry_run: bool = typer.Option(
+                False, "--dry-run",
+                help="Show what would be made and about how long it takes (from earlier refreshes); change nothing."),
             samples: int = typer.Option(
                 REFRESH_SAMPLES, "--samples", min=1,
                 help="Generated candidates beside the carried-over adapter; the best on validation wins."),
@@ -72,7 +87,8 @@ def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this b
     request = workflows.AdaptRequest(shots=shots, steps=adapt_steps, learning_rate=adapt_lr) if adapt else None
     registry = state.registry
     if dry_run:
-        items = workflows.plan_refresh(registry, base=base, tasks=task_list)
+        items = workflows.estimate_refresh(registry, workflows.plan_refresh(registry, base=base, tasks=task_list),
+                                           adapt=adapt)
     else:
         planned = sum(item.action == "generate" for item in workflows.plan_refresh(registry, base=base, tasks=task_list))
         with StepProgress("refreshing", max(1, planned)) as bar:
@@ -86,7 +102,9 @@ def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this b
                Column("REPLACES", lambda r: f"{r['replaces']} ({r['replaces_base']})"),
                Column("ACTION", lambda r: r["action"]), Column("ID", lambda r: r["id"]),
                Column("SECONDS", lambda r: r["seconds"], "right")]
-    if not dry_run:
+    if dry_run:
+        columns.append(Column("ESTIMATE S", lambda r: r["estimate_s"], "right"))
+    else:
         columns += [Column("CHOSEN BY", lambda r: r["chosen_by"]), Column("VALIDATION", _candidates)]
     if adapt and not dry_run:
         columns.append(Column("ADAPT S", lambda r: r["adapt_seconds"], "right"))
@@ -97,7 +115,7 @@ def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this b
     generated = sum(r["action"] == "generated" for r in rows)
     carried = sum(r["action"] == "carried over" for r in rows)
     adapted = sum(r["action"] == "adapted" for r in rows)
-    summary = (f"{sum(r['action'] == 'generate' for r in rows)} adapter(s) would be made (dry run)" if dry_run
+    summary = (_dry_run_summary(rows) if dry_run
                else f"{generated} adapter(s) generated, {carried} carried over, "
                     + (f"{adapted} adapted, " if adapt else "")
                     + f"{len(rows) - generated - carried - adapted} already up to date")

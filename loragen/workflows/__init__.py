@@ -69,7 +69,14 @@ from loragen.workflows.generation import (
     sample_state_dict,
     slug,
 )
-from loragen.workflows.refreshing import AdaptRequest, RefreshItem, draw_shifted, plan_refresh, refresh
+from loragen.workflows.refreshing import (
+    AdaptRequest,
+    RefreshItem,
+    draw_shifted,
+    estimate_refresh,
+    plan_refresh,
+    refresh,
+)
 from loragen.workflows.training import collect_training_set, train, train_on
 
 __all__ = [
@@ -77,7 +84,8 @@ __all__ = [
     "GenerateResult", "LoadedBase", "LoadedGenerator", "MAX_SEED", "MultitaskOutcome", "Notify", "Progress", "RefreshItem",
     "RegisteredCheckpoint", "SEEN_TASKS", "SLUG_LENGTH", "TargetScore", "base_condition", "bundled_task", "choose",
     "collect_training_set", "default_group_name", "distributed_rank", "draw", "draw_shifted", "evaluate_adapters",
-    "evaluate_base", "evaluate_targets", "find_task", "finetune_multitask", "finetune_run_dir", "finetune_task",
+    "estimate_refresh", "evaluate_base", "evaluate_targets", "find_task", "finetune_multitask", "finetune_run_dir",
+    "finetune_task",
     "finetune_unregistered", "RefineRequest", "generate", "read_examples",
     "join_process_group", "load_base", "load_generator", "member_tasks", "multitask_members",
     "plan_refresh", "position_of", "ranks_weight_digests", "refresh", "register_drawn", "sample_state_dict",

@@ -3,7 +3,8 @@ than carrying the old one over unchanged."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -68,6 +69,7 @@ class RefreshItem:
     adapt_skipped: str | None = None    # why --adapt made no (or no warm fine-tuned) candidate for this task
     blend_refinement: dict[str, Any] | None = None  # --adapt's blend refinement, kept or not (Refinement.record)
     scores: dict[str, float] = field(default_factory=dict)   # with --eval: old_on_new / zero_shot / refreshed
+    estimate_s: float | None = None  # dry run: what earlier refreshes of this base took per task (estimate_refresh)
 
 
 def plan_refresh(registry: Registry, *, base: str | None = None, tasks: Sequence[str] | None = None) -> list[RefreshItem]:
@@ -97,6 +99,22 @@ def plan_refresh(registry: Registry, *, base: str | None = None, tasks: Sequence
             items.append(RefreshItem(task=task, base=label, replaces=predecessor["id"], replaces_base=predecessor["base"],
                                      action=action, id=existing[-1]["id"] if existing else None))
     return items
+
+
+def estimate_refresh(registry: Registry, items: Sequence[RefreshItem], *, adapt: bool) -> list[RefreshItem]:
+    """Fill in each item's `estimate_s`: the median time per task of the earlier refreshes of its base (any version)
+    run the same way (with or without --adapt), as their provenance recorded it; None where there is none."""
+    import statistics
+
+    recorded: dict[str, list[float]] = {}
+    for adapter in registry.list_adapters():
+        record = (adapter["provenance"] or {}).get("refresh") or {}
+        if record.get("seconds") is not None and bool(record.get("adapt")) == adapt:
+            recorded.setdefault(adapter["base"].split("@")[0], []).append(record["seconds"])
+    for item in items:
+        if item.action == "generate" and (earlier := recorded.get(item.base.split("@")[0])):
+            item.estimate_s = round(statistics.median(earlier), 1)
+    return list(items)
 
 
 def _newest_versions(registry: Registry, base: str | None) -> list[str]:
@@ -144,6 +162,7 @@ def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None
     generator = load_generator(registry) if todo else None  # once, not once per task
     loader = BaseLoader(registry)
     for index, item in enumerate(sorted(todo, key=lambda i: i.base)):  # grouped by base: one load each
+        began = time.perf_counter()
         validation = _refresh_validation(item.task) if validate else None
         item.chosen_by = ("validation" if validation is not None
                           else "no validation data" if validate else "not asked (--no-validate)")
@@ -154,11 +173,12 @@ def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None
         item.seconds = round(drawn.seconds, 3)
         if validation is None:
             registered = register_drawn(registry, drawn, drawn.candidates[0], item.replaces,
-                                        {"refresh": {"chosen_by": item.chosen_by}})
+                                        {"refresh": {"chosen_by": item.chosen_by, "adapt": None,
+                                                     "seconds": round(time.perf_counter() - began, 1)}})
             item.action, item.id = "generated", registered.id
         else:
             _refresh_by_validation(registry, loader, item, drawn, validation, select_limit, adapt, seed,
-                                   settings.refine_learning_rate)
+                                   settings.refine_learning_rate, began)
         if progress:
             progress(index + 1, len(todo))
     if run_eval:
@@ -170,8 +190,6 @@ def _add_shifted_candidate(registry: Registry, settings: GeneratorSettings, draw
                            ) -> str | None:
     """Add the shifted candidate (draw_shifted, with the first sample's seed) to the drawn ones; returns why not
     when it cannot be made."""
-    import time
-
     began = time.perf_counter()
     try:
         shifted = draw_shifted(registry, settings, drawn, item.replaces, item.replaces_base)
@@ -216,7 +234,7 @@ def _refresh_validation(task_name: str):
 
 def _refresh_by_validation(registry: Registry, loader: BaseLoader, item: RefreshItem, drawn: Drawn, validation,
                            limit: int, adapt: AdaptRequest | None = None, seed: int = 0,
-                           blend_learning_rate: float = 0.0) -> None:
+                           blend_learning_rate: float = 0.0, began: float | None = None) -> None:
     """Score the carried-over predecessor and the drawn candidates on the new version (then, with `adapt`, the
     best one adapted), register the one `choose` picks, and fill in the item (action, id, candidates, winner)."""
     model, tokenizer, _ = loader.get(item.base)
@@ -227,12 +245,10 @@ def _refresh_by_validation(registry: Registry, loader: BaseLoader, item: Refresh
     for candidate, score in zip(candidates, scores):
         candidate.score, candidate.metric = score.value, score.metric
     if adapt is not None:
-        import time
-
-        began = time.perf_counter()
+        adapting = time.perf_counter()
         adapted = _adapted_candidates(registry, model, tokenizer, item, drawn, candidates, adapt, seed,
                                       blend_learning_rate)
-        item.adapt_seconds = round(time.perf_counter() - began, 3)
+        item.adapt_seconds = round(time.perf_counter() - adapting, 3)
         if adapted:
             scores = validation_scores(model, tokenizer, validation, drawn.folders(registry)[-len(adapted):], limit)
             for candidate, score in zip(adapted, scores):
@@ -241,7 +257,10 @@ def _refresh_by_validation(registry: Registry, loader: BaseLoader, item: Refresh
     chosen = choose(candidates)
     item.candidates, item.winner = [c.record() for c in candidates], position_of(chosen, candidates)
     record = {"refresh": {"chosen_by": "validation", "winner": chosen.kind, "candidates": item.candidates,
-                          "validation": {"task": validation.name, "split": "validation", "limit": limit}}}
+                          "validation": {"task": validation.name, "split": "validation", "limit": limit},
+                          "adapt": None if adapt is None else asdict(adapt),
+                          # the task's whole time, so a dry run can estimate the next refresh (estimate_refresh)
+                          "seconds": None if began is None else round(time.perf_counter() - began, 1)}}
     if any(c.kind == "shifted" for c in drawn.candidates):  # what the shifted candidate was moved from
         record["refresh"]["shifted_from"] = {"adapter": item.replaces, "base": item.replaces_base}
     elif item.shift_skipped:
