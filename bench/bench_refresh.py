@@ -37,6 +37,7 @@ when it is below -2 standard errors of the difference of two proportions on the 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 from dataclasses import asdict, replace
@@ -189,13 +190,7 @@ class Bench(StagedBench):
             items = refresh(self.registry, self.settings, base=version, tasks=self.tasks, seed=self.args.seed,
                             samples=self.args.samples, select_limit=self.args.select_limit)
             validated_s = time.perf_counter() - began
-            resumed = [item for item in items if item.action.startswith("skip")]
-            for item in resumed:  # registered by a run killed before this stage wrote its record: read it back
-                shown = self.registry.get_adapter(item.id)
-                item.action = shown["origin"].replace("_", " ")
-                record = shown["provenance"].get("refresh") or {}
-                item.candidates = record.get("candidates", [])
-                item.winner = next((i for i, c in enumerate(item.candidates) if c["kind"] == record.get("winner")), None)
+            resumed = _read_back(self.registry, items)
             made[version] = {"role": role, "regenerate_all_s": round(seconds, 2),
                              # the time of a whole validated refresh only: a resumed one did part of its work before
                              "refresh_validated_s": None if resumed else round(validated_s, 1),
@@ -210,41 +205,36 @@ class Bench(StagedBench):
                   f"{validated_s:.0f} s: " + ", ".join(f"{i.task} {i.action}" for i in items), flush=True)
 
     def adapt(self) -> None:
-        from loragen.workflows import AdaptRequest, plan_refresh, refresh
+        from loragen.workflows import AdaptRequest, refresh
 
         self.require(self.unseen.values(), "adapt")
         if "id" not in self.read("generator.json", {}):
             raise SystemExit("no generator yet: run --stages generator first")
         made = self.read("adapted.json", {})
-        copy = self.registry_copy()
+        self.make_registry_copy()
+        copy = self.adapt_registry
         request = AdaptRequest(shots=self.args.shots, steps=self.args.adapt_steps, learning_rate=self.args.adapt_lr)
         for role in ("far", "near"):
             version = self.unseen[role]
             if version in made:
                 print(f"adapt: {version} already done", flush=True)
                 continue
-            plan = {item.task: item for item in plan_refresh(copy, base=version, tasks=self.tasks)}
             began = time.perf_counter()
             items = refresh(copy, self.settings, base=version, tasks=self.tasks, seed=self.args.seed,
                             samples=self.args.samples, select_limit=self.args.select_limit, adapt=request)
             seconds = time.perf_counter() - began
-            resumed = [item for item in items if item.action.startswith("skip")]
-            for item in resumed:  # registered by a run killed before this stage wrote its record: read it back
-                record = copy.get_adapter(item.id)["provenance"].get("refresh") or {}
-                item.candidates, item.adapt_seconds = record.get("candidates", []), None
+            resumed = _read_back(copy, items)  # their adaptation time stays unknown (adapt_seconds None)
             tasks = {}
             for item in items:
                 warm = next((c["adapted"] for c in item.candidates
                              if c["kind"] == "adapted" and c["adapted"]["how"] == "warm_finetune"), None)
-                carried = plan[item.task].replaces
-                baselines = self.adapt_baselines(version, item.task, carried, request)
+                baselines = self.adapt_baselines(version, item.task, item.replaces, request)
                 tasks[item.task] = {"refresh_adapted": item.id, "action": item.action,
-                                    "winner": next((c["kind"] for i, c in enumerate(item.candidates)
-                                                    if i == item.winner), None),
+                                    "winner": item.candidates[item.winner]["kind"] if item.winner is not None else None,
                                     "candidates": item.candidates, "adapt_s": item.adapt_seconds,
                                     "adapted_run": warm["run"] if warm else None,
                                     "adapted_from": item.candidates[warm["from"]]["kind"] if warm else None,
-                                    "carried_over": carried, **baselines}
+                                    "carried_over": item.replaces, **baselines}
             made[version] = {"role": role, "refresh_adapted_s": None if resumed else round(seconds, 1),
                              "request": {"shots": request.shots, "steps": request.steps,
                                          "learning_rate": request.learning_rate}, "tasks": tasks}
@@ -252,14 +242,23 @@ class Bench(StagedBench):
             print(f"adapt: {version} ({role}) refresh --adapt {seconds:.0f} s: " + ", ".join(
                 f"{t} {v['action']} ({v['winner']})" for t, v in tasks.items()), flush=True)
 
-    def registry_copy(self):
+    @property
+    def adapt_home(self) -> Path:
+        return self.work / "adapt-home"
+
+    @functools.cached_property
+    def adapt_registry(self):
+        """The adapt stage's registry (make_registry_copy), opened once."""
+        return open_registry(self.adapt_home, add_bundled=False)
+
+    def make_registry_copy(self) -> None:
         """The adapt stage's registry: the ladder's files hard-linked (content-addressed, never rewritten in place),
         its own SQLite database copied, and the validated refresh's registrations on the unseen versions removed
         from it. Made in a temporary folder and renamed, so a kill never leaves a half-made copy."""
         import shutil
         import sqlite3
 
-        target = self.work / "adapt-home"
+        target = self.adapt_home
         if not target.is_dir():
             source = Path(self.args.home)
             database = source / "registry.db"
@@ -277,23 +276,18 @@ class Bench(StagedBench):
                     if adapter["origin"] in ("generated", "carried_over") or "refresh" in (adapter["provenance"] or {}):
                         staged.remove(adapter["id"])
             staging.rename(target)
-        return open_registry(target, add_bundled=False)
 
     def adapt_baselines(self, version: str, task: str, carried: str, request) -> dict:
         """warm_finetune and short_finetune of `task` on `version`: `request.steps` steps on the same shots as
         refresh --adapt, from the carried-over adapter's weights and from a fresh LoRA; folders and seconds."""
-        from loragen.adapters import load_weights, read_adapter_folder
-        from loragen.config import FinetuneConfig, LoraConfig
-        from loragen.finetune import finetune
-        from loragen.generator.refine import split_examples
-        from loragen.tasks.suite import get_task
+        from loragen.adapters import load_weights
+        from loragen.finetune import finetune, lora_config_of_folder
+        from loragen.workflows import adapt_finetune_config, adaptation_examples
 
-        shots, _ = split_examples(get_task(task).examples("train"), request.shots, 16, self.args.seed)
+        shots, _ = adaptation_examples(task, request, self.args.seed)
         folder = self.registry.adapter_folder(carried)
-        shape = read_adapter_folder(folder)
-        lora = LoraConfig(r=shape.rank, alpha=int(shape.alpha), target_modules=sorted(shape.target_leaf_names()))
-        config = FinetuneConfig(steps=request.steps, batch_size=min(8, len(shots)), learning_rate=request.learning_rate,
-                                checkpoints=1, checkpoint_every=request.steps, seed=self.args.seed)
+        lora = lora_config_of_folder(folder, carried)
+        config = adapt_finetune_config(request, len(shots), self.args.seed)
         model, tokenizer, _ = self.loader.get(version)
         out = {}
         for column, start in (("warm_finetune", load_weights(folder / "adapter_model.safetensors")),
@@ -342,12 +336,10 @@ class Bench(StagedBench):
         made = self.read("adapted.json", {}).get(version, {}).get("tasks", {}).get(task)
         if made is None:
             return {}
-        copy = open_registry(self.work / "adapt-home", add_bundled=False)
-        folders = {"refresh_adapted": copy.adapter_folder(made["refresh_adapted"]),
+        folders = {"refresh_adapted": self.adapt_registry.adapter_folder(made["refresh_adapted"]),
                    "warm_finetune": made["warm_finetune"], "short_finetune": made["short_finetune"]}
-        if made["adapted_run"]:
-            [last] = sorted((self.work / "adapt-home" / "runs" / made["adapted_run"] / "checkpoints").iterdir())[-1:]
-            folders["adapted"] = last
+        if made["adapted_run"]:  # the run keeps one checkpoint, its last step
+            folders["adapted"] = max((self.adapt_home / "runs" / made["adapted_run"] / "checkpoints").iterdir())
         return folders
 
     def geometry(self) -> None:
@@ -459,6 +451,19 @@ class Bench(StagedBench):
             print(f"{role} ({g['version']}): " + "  ".join(f"{c} {g[c]}" for c in COLUMNS if g[c] is not None) +
                   f"  refresh {g['refresh_seconds']} s vs fine-tune {g['finetune_seconds']} s", flush=True)
         return out
+
+
+def _read_back(registry, items) -> list:
+    """The items a refresh skipped because a run killed before its stage's record registered them: their action,
+    candidates and winner read back from the registered adapter's provenance. Returns those items."""
+    resumed = [item for item in items if item.action.startswith("skip")]
+    for item in resumed:
+        shown = registry.get_adapter(item.id)
+        record = shown["provenance"].get("refresh") or {}
+        item.action = "adapted" if shown["origin"] == "trained" else shown["origin"].replace("_", " ")
+        item.candidates = record.get("candidates", [])
+        item.winner = next((i for i, c in enumerate(item.candidates) if c["kind"] == record.get("winner")), None)
+    return resumed
 
 
 def _flat_adapter(folder) -> torch.Tensor:

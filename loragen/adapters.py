@@ -256,6 +256,20 @@ def load_weights(path: Path, check_finite: bool = True):
     return tensors
 
 
+def state_dict_digest(state_dict: dict) -> str:
+    """sha256 over the tensors' names, dtypes, shapes and bytes, in name order (any dtype, bfloat16 included)."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
 def lora_config_dict(rank: int, alpha: float, target_modules: list[str], base_name: str = "") -> dict[str, Any]:
     """A minimal adapter_config.json that peft 0.21 loads.
 

@@ -109,16 +109,15 @@ class _BatchOrder:
         self.order = list(state["order"])
 
 
-def state_dict_digest(state_dict: dict[str, torch.Tensor]) -> str:
-    """sha256 over the tensors' names, dtypes, shapes and bytes, in name order."""
-    import hashlib
+def lora_config_of_folder(folder: Path, name: str) -> LoraConfig:
+    """The LoRA shape of adapter `name`'s PEFT folder, as fine-tuning takes it: a run warm-started from it must
+    have its rank, alpha and modules. An alpha that is not a whole number (LoraConfig's) is refused in one line."""
+    from loragen.adapters import read_adapter_folder
 
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach().contiguous().cpu()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
+    shape = read_adapter_folder(Path(folder))
+    if not shape.alpha.is_integer():
+        raise LoragenError(f"{name} has lora_alpha {shape.alpha:g}; a warm fine-tune needs a whole number")
+    return LoraConfig(r=shape.rank, alpha=int(shape.alpha), target_modules=sorted(shape.target_leaf_names()))
 
 
 def load_lora_weights(peft_model, state_dict: dict[str, torch.Tensor]) -> None:
@@ -170,6 +169,8 @@ def finetune(model, tokenizer, examples: Sequence[tuple[str, str]], lora: LoraCo
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     settings = {"lora": asdict(lora), "finetune": asdict(config), "examples": len(examples)}
     if start_from is not None:  # only then, so the settings of cold runs saved before warm starts still match
+        from loragen.adapters import state_dict_digest
+
         settings["start_from"] = state_dict_digest(start_from)
     torch.manual_seed(config.seed)
     peft_model = make_peft_model(model, lora)

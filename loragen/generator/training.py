@@ -434,14 +434,11 @@ def distributed_rank() -> int:
 
 def ranks_weight_digests(weights) -> list[str]:
     """sha256 of the weights on every process (one entry without distribution)."""
-    import hashlib
-
     import torch.distributed as dist
 
-    digest = hashlib.sha256()
-    for key in sorted(weights):
-        digest.update(key.encode() + weights[key].detach().cpu().contiguous().numpy().tobytes())
-    mine = digest.hexdigest()
+    from loragen.adapters import state_dict_digest
+
+    mine = state_dict_digest(weights)
     if not (dist.is_available() and dist.is_initialized()):
         return [mine]
     gathered: list[str] = [""] * dist.get_world_size()

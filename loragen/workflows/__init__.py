@@ -72,6 +72,8 @@ from loragen.workflows.generation import (
 from loragen.workflows.refreshing import (
     AdaptRequest,
     RefreshItem,
+    adapt_finetune_config,
+    adaptation_examples,
     draw_shifted,
     estimate_refresh,
     plan_refresh,
@@ -80,7 +82,8 @@ from loragen.workflows.refreshing import (
 from loragen.workflows.training import collect_training_set, train, train_on
 
 __all__ = [
-    "AdaptRequest", "BaseLoader", "CARRIED_OVER", "Candidate", "Drawn", "EvalTarget", "FinetuneOutcome",
+    "AdaptRequest", "adapt_finetune_config", "adaptation_examples", "BaseLoader", "CARRIED_OVER", "Candidate",
+    "Drawn", "EvalTarget", "FinetuneOutcome",
     "GenerateResult", "LoadedBase", "LoadedGenerator", "MAX_SEED", "MultitaskOutcome", "Notify", "Progress", "RefreshItem",
     "RegisteredCheckpoint", "SEEN_TASKS", "SLUG_LENGTH", "TargetScore", "base_condition", "bundled_task", "choose",
     "collect_training_set", "default_group_name", "distributed_rank", "draw", "draw_shifted", "evaluate_adapters",

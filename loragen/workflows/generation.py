@@ -258,6 +258,7 @@ class Drawn:
     validation: Any = None          # the Task whose validation split picks among several samples, or None
     coefficients: list | None = None  # a library generator's: each sample's blend (S, J), in the seeds' order
     _tmp: Any = None
+    _folders: list[Path] = field(default_factory=list)  # what folders() wrote, in the candidates' order
 
     def add(self, candidate: Candidate, state_dict: dict) -> None:
         self.candidates.append(candidate)
@@ -273,12 +274,16 @@ class Drawn:
         return lora_config_dict(lora["r"], lora["lora_alpha"], lora["target_modules"])
 
     def folders(self, registry: Registry) -> list[Path]:
-        """Each candidate as a PEFT folder in a temporary folder of the home (removed with this object)."""
+        """Each candidate as a PEFT folder in a temporary folder of the home (removed with this object). Each is
+        written once: a later call writes only the candidates added since (refresh --adapt's)."""
         from loragen.adapters import write_adapter_folder
 
-        self._tmp = tempfile.TemporaryDirectory(prefix="loragen-candidates-", dir=registry.home)
-        return [write_adapter_folder(Path(self._tmp.name) / f"c{i}", sd, self.lora_config())
-                for i, sd in enumerate(self.state_dicts)]
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="loragen-candidates-", dir=registry.home)
+        for i in range(len(self._folders), len(self.state_dicts)):
+            self._folders.append(write_adapter_folder(Path(self._tmp.name) / f"c{i}", self.state_dicts[i],
+                                                      self.lora_config()))
+        return list(self._folders)
 
 
 def draw(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref: str, seed: int, samples: int,

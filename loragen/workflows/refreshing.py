@@ -292,15 +292,13 @@ def _adapted_candidates(registry: Registry, model, tokenizer, item: RefreshItem,
     (unscored) and returned: the best generated sample's blend refined (a library generator's; kept only when its
     held-back examples' loss went down, as `generate --examples`), and the best candidate's LoRA fine-tuned for
     `adapt.steps` steps from its exact weights."""
-    from loragen.generator.refine import examples_digest, refine_blend, split_examples
+    from loragen.generator.refine import examples_digest, refine_blend
 
-    task = bundled_task(item.task)
-    pairs = task.examples("train") if task is not None and task.declares_split("train") else []
-    if len(pairs) <= adapt.shots:  # this task is refreshed without adaptation; the others still are
-        item.adapt_skipped = (f"{len(pairs)} training example(s): --shots {adapt.shots} needs more, to hold some "
-                              "back")
+    try:
+        shots, held_back = adaptation_examples(item.task, adapt, seed)
+    except LoragenError as error:  # this task is refreshed without adaptation; the others still are
+        item.adapt_skipped = str(error)
         return []
-    shots, held_back = split_examples(pairs, adapt.shots, adapt.held_back, seed)
     examples = {"shots": len(shots), "examples_sha256": examples_digest(shots), "steps": adapt.steps}
     made: list[Candidate] = []
 
@@ -345,16 +343,35 @@ def _weights_of(registry: Registry, drawn: Drawn, candidate: Candidate, item: Re
     return drawn.state_dict_of(candidate)
 
 
+def adaptation_examples(task_name: str, adapt: AdaptRequest, seed: int) -> tuple[list, list]:
+    """The (shots, held back) `refresh --adapt` fits a task on: a seeded draw from its bundled training split
+    (bench_refresh's baselines take the same). A task with no more than `adapt.shots` examples is refused in one
+    line: nothing would be left to hold back."""
+    from loragen.generator.refine import split_examples
+
+    task = bundled_task(task_name)
+    pairs = task.examples("train") if task is not None and task.declares_split("train") else []
+    if len(pairs) <= adapt.shots:
+        raise LoragenError(f"{len(pairs)} training example(s): --shots {adapt.shots} needs more, to hold some back")
+    return split_examples(pairs, adapt.shots, adapt.held_back, seed)
+
+
+def adapt_finetune_config(adapt: AdaptRequest, shots: int, seed: int):
+    """The fine-tune of `adapt.steps` steps on `shots` examples that --adapt's warm start runs (and bench_refresh's
+    baselines at the same budget): one checkpoint, at the end."""
+    from loragen.config import FinetuneConfig
+
+    return FinetuneConfig(steps=adapt.steps, batch_size=min(8, shots), learning_rate=adapt.learning_rate,
+                          checkpoints=1, checkpoint_every=adapt.steps, seed=seed)
+
+
 def _lora_of(registry: Registry, drawn: Drawn, candidate: Candidate, item: RefreshItem):
     """The LoRA shape of a candidate: the carried-over adapter's own, or the generator's."""
-    from loragen.adapters import read_adapter_folder
     from loragen.config import LoraConfig
+    from loragen.finetune import lora_config_of_folder
 
     if candidate.kind == CARRIED_OVER:
-        folder = read_adapter_folder(registry.adapter_folder(item.replaces))
-        if not folder.alpha.is_integer():
-            raise LoragenError(f"{item.replaces} has lora_alpha {folder.alpha:g}; a warm fine-tune needs a whole number")
-        return LoraConfig(r=folder.rank, alpha=int(folder.alpha), target_modules=sorted(folder.target_leaf_names()))
+        return lora_config_of_folder(registry.adapter_folder(item.replaces), item.replaces)
     lora = drawn.generator.checkpoint.lora
     return LoraConfig(r=lora["r"], alpha=lora["lora_alpha"], target_modules=sorted(lora["target_modules"]))
 
@@ -365,15 +382,12 @@ def _warm_finetune(registry: Registry, model, tokenizer, item: RefreshItem, star
     named by everything that decides its result; returns the final weights, the seconds trained and the folder."""
     import hashlib
     import json
-    from dataclasses import asdict
 
-    from loragen.adapters import load_weights
-    from loragen.config import FinetuneConfig
-    from loragen.finetune import finetune, state_dict_digest
+    from loragen.adapters import load_weights, state_dict_digest
+    from loragen.finetune import finetune
     from loragen.generator.refine import examples_digest
 
-    config = FinetuneConfig(steps=adapt.steps, batch_size=min(8, len(shots)), learning_rate=adapt.learning_rate,
-                            checkpoints=1, checkpoint_every=adapt.steps, seed=seed)
+    config = adapt_finetune_config(adapt, len(shots), seed)
     key = [state_dict_digest(start), asdict(config), asdict(lora), examples_digest(shots),
            registry.version(item.base).weights_digest]
     fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
