@@ -245,7 +245,8 @@ def continue_pretraining(model, blocks: torch.Tensor, *, steps: int, batch_size:
         losses.append(loss.item())
         if step % 10 == 0 or step == steps - 1:
             log(f"  step {step + 1}/{steps}  loss {loss.item():.3f}  {time.perf_counter() - began:.0f} s")
-        if state_path is not None and (step + 1) % save_every == 0 and step + 1 < steps:
+        # The last step is saved too: a rung trained ahead (--prepare) is registered later from that state.
+        if state_path is not None and ((step + 1) % save_every == 0 or step + 1 == steps):
             state_path.parent.mkdir(parents=True, exist_ok=True)
             torch_save_atomic({"recipe": recipe, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "schedule": schedule.state_dict(), "sampler": generator.get_state(), "losses": losses,
@@ -286,18 +287,24 @@ def mean_zero_shot(model, tokenizer, tasks: list[str], limit: int) -> float | No
     return round(sum(s.value for s in scores) / len(scores), 4)
 
 
-def make_rung(registry, rung: Rung, *, batch_size: int, length: int, seed: int, out: Path, base: str = BASE,
-              zero_shot_tasks: list[str] = (), zero_shot_limit: int = 50, log=print) -> dict:
-    """Train and register one rung of `base` from the version before it; returns its record, with the mean
-    validation zero-shot over `zero_shot_tasks` before and after (how far the version moved for users)."""
+def prepare_rung(registry, rung: Rung, *, batch_size: int, length: int, seed: int, out: Path, base: str = BASE,
+                 log=print) -> None:
+    """Train a rung whose parent is registered ahead of its turn, into its training state under `out`, without
+    registering it: `make_rung` later resumes from that state at its last step, so a branch (v9 from v1) trains on
+    a second core while the chain makes the versions numbered before it. Same weights either way."""
     from loragen.workflows import load_base
 
-    versions = sorted(row["version"] for row in registry.list_bases() if row["base"] == base)
-    if versions[-1] != rung.version - 1:
-        raise SystemExit(f"{base} is at v{versions[-1]}; expected v{rung.version - 1} before making v{rung.version}")
     model, tokenizer, parent = load_base(registry, f"{base}@v{rung.parent_version}")
-    parent_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    zero_shot_before = mean_zero_shot(model, tokenizer, list(zero_shot_tasks), zero_shot_limit)
+    _train_rung(registry, model, tokenizer, parent, rung, batch_size=batch_size, length=length, seed=seed, out=out,
+                base=base, log=log)
+
+
+def _train_rung(registry, model, tokenizer, parent, rung: Rung, *, batch_size: int, length: int, seed: int,
+                out: Path, base: str, log) -> tuple[int, list[float], float]:
+    """Continued training of the parent `model` on the rung's corpus, resumable under `out`: (rows, losses,
+    seconds)."""
+    from loragen.workflows import load_base
+
     if rung.corpus == "wordnet_chat" and not tokenizer.chat_template:
         # Registered before loragen kept chat_template.jinja, v2-v4 of the first ladder lost the template; it is
         # SmolLM2-Instruct's, which continued pretraining does not change: take it from the ladder's root.
@@ -310,12 +317,32 @@ def make_rung(registry, rung: Rung, *, batch_size: int, length: int, seed: int, 
     losses, seconds = continue_pretraining(model, blocks, steps=rung.steps, batch_size=batch_size,
                                            learning_rate=rung.learning_rate, seed=seed, state_path=state_path,
                                            recipe=note, log=log)
+    return len(blocks), losses, seconds
+
+
+def make_rung(registry, rung: Rung, *, batch_size: int, length: int, seed: int, out: Path, base: str = BASE,
+              zero_shot_tasks: list[str] = (), zero_shot_limit: int = 50, log=print) -> dict:
+    """Train (or finish a prepared training state) and register one rung of `base` from its parent; returns its
+    record, with the mean validation zero-shot over `zero_shot_tasks` before and after (how far the version moved
+    for users)."""
+    from loragen.workflows import load_base
+
+    versions = sorted(row["version"] for row in registry.list_bases() if row["base"] == base)
+    if versions[-1] != rung.version - 1:
+        raise SystemExit(f"{base} is at v{versions[-1]}; expected v{rung.version - 1} before making v{rung.version}")
+    model, tokenizer, parent = load_base(registry, f"{base}@v{rung.parent_version}")
+    parent_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    zero_shot_before = mean_zero_shot(model, tokenizer, list(zero_shot_tasks), zero_shot_limit)
+    rows, losses, seconds = _train_rung(registry, model, tokenizer, parent, rung, batch_size=batch_size,
+                                        length=length, seed=seed, out=out, base=base, log=log)
+    note = rung.note(parent.label, batch_size, length, seed)
+    state_path = out / f"v{rung.version}.training-state.pt"
     folder = out / f"v{rung.version}"
     save_hf_folder(model, tokenizer, folder)
     registered = register_rung(registry, folder, note, base, parent=parent.label)
     state_path.unlink(missing_ok=True)
     record = {"version": rung.version, "role": rung.role, "kind": rung.kind, "corpus": rung.label,
-              "parent": parent.label, "rows": len(blocks), "steps": rung.steps, "learning_rate": rung.learning_rate,
+              "parent": parent.label, "rows": rows, "steps": rung.steps, "learning_rate": rung.learning_rate,
               "first_loss": losses[0], "last_loss": sum(losses[-10:]) / len(losses[-10:]),
               "seconds": round(seconds, 1), "id": registered.id,
               **distances(registry, base, rung.version, parent_weights, zero_shot_before, model, tokenizer,
@@ -369,6 +396,9 @@ def main() -> None:
                         "noun_singular,verb_base_form", help="validation zero-shot before and after each rung")
     parser.add_argument("--zero-shot-limit", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("bench/out/evolve.json"))
+    parser.add_argument("--prepare", type=int, default=None, metavar="VERSION",
+                        help="only train this rung (its parent must be registered) into its training state, for a "
+                             "second process to run beside the chain; the main run registers it in its turn")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -376,6 +406,15 @@ def main() -> None:
     records = {r["version"]: r for r in json.loads(args.out.read_text()).get("versions", [])} if args.out.is_file() else {}
     notes = {row["version"]: row.get("note", "") for row in registry.list_bases() if row["base"] == BASE}
     zero_shot_tasks = [t for t in args.zero_shot_tasks.split(",") if t]
+    if args.prepare is not None:
+        [rung] = [r for r in LADDER if r.version == args.prepare] or [None]
+        if rung is None or rung.parent_version not in notes:
+            raise SystemExit(f"--prepare {args.prepare}: no such rung, or its parent is not registered yet")
+        if rung.version in notes:
+            raise SystemExit(f"{BASE}@v{rung.version} is registered already")
+        prepare_rung(registry, rung, batch_size=args.batch_size, length=args.length, seed=args.seed + rung.version - 2,
+                     out=Path("bench/out/evolved"), log=lambda line: print(line, flush=True))
+        return
     for rung in (r for r in LADDER if r.version <= args.upto):
         seed = args.seed + rung.version - 2
         if rung.version in notes:

@@ -11,6 +11,7 @@ from bench.evolve_base import (
     Rung,
     continue_pretraining,
     make_rung,
+    prepare_rung,
     register_rung,
     weight_distance,
     wordnet_glosses,
@@ -102,6 +103,33 @@ def test_a_rung_on_a_tiny_base_is_registered_with_its_recipe_and_the_same_seed_g
     v1 = load_base(registry, "tiny@v1").model.state_dict()
     assert record["weight_change_vs_parent"] == pytest.approx(
         weight_distance(v1, load_base(registry, "tiny@v3").model.state_dict()), rel=1e-6)
+
+
+def test_a_branch_trained_ahead_with_prepare_is_registered_in_its_turn_with_the_same_weights(
+        tmp_path, tiny_base, monkeypatch):
+    from loragen.config import RegistryConfig
+    from loragen.registry.store import Registry
+    from loragen.workflows import load_base
+
+    monkeypatch.setattr(evolve_base, "corpus_text", lambda corpus, tokenizer: "the quick brown fox jumps. " * 40)
+    chain = Rung(2, "continued pretraining", "toy", "a toy text", steps=3, learning_rate=1e-3, role="train")
+    branch = Rung(3, "continued pretraining", "toy", "a toy text", steps=4, learning_rate=1e-3, role="train", parent=1)
+    settings = {"batch_size": 2, "length": 16, "base": "tiny", "log": lambda line: None}
+    weights, lines = [], []
+    for prepared in (False, True):
+        registry = Registry(RegistryConfig(home=str(tmp_path / f"home{prepared}")))
+        registry.add_base("tiny", str(tiny_base))
+        out = tmp_path / f"evolved{prepared}"
+        if prepared:  # v3 trained before v2 exists; nothing registered by it
+            prepare_rung(registry, branch, seed=1, out=out, **settings)
+            assert (out / "v3.training-state.pt").is_file()
+            assert [row["name"] for row in registry.list_bases()] == ["tiny@v1"]
+        make_rung(registry, chain, seed=0, out=out, zero_shot_tasks=[], **settings)
+        make_rung(registry, branch, seed=1, out=out, zero_shot_tasks=[], **{**settings, "log": lines.append})
+        weights.append(load_base(registry, "tiny@v3").model.state_dict())
+        assert not list(out.glob("*training-state*"))
+    assert any("at step 4/4" in line for line in lines)  # the prepared run resumed at its end: no step trained again
+    assert weight_distance(weights[0], weights[1]) == 0.0
 
 
 def test_a_rung_killed_mid_training_resumes_from_its_last_save_to_the_same_weights(tmp_path, tiny_base, monkeypatch):
