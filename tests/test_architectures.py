@@ -82,6 +82,19 @@ def test_the_llama_table_matches_a_llama():
     assert ARCHITECTURES[model.config.model_type] is LLAMA == architectures.architecture("llama")
 
 
+def test_the_gemma3_table_names_modules_a_gemma3_model_has(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from loragen.architectures import GEMMA3_TEXT
+    from tests.tiny import make_tiny_gemma3
+
+    model = AutoModelForCausalLM.from_pretrained(make_tiny_gemma3(tmp_path / "g"))
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    assert set(GEMMA3_TEXT.projections) <= names and {GEMMA3_TEXT.embedding, GEMMA3_TEXT.head} <= names
+    assert GEMMA3_TEXT.layer_kinds_key in model.config.to_dict()
+    assert architectures.architecture(model.config.model_type) is GEMMA3_TEXT
+
+
 def test_an_architecture_without_a_table_is_a_clear_error():
-    with pytest.raises(LoragenError, match="no architecture table for model_type 'gemma3'.*known: llama"):
-        architectures.architecture("gemma3")
+    with pytest.raises(LoragenError, match="no architecture table for model_type 'mistral'.*known: gemma3_text, llama"):
+        architectures.architecture("mistral")

@@ -44,6 +44,23 @@ def make_tiny_llama(path: Path, seed: int = 0, **config_kwargs) -> Path:
     return path
 
 
+def make_tiny_gemma3(path: Path, seed: int = 0) -> Path:
+    """A randomly initialised tiny Gemma 3 text model (Gemma 3 270M's shape in small: head_dim not hidden/heads,
+    one KV head, sliding and full attention layers, tied embeddings) and the tiny tokenizer, as a folder."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=24, max_position_embeddings=256,
+                              sliding_window=8, layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                              bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True)
+    model = Gemma3ForCausalLM(config)
+    path = Path(path)
+    model.save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
+    return path
+
+
 def make_lora(base_dir: Path, out_dir: Path, seed: int = 0, r: int = 4,
               target_modules: tuple[str, ...] = ("q_proj", "v_proj")) -> Path:
     """A PEFT LoRA folder on a tiny base, with non-zero B so it changes the outputs."""

@@ -213,6 +213,17 @@ class Library:
         return cls(slots=slots, A=stacked_a, B=stacked_b, scales=scale_vector.float(), rank=rank,
                    grams=torch.stack(grams))
 
+    def misfits(self, linear_shapes: Mapping[str, Sequence[int]]) -> list[str]:
+        """The slots a base with these linear shapes (module path -> [out, in]) lacks or has at another shape,
+        each as `slot: [out, in] here, <the base's> there`: where the library's adapters cannot be applied."""
+        misfits = []
+        for index, slot in enumerate(self.slots):
+            wanted = [int(self.B[index].shape[0]), int(self.A[index].shape[1])]
+            found = linear_shapes.get(slot)
+            if found is None or list(found) != wanted:
+                misfits.append(f"{slot}: {wanted} in the library, {list(found) if found else 'absent'} in the base")
+        return misfits
+
     def slot_modules(self) -> list[str]:
         """Each slot's module leaf name (q_proj, v_proj, …)."""
         return [slot.rsplit(".", 1)[-1] for slot in self.slots]

@@ -48,11 +48,12 @@ class BlobStore:
         except FileNotFoundError:
             return False
 
-    def put_stream(self, stream: BinaryIO) -> tuple[str, int]:
+    def put_stream(self, stream: BinaryIO, expected_sha256: str | None = None, mismatch: str = "") -> tuple[str, int]:
         """Copy a stream into the store; return (sha256, size).
 
         Storing bytes that are already there refreshes the blob's mtime, so gc's grace
-        period spares it until the caller has registered it.
+        period spares it until the caller has registered it. With `expected_sha256`, bytes
+        that hash otherwise never take a place in the store: LoragenError(`mismatch`).
         """
         tmp_name = None
         try:
@@ -68,6 +69,8 @@ class BlobStore:
                 out.flush()
                 os.fsync(out.fileno())
                 sha = digest.hexdigest()
+                if expected_sha256 is not None and sha != expected_sha256:
+                    raise LoragenError(mismatch or f"the stream's sha256 is {sha}, not {expected_sha256}")
                 final = self.path(sha)
                 if self.holds(sha, size):
                     os.unlink(tmp_name)

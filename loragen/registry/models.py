@@ -74,6 +74,9 @@ class BaseVersion(Base):
     parent_id: Mapped[Optional[int]] = mapped_column(ForeignKey("base_versions.id"), nullable=True)
     note: Mapped[str] = mapped_column(Text, default="")
     source: Mapped[str] = mapped_column(Text)          # where it was added from, for people
+    # The terms the weights come under, when a bundled model declares them (Gemma Terms of Use); versions evolved
+    # from it keep the name. The terms' text is one of the files of the version added from the package.
+    licence: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
     gguf_file: Mapped[Optional[str]] = mapped_column(String(300), nullable=True)
     config: Mapped[dict[str, Any]] = mapped_column(JSON)          # the transformers config
     linear_shapes: Mapped[dict[str, Any]] = mapped_column(JSON)   # module path -> [out, in]

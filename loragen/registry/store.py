@@ -159,7 +159,7 @@ class Registry:
             if s.scalar(select(BaseModel).where(BaseModel.name == name)) is not None:
                 raise LoragenError(f"base '{name}' already exists: "
                                    f"use `loragen base update {name} --from PATH` for a new version")
-        source = resolve_source(source_spec)
+        source = self._resolve_source(source_spec)
         if reading:
             reading(source.description)
         architecture = read_architecture(source)
@@ -173,7 +173,7 @@ class Registry:
             except IntegrityError:
                 raise LoragenError(f"base '{name}' already exists") from None
             version = self._add_version(s, base, 1, None, source, architecture, digest, staged,
-                                        note or "initial version")
+                                        note or "initial version", licence=source.licence)
             return Registered(id=f"{name}@v{version.version}", created=True)
 
     def update_base(self, name: str, source_spec: str, note: str = "",
@@ -197,7 +197,7 @@ class Registry:
                     raise LoragenError(f"the parent must be a version of {quoted(name)}, as {name}@vN "
                                        f"(got {quoted(parent)})")
                 parent_id = self.resolve_version(s, parent).id
-        source = resolve_source(source_spec)
+        source = self._resolve_source(source_spec)
         if reading:
             reading(source.description)
         architecture = read_architecture(source)
@@ -211,16 +211,25 @@ class Registry:
                 raise LoragenError(f"these weights are already registered as {name}@v{same.version}")
             base = s.get(BaseModel, latest.base_id)
             newest = s.scalar(select(func.max(BaseVersion.version)).where(BaseVersion.base_id == base.id))
-            version = self._add_version(s, base, newest + 1, parent_id, source, architecture, digest, staged, note)
+            licence = source.licence or s.get(BaseVersion, parent_id).licence  # an evolved version keeps its terms
+            version = self._add_version(s, base, newest + 1, parent_id, source, architecture, digest, staged, note,
+                                        licence=licence)
             return Registered(id=f"{name}@v{version.version}", created=True)
+
+    def _resolve_source(self, spec: str) -> BaseSource:
+        """`--from`, resolved; an assembled bundled model (bundled:gemma3) is joined into this registry's blob store
+        (once: a later call finds it there) and linked under snapshots/bundled/NAME."""
+        folder = self.snapshots / "bundled" / spec.split(":", 1)[-1] if spec.startswith("bundled:") else None
+        return resolve_source(spec, assembled_into=(self.blobs, folder))
 
     def _stage_base_files(self, source: BaseSource) -> dict[str, StagedBlob]:
         return {relpath: self._stage_file(source.folder / relpath, media_type(relpath)) for relpath in source.files}
 
     def _add_version(self, s: Session, base: BaseModel, number: int, parent_id: int | None, source: BaseSource,
-                     architecture: Architecture, digest: str, staged: dict[str, StagedBlob], note: str) -> BaseVersion:
+                     architecture: Architecture, digest: str, staged: dict[str, StagedBlob], note: str,
+                     licence: str | None = None) -> BaseVersion:
         version = BaseVersion(
-            base_id=base.id, version=number, parent_id=parent_id, note=note, source=source.description,
+            base_id=base.id, version=number, parent_id=parent_id, note=note, source=source.description, licence=licence,
             gguf_file=source.gguf_file, config=architecture.config, linear_shapes=architecture.linear_shapes,
             weights_digest=digest, num_parameters=architecture.num_parameters)
         s.add(version)

@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol
 
+from loragen.architectures import layer_facts
 from loragen.errors import LoragenError, quoted
 from loragen.registry.readonly import read_only_file, read_only_uri
 from loragen.registry.refs import (
@@ -226,18 +227,21 @@ class Views:
         """Every base version, with its lineage and how many adapters it has."""
         rows = self._rows(
             "SELECT bm.name, bv.version, bm.architecture, parent.version, bv.note, bv.num_parameters, bv.config, "
-            "bv.weights_digest, bv.source, bv.created_at, "
+            "bv.weights_digest, bv.source, bv.licence, bv.created_at, "
             "(SELECT count(*) FROM adapters a WHERE a.base_version_id = bv.id) "
             "FROM base_versions bv JOIN base_models bm ON bm.id = bv.base_id "
             "LEFT JOIN base_versions parent ON parent.id = bv.parent_id ORDER BY bv.base_id, bv.version")
         views = []
-        for name, version, architecture, parent, note, parameters, config, digest, source, created, adapters in rows:
-            config = json_column(config)
+        for name, version, architecture, parent, note, parameters, config, digest, source, licence, created, adapters \
+                in rows:
+            facts = layer_facts(architecture, json_column(config))
             views.append({
                 "name": f"{name}@v{version}", "base": name, "version": version, "architecture": architecture,
                 "parent": f"{name}@v{parent}" if parent else None, "note": note, "parameters": parameters,
-                "layers": config.get("num_hidden_layers"), "hidden_size": config.get("hidden_size"),
-                "weights_digest": digest, "source": source, "adapters": adapters, "created_at": iso_column(created)})
+                "layers": facts["layers"], "hidden_size": facts["hidden_size"], "head_dim": facts["head_dim"],
+                "attention": facts["attention"], "tied_embeddings": facts["tied_embeddings"],
+                "weights_digest": digest, "source": source, "licence": licence,
+                "adapters": adapters, "created_at": iso_column(created)})
         return views
 
     def tasks(self, name: str | None = None) -> list[dict[str, Any]]:

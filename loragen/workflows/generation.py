@@ -324,6 +324,12 @@ def draw(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref
         refine_pairs = split_examples(read_examples(refine.examples), refine.shots, refine.held_back, seed)
 
     generator = loaded or load_generator(registry, generator_ref)
+    if generator.library is not None and (misfits := generator.library.misfits(version.linear_shapes)):
+        # A library generator blends its library's adapters: a base of another architecture or size cannot take
+        # them (the base condition alone cannot change the shapes). Refused before anything is drawn.
+        raise LoragenError(f"generator {generator.uid[:12]} cannot make adapters for {version.label}: its library's "
+                           f"adapters do not fit that base's modules ({len(misfits)} of {len(generator.library.slots)}"
+                           f", e.g. {misfits[0]}); train a generator on {version.name}'s adapters (loragen train)")
     if refine is not None and generator.library is None:
         raise LoragenError(f"generator {generator.uid[:12]} emits raw weights, not library coefficients: --examples "
                            "needs a library generator (generator.representation = \"library\", loragen train)")
