@@ -91,7 +91,7 @@ def test_the_task_loss_gradient_reaches_the_blend_generator(tiny_base, tmp_path)
     from transformers import AutoModelForCausalLM
 
     from loragen.generator.blend_model import BlendGenerator, blend_config_from_settings
-    from loragen.generator.blend_training import BlendTaskLoss, slot_positions
+    from loragen.generator.blend_training import BlendTaskLoss, training_families
     from loragen.generator.diffusion import DDPMSchedule
     from tests.tiny import make_tokenizer
 
@@ -99,16 +99,15 @@ def test_the_task_loss_gradient_reaches_the_blend_generator(tiny_base, tmp_path)
     data.task_examples = {task: [("abc", "ABC"), ("de", "DE"), ("f", "F")] for task in data.task_descriptions}
     data.load_base = lambda label: (AutoModelForCausalLM.from_pretrained(tiny_base), make_tokenizer())
     settings = GeneratorSettings(**TINY, steps=1, task_loss_weight=1.0, task_examples_per_step=2)
-    library = training_library(data)
-    module_types = sorted(set(library.slot_modules()))
+    families, module_types = training_families(data)
+    [family] = families
+    library = family.library
     config = blend_config_from_settings(settings, library_size=library.size, num_slots=len(library.slots),
                                         num_module_types=len(module_types), text_dim=8, base_dim=6)
     model = BlendGenerator(config)
-    targets = blend_targets(library, [a.task for a in data.adapters])
-    loss = BlendTaskLoss(data, settings, library)(
-        model, DDPMSchedule(prediction_type="sample"), slot_positions(library.slots, module_types), targets,
-        torch.stack([data.base_embeddings["tiny@v1"]] * library.size), torch.tensor([False] * 4),
-        torch.Generator().manual_seed(0))
+    loss = BlendTaskLoss(data, settings, families)(
+        model, DDPMSchedule(prediction_type="sample"), torch.stack([data.base_embeddings["tiny@v1"]] * library.size),
+        torch.tensor([False] * 4), torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss)
     assert model.to_query.weight.grad is not None and model.to_query.weight.grad.abs().sum() > 0

@@ -204,3 +204,50 @@ def test_a_missing_bundled_package_names_its_pip_command(capsys, isolated_home, 
     with pytest.raises(LoragenError, match="assembled from chunk packages"):
         bases.bundled_gguf("absent")
     assert json.loads(json.dumps(run_cli(capsys, "list", "bases", "--json").json())) == []
+
+
+# ---------------------------------------------------------------- one generator across both bases
+
+def test_one_generator_trains_on_both_bases_and_serves_each_from_its_own_library(capsys, tiny_gemma, tiny_base,
+                                                                                tmp_path, isolated_home):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from tests.tiny import make_lora
+
+    isolated_home.mkdir(parents=True, exist_ok=True)
+    (isolated_home / "loragen.toml").write_text(
+        "[generator]\n" + "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in TINY_GENERATOR.items())
+        + "\nsteps = 60\n")
+    folders = {"tg": tiny_gemma, "tiny": tiny_base}
+    for base, folder in folders.items():
+        assert run_cli(capsys, "base", "add", base, "--from", folder).code == 0
+    for index, (base, task) in enumerate([("tg", "upper"), ("tg", "lower"), ("tiny", "upper"), ("tiny", "title")]):
+        lora = make_lora(folders[base], tmp_path / f"l{index}", seed=index, r=2)
+        assert run_cli(capsys, "ingest", lora, "--base", base, "--task", task, "-d", f"make words {task}case").code == 0
+    trained = run_cli(capsys, "train", "--json")
+    assert trained.code == 0, trained.err
+    summary = trained.json()
+    assert summary["library_size"] == 4
+    assert sorted((f["bases"], f["adapters"], f["slots"]) for f in summary["families"]) == [
+        (["tg@v1"], 2, 6), (["tiny@v1"], 2, 4)]  # Gemma: 3 layers x (q, v); Llama: 2 layers x (q, v)
+    text = run_cli(capsys, "train").out
+    assert "libraries per base shape: tg@v1: 2 adapters over 6 slots; tiny@v1: 2 adapters over 4 slots" in text
+
+    for base, folder in folders.items():
+        out = tmp_path / f"gen-{base}"
+        generated = run_cli(capsys, "generate", "--task", "upper", "--base", base, "--seed", "3", "--out", out, "--json")
+        assert generated.code == 0, generated.err
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder), out)  # the base's own shapes
+        weights = load_file(out / "adapter_model.safetensors")
+        layers = {key.split(".layers.")[1].split(".")[0] for key in weights}
+        assert len(layers) == (3 if base == "tg" else 2)
+    # The same seed gives the same adapter from the joint generator too.
+    again = run_cli(capsys, "generate", "--task", "upper", "--base", "tg", "--seed", "3", "--out", tmp_path / "again")
+    assert again.code == 0
+    assert load_file(tmp_path / "again" / "adapter_model.safetensors").keys() == load_file(
+        tmp_path / "gen-tg" / "adapter_model.safetensors").keys()
+    assert all(torch.equal(a, b) for a, b in zip(
+        load_file(tmp_path / "again" / "adapter_model.safetensors").values(),
+        load_file(tmp_path / "gen-tg" / "adapter_model.safetensors").values()))

@@ -75,10 +75,18 @@ def train(tasks: Optional[str] = typer.Option(None, "--tasks", help="Only these 
         return
     typer.echo(f"{'registered' if registered.created else 'already registered'} generator {registered.id}: "
                f"{summary['adapters']} adapters, {len(summary['tasks'])} tasks, {len(summary['bases'])} base version(s), "
-               + (f"a library of {summary['library_size']} adapters over {summary['slots']} slots"
-                  if summary["representation"] == "library" else f"{summary['tokens_per_adapter']} tokens/adapter")
+               + (_library_line(summary) if summary["representation"] == "library"
+                  else f"{summary['tokens_per_adapter']} tokens/adapter")
                + f", final loss {summary['final_loss']:.4f}, "
                f"{summary['wall_time_s']:.0f} s")
+
+
+def _library_line(summary: dict) -> str:
+    families = summary.get("families") or []
+    if len(families) <= 1:
+        return f"a library of {summary['library_size']} adapters over {summary['slots']} slots"
+    return "libraries per base shape: " + "; ".join(
+        f"{', '.join(f['bases'])}: {f['adapters']} adapters over {f['slots']} slots" for f in families)
 
 
 def generate(task: str = typer.Option(..., "--task", help="A task name in the registry, or a plain-language description."),

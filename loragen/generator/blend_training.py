@@ -16,6 +16,10 @@ A checkpoint is a folder: `generator.safetensors` (weights, with each library ad
 `generator.json` (format loragen-generator/2: the network's shape, the schedule, the LoRA settings it exports, the
 library by registry id and weights hash, what it trained on). The library's weights are not copied into it: they
 stay registered adapters, and loading checks them against the recorded hashes.
+
+Adapters of bases with other shapes (SmolLM2 and Gemma 3) cannot be blended together: the training set splits into
+families (library.shape_families), each its own Library with its own slots. One network serves them all: keys for
+every library adapter, and a family's blend reads only its own adapters' columns. A step trains one family's rows.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from loragen.generator.blend_model import BlendGenerator, BlendGeneratorConfig, 
 from loragen.generator.conditioning import BASE_EMBED_FORMAT_VERSION
 from loragen.generator.diffusion import DDPMSchedule
 from loragen.generator.functional_lora import applied_blend
-from loragen.generator.library import SLOT_LAYER, Library, best_blend, relative_blend_error
+from loragen.generator.library import SLOT_LAYER, Library, best_blend, relative_blend_error, shape_families
 from loragen.generator.training import (
     STATE_FILE,
     TaskExamples,
@@ -66,6 +70,9 @@ class BlendCheckpoint:
     training: dict[str, Any]
     weights: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
     base_embed_format: int = BASE_EMBED_FORMAT_VERSION
+    # Trained across bases of other shapes: each family's library adapters (indices into `library`) and slots.
+    # None: one family, all of `library` over `slots`.
+    families: list[dict[str, list]] | None = None
 
     representation = "library"
 
@@ -78,13 +85,19 @@ class BlendCheckpoint:
     def slot_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
         return slot_positions(self.slots, self.module_types)
 
+    def family_members(self) -> list[tuple[list[int], list[str]]]:
+        """Each family's (library indices, slots); one family holding the whole library when trained on one."""
+        if self.families is None:
+            return [(list(range(len(self.library))), list(self.slots))]
+        return [(list(family["members"]), list(family["slots"])) for family in self.families]
+
     def metadata(self) -> dict[str, Any]:
         return {"format": BLEND_FORMAT, "representation": "library", "config": self.config.to_dict(),
                 "schedule": self.schedule.to_dict(), "lora": self.lora, "text_model": self.text_model,
                 "library": self.library, "slots": self.slots, "module_types": self.module_types,
                 "trained_on": self.trained_on, "task_descriptions": self.task_descriptions,
                 "base_embeddings": self.base_embeddings, "training": self.training,
-                "base_embed_format": self.base_embed_format}
+                "base_embed_format": self.base_embed_format, **({"families": self.families} if self.families else {})}
 
     def save(self, folder: Path) -> Path:
         from safetensors.torch import save_file
@@ -103,7 +116,8 @@ class BlendCheckpoint:
                        text_model=meta["text_model"], library=meta["library"], slots=meta["slots"],
                        module_types=meta["module_types"], trained_on=meta["trained_on"],
                        task_descriptions=meta["task_descriptions"], base_embeddings=meta["base_embeddings"],
-                       training=meta["training"], weights=tensors, base_embed_format=int(meta["base_embed_format"]))
+                       training=meta["training"], weights=tensors, base_embed_format=int(meta["base_embed_format"]),
+                       families=meta.get("families"))
         except (KeyError, TypeError, ValueError) as err:
             raise LoragenError(f"{folder}: damaged generator checkpoint ({META_FILE}: {err!r})") from None
 
@@ -116,9 +130,36 @@ def slot_positions(slots: list[str], module_types: list[str]) -> tuple[torch.Ten
 
 
 def training_library(data) -> Library:
-    """The library of a training set: its adapters, in order, at the LoRA scale they were trained with."""
+    """The library of a training set of one family: its adapters, in order, at the LoRA scale they were trained with."""
     scale = data.lora["lora_alpha"] / data.lora["r"]
     return Library.from_state_dicts([a.state_dict for a in data.adapters], [scale] * len(data.adapters))
+
+
+@dataclass
+class Family:
+    """Adapters that fit one base shape: their library, slot positions and blend targets, all in the family's own
+    coordinates (entry k is adapter members[k]); `columns` picks the family's adapters out of the network's keys
+    (None: the family is the whole library)."""
+
+    members: list[int]
+    library: Library
+    positions: tuple[torch.Tensor, torch.Tensor]
+    targets: BlendTargets
+    columns: torch.Tensor | None
+
+
+def training_families(data, module_types: list[str] | None = None) -> tuple[list[Family], list[str]]:
+    """The training set's families (library.shape_families) and the module kinds their slots use."""
+    scale = data.lora["lora_alpha"] / data.lora["r"]
+    groups = shape_families([a.state_dict for a in data.adapters])
+    libraries = [Library.from_state_dicts([data.adapters[i].state_dict for i in group], [scale] * len(group))
+                 for group in groups]
+    module_types = module_types or sorted({m for library in libraries for m in library.slot_modules()})
+    families = [Family(members=group, library=library, positions=slot_positions(library.slots, module_types),
+                       targets=blend_targets(library, [data.adapters[i].task for i in group]),
+                       columns=None if len(groups) == 1 else torch.tensor(group))
+                for group, library in zip(groups, libraries)]
+    return families, module_types
 
 
 @dataclass
@@ -147,28 +188,32 @@ class BlendTaskLoss:
     """The task loss for blends: each picked adapter's task, under one of its descriptions, generated (x0 read at a
     sampled timestep, as the diffusion loss sees it) and scored by the base on a batch of the task's examples."""
 
-    def __init__(self, data, settings: GeneratorSettings, library: Library):
+    def __init__(self, data, settings: GeneratorSettings, families: list[Family]):
         self.source = TaskExamples(data, settings.task_examples_per_step)
-        self.data, self.settings, self.library = data, settings, library
+        self.data, self.settings, self.families = data, settings, families
+        # adapter index -> (its family, its entry in the family's library)
+        self.place = {index: (family, entry) for family in families for entry, index in enumerate(family.members)}
 
-    def __call__(self, model: BlendGenerator, schedule: DDPMSchedule, positions, targets: BlendTargets,
-                 base_rows: torch.Tensor, compose: torch.Tensor, sampler: torch.Generator) -> torch.Tensor:
+    def __call__(self, model: BlendGenerator, schedule: DDPMSchedule, base_rows: torch.Tensor, compose: torch.Tensor,
+                 sampler: torch.Generator) -> torch.Tensor:
         picks = [self.source.with_examples[i] for i in torch.randint(
             len(self.source.with_examples), (self.settings.task_adapters_per_step,), generator=sampler).tolist()]
         losses = []
         for row, index in enumerate(picks):
             adapter = self.data.adapters[index]
+            family, entry = self.place[index]
             batch = self.source.example_batch(adapter.base, adapter.task, sampler)
             texts = _pick_descriptions(self.data.text_embeddings[adapter.task],
                                        self.settings.task_descriptions_per_step, sampler)
             count = len(texts)
-            composes = compose[row] & targets.composed_allowed[index].any()  # a lone task has nothing to compose
-            x0, allowed = row_targets(targets, torch.tensor([index] * count), composes.expand(count))
-            predicted = predict_x0(model, schedule, positions, torch.stack(texts), base_rows[[index] * count], x0,
-                                   allowed, sampler)
+            targets = family.targets
+            composes = compose[row] & targets.composed_allowed[entry].any()  # a lone task has nothing to compose
+            x0, allowed = row_targets(targets, torch.tensor([entry] * count), composes.expand(count))
+            predicted = predict_x0(model, schedule, family.positions, torch.stack(texts), base_rows[[index] * count],
+                                   x0, allowed, sampler, columns=family.columns)
             base_model = self.source.base(adapter.base)[0]
             for coefficients in predicted:
-                with applied_blend(base_model, self.library, coefficients):
+                with applied_blend(base_model, family.library, coefficients):
                     losses.append(base_model(**batch).loss)
         return torch.stack(losses).mean()
 
@@ -182,10 +227,14 @@ def row_targets(targets: BlendTargets, picks: torch.Tensor, compose: torch.Tenso
 
 
 def predict_x0(model: BlendGenerator, schedule: DDPMSchedule, positions, text: torch.Tensor, base: torch.Tensor,
-               x0: torch.Tensor, allowed: torch.Tensor, sampler: torch.Generator) -> torch.Tensor:
-    """The head's x0 for clean coefficients `x0` (B, S, J) noised at one random timestep per row."""
+               x0: torch.Tensor, allowed: torch.Tensor, sampler: torch.Generator,
+               columns: torch.Tensor | None = None) -> torch.Tensor:
+    """The head's x0 for clean coefficients `x0` (B, S, J) noised at one random timestep per row; `columns`: the
+    family's adapters among the network's keys (None: all of them)."""
     batch, slots, _ = x0.shape
     affinity = model.affinities(*positions, text, base)
+    if columns is not None:
+        affinity = affinity[:, :, columns]
     t = schedule.sample_timesteps(batch, generator=sampler)
     noise = torch.randn(x0.shape, generator=sampler)
     x_t = schedule.add_noise(x0, noise, t).float() * allowed[:, None, :]
@@ -198,15 +247,13 @@ def train_blend_generator(data, settings: GeneratorSettings, run_dir: Path,
     registered. Its `library` rows carry each adapter's uid, task and base; the caller adds the weights hashes."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    library = training_library(data)
+    families, module_types = training_families(data)
     tasks = [a.task for a in data.adapters]
-    module_types = sorted(set(library.slot_modules()))
-    positions = slot_positions(library.slots, module_types)
-    targets = blend_targets(library, tasks)
     text_dim = next(iter(data.text_embeddings.values())).shape[1]
     base_table = {label: emb.float() for label, emb in data.base_embeddings.items()}
     base_rows = torch.stack([base_table[a.base] for a in data.adapters])
-    config = blend_config_from_settings(settings, library_size=library.size, num_slots=len(library.slots),
+    config = blend_config_from_settings(settings, library_size=len(data.adapters),
+                                        num_slots=max(len(f.library.slots) for f in families),
                                         num_module_types=len(module_types), text_dim=text_dim,
                                         base_dim=base_rows.shape[1])
     torch.manual_seed(settings.seed)
@@ -218,7 +265,9 @@ def train_blend_generator(data, settings: GeneratorSettings, run_dir: Path,
     sampler = torch.Generator().manual_seed(settings.seed * 1000)
     train_settings = asdict(settings)
     fingerprint = {"settings": train_settings, "adapters": [a.uid for a in data.adapters], "kind": "library"}
-    task_loss = BlendTaskLoss(data, settings, library) if settings.task_loss_weight else None
+    task_loss = BlendTaskLoss(data, settings, families) if settings.task_loss_weight else None
+    # Several families: each step trains one, drawn in proportion to its adapters.
+    family_sizes = torch.tensor([float(len(f.members)) for f in families])
     start, losses, task_losses = 0, [], []
     state = resume_run(run_dir, fingerprint, model, optimizer)
     if state is not None:
@@ -227,21 +276,26 @@ def train_blend_generator(data, settings: GeneratorSettings, run_dir: Path,
 
     model.train()
     began = time.perf_counter()
-    can_compose = targets.composed_allowed.any(dim=1)
     for step in range(start + 1, settings.steps + 1):
         warmup = min(1.0, step / max(1, settings.steps // 20))
         for group in optimizer.param_groups:
             group["lr"] = settings.learning_rate * warmup
-        picks = torch.randint(library.size, (settings.batch_size,), generator=sampler)
+        family = families[0] if len(families) == 1 else families[
+            int(torch.multinomial(family_sizes, 1, generator=sampler))]
+        targets, members = family.targets, torch.tensor(family.members)
+        picks = torch.randint(len(family.members), (settings.batch_size,), generator=sampler)  # the family's entries
+        can_compose = targets.composed_allowed.any(dim=1)
         compose = (torch.rand(settings.batch_size, generator=sampler) < settings.leave_one_out) & can_compose[picks]
         x0, allowed = row_targets(targets, picks, compose)
-        text = torch.stack([_pick_description(data.text_embeddings[tasks[i]], sampler) for i in picks.tolist()])
-        predicted = predict_x0(model, schedule, positions, text, base_rows[picks], x0, allowed, sampler)
-        loss = relative_blend_error(library.grams, predicted, targets.lookup[picks]).mean()
+        text = torch.stack([_pick_description(data.text_embeddings[tasks[i]], sampler)
+                            for i in members[picks].tolist()])
+        predicted = predict_x0(model, schedule, family.positions, text, base_rows[members[picks]], x0, allowed,
+                               sampler, columns=family.columns)
+        loss = relative_blend_error(family.library.grams, predicted, targets.lookup[picks]).mean()
         diffusion = loss.item()
         if task_loss is not None and step % settings.task_loss_every == 0:
             compose_task = torch.rand(settings.task_adapters_per_step, generator=sampler) < settings.leave_one_out
-            on_task = task_loss(model, schedule, positions, targets, base_rows, compose_task, sampler)
+            on_task = task_loss(model, schedule, base_rows, compose_task, sampler)
             task_losses.append([step, on_task.item()])
             loss = loss + settings.task_loss_weight * on_task
         optimizer.zero_grad(set_to_none=True)
@@ -256,7 +310,7 @@ def train_blend_generator(data, settings: GeneratorSettings, run_dir: Path,
     model.eval()
     return BlendCheckpoint(
         config=config, schedule=schedule, lora=data.lora, text_model=data.text_model,
-        library=[{"uid": a.uid, "task": a.task, "base": a.base} for a in data.adapters], slots=library.slots,
+        library=[{"uid": a.uid, "task": a.task, "base": a.base} for a in data.adapters], slots=families[0].library.slots,
         module_types=module_types, trained_on=[{"uid": a.uid, "task": a.task, "base": a.base} for a in data.adapters],
         task_descriptions=data.task_descriptions,
         base_embeddings={label: emb.tolist() for label, emb in data.base_embeddings.items()},
@@ -265,4 +319,5 @@ def train_blend_generator(data, settings: GeneratorSettings, run_dir: Path,
                   "final_task_loss": (sum(v for _, v in task_losses[-10:]) / len(task_losses[-10:])
                                       if task_losses else None),
                   "wall_time_s": round(time.perf_counter() - began, 2), "resumed_from_step": start},
-        weights={k: v.detach().clone() for k, v in model.state_dict().items()})
+        weights={k: v.detach().clone() for k, v in model.state_dict().items()},
+        families=None if len(families) == 1 else [{"members": f.members, "slots": f.library.slots} for f in families])

@@ -52,6 +52,17 @@ def slot_factors(state_dict: Mapping[str, torch.Tensor], scale: float) -> dict[s
     return {slot: LoraFactors(A=kinds["lora_A"], B=kinds["lora_B"], scale=scale) for slot, kinds in found.items()}
 
 
+def shape_families(state_dicts: Sequence[Mapping[str, torch.Tensor]]) -> list[list[int]]:
+    """The adapters grouped by what they fit (each tensor's key and shape): one group per base architecture and size
+    (every SmolLM2 version is one, Gemma 3 270M another), in order of first appearance. A blend can only mix adapters
+    of one group, so a generator trained across bases keeps a library per group."""
+    groups: dict[tuple, list[int]] = {}
+    for index, state_dict in enumerate(state_dicts):
+        signature = tuple(sorted((key, tuple(tensor.shape)) for key, tensor in state_dict.items()))
+        groups.setdefault(signature, []).append(index)
+    return list(groups.values())
+
+
 def common_slots(library: Sequence[Mapping[str, LoraFactors]]) -> list[str]:
     """The slots every library adapter has, in the first one's order; refused when they differ."""
     if not library:

@@ -11,7 +11,7 @@ settings (GeneratorSettings.sample_method, sample_steps, eta) or the caller's fl
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +29,12 @@ class LoadedGenerator:
     checkpoint: Any                    # a GeneratorCheckpoint (training.py imports this module, not back)
     model: Any                         # checkpoint.build_model(): an ORALGenerator, or a BlendGenerator
     library: Any = None                # a library generator's Library (loaded from the registry); None for raw
+    # A library generator trained across bases of other shapes holds a Library per family: (library, its columns
+    # among the network's keys, its slot positions) each. `workflows.generation.fitted_generator` picks the one a base
+    # takes and sets `library`, `columns` and `positions` from it (None: the checkpoint's own, one family).
+    families: list = field(default_factory=list)
+    columns: Any = None
+    positions: Any = None
 
 
 def token_positions(layout: LoraLayout) -> Positions:
@@ -109,7 +115,10 @@ def sample_coefficients(generator: LoadedGenerator, text: torch.Tensor, base: to
     slot's coefficient vector. `allowed` (J bools) masks library entries out (all allowed by default)."""
     checkpoint, model = generator.checkpoint, generator.model
     rng = torch.Generator().manual_seed(seed)
-    affinity = model.affinities(*checkpoint.slot_positions(), text.float()[None], base.float()[None])[0]
+    positions = generator.positions if generator.positions is not None else checkpoint.slot_positions()
+    affinity = model.affinities(*positions, text.float()[None], base.float()[None])[0]
+    if generator.columns is not None:  # the family's adapters among all the network has keys for
+        affinity = affinity[:, generator.columns]
     shape = affinity.shape[:-1]                                     # (S, J)
     if allowed is None:
         allowed = torch.ones(shape[-1], dtype=torch.bool)

@@ -9,7 +9,7 @@ callbacks it is given. One module per room, each importing only those before it:
     evaluate    score_on_base (zero-shot, then each adapter, on one loaded base), evaluate_targets
     finetune    finetune_task, finetune_multitask and their run folders; finetune_unregistered
     training    collect_training_set, train (the generator); train_on (a hand-made training set)
-    generation  load_generator, draw, Candidate and choose, generate
+    generation  load_generator, fitted_generator, draw, Candidate and choose, generate
     refreshing  plan_refresh, refresh
 
 (`generation` and `refreshing`, not `generate` and `refresh`: a submodule named like a function exported here would
@@ -61,6 +61,7 @@ from loragen.workflows.generation import (
     RefineRequest,
     choose,
     draw,
+    fitted_generator,
     generate,
     load_generator,
     position_of,
@@ -89,7 +90,7 @@ __all__ = [
     "collect_training_set", "default_group_name", "distributed_rank", "draw", "draw_shifted", "evaluate_adapters",
     "estimate_refresh", "evaluate_base", "evaluate_targets", "find_task", "finetune_multitask", "finetune_run_dir",
     "finetune_task",
-    "finetune_unregistered", "RefineRequest", "generate", "read_examples",
+    "finetune_unregistered", "fitted_generator", "RefineRequest", "generate", "read_examples",
     "join_process_group", "load_base", "load_generator", "member_tasks", "multitask_members",
     "plan_refresh", "position_of", "ranks_weight_digests", "refresh", "register_drawn", "sample_state_dict",
     "score_on_base", "slug", "text_encoder", "train", "train_on", "validation_scores",

@@ -38,15 +38,23 @@ def load_generator(registry: Registry, ref: str | None = None) -> LoadedGenerato
     if checkpoint.base_embed_format != BASE_EMBED_FORMAT_VERSION:
         raise LoragenError(f"generator {uid[:12]} was trained on base embeddings of format {checkpoint.base_embed_format}, "
                            f"and this loragen computes format {BASE_EMBED_FORMAT_VERSION}: train a new one (loragen train)")
-    library = None
+    library, families = None, []
     if getattr(checkpoint, "representation", "raw") == "library":
-        library = _registered_library(registry, uid, checkpoint)
-    return LoadedGenerator(uid=uid, checkpoint=checkpoint, model=checkpoint.build_model(), library=library)
+        families = _registered_families(registry, uid, checkpoint)
+        if len(families) == 1:
+            library = families[0][0]
+    return LoadedGenerator(uid=uid, checkpoint=checkpoint, model=checkpoint.build_model(), library=library,
+                           families=families if len(families) > 1 else [])
 
 
-def _registered_library(registry: Registry, uid: str, checkpoint):
-    """A library generator's Library, from the registry's adapters in the checkpoint's order."""
+def _registered_families(registry: Registry, uid: str, checkpoint) -> list[tuple]:
+    """A library generator's (Library, columns, slot positions) per family, from the registry's adapters in the
+    checkpoint's order. One family: its Library over the whole library, columns and positions None (the
+    checkpoint's own)."""
+    import torch
+
     from loragen.adapters import load_weights
+    from loragen.generator.blend_training import slot_positions
     from loragen.generator.library import Library
 
     rows = registry.generator_library(uid)  # refuses a missing or changed adapter in one line
@@ -54,10 +62,36 @@ def _registered_library(registry: Registry, uid: str, checkpoint):
         raise LoragenError(f"generator {uid[:12]}: the registry's record of its library does not match its checkpoint; "
                            "train a new generator (loragen train)")
     scale = checkpoint.lora["lora_alpha"] / checkpoint.lora["r"]
-    library = Library.from_state_dicts([load_weights(row["weights_path"]) for row in rows], [scale] * len(rows))
-    if library.slots != checkpoint.slots:
-        raise LoragenError(f"generator {uid[:12]}: its library adapters target other modules than it was trained on")
-    return library
+    state_dicts = [load_weights(row["weights_path"]) for row in rows]
+    members = checkpoint.family_members()
+    families = []
+    for indices, slots in members:
+        library = Library.from_state_dicts([state_dicts[i] for i in indices], [scale] * len(indices))
+        if library.slots != slots:
+            raise LoragenError(f"generator {uid[:12]}: its library adapters target other modules than it was "
+                               "trained on")
+        families.append((library, None, None) if len(members) == 1 else
+                        (library, torch.tensor(indices), slot_positions(slots, checkpoint.module_types)))
+    return families
+
+
+def fitted_generator(generator: LoadedGenerator, version: BaseVersionInfo) -> LoadedGenerator:
+    """The generator as it serves `version`: a library generator's family whose adapters fit the base's modules (one
+    family: its only library, checked). A base none fits is refused in one line, before anything is drawn: the base
+    condition alone cannot change an adapter's shapes."""
+    from dataclasses import replace
+
+    if generator.library is None and not generator.families:
+        return generator  # raw tokens: its layout is checked when the adapter is assembled
+    families = generator.families or [(generator.library, None, None)]
+    for library, columns, positions in families:
+        if not library.misfits(version.linear_shapes):
+            return replace(generator, library=library, columns=columns, positions=positions, families=[])
+    misfits = families[0][0].misfits(version.linear_shapes)
+    which = "its library's adapters do not" if len(families) == 1 else f"none of its {len(families)} libraries' adapters"
+    raise LoragenError(f"generator {generator.uid[:12]} cannot make adapters for {version.label}: {which} fit that "
+                       f"base's modules ({len(misfits)} of {len(families[0][0].slots)}, e.g. {misfits[0]}); train a "
+                       f"generator on {version.name}'s adapters (loragen train)")
 
 
 def sample_state_dict(generator: LoadedGenerator, text, base, **options) -> dict:
@@ -323,13 +357,7 @@ def draw(registry: Registry, settings: GeneratorSettings, *, task: str, base_ref
 
         refine_pairs = split_examples(read_examples(refine.examples), refine.shots, refine.held_back, seed)
 
-    generator = loaded or load_generator(registry, generator_ref)
-    if generator.library is not None and (misfits := generator.library.misfits(version.linear_shapes)):
-        # A library generator blends its library's adapters: a base of another architecture or size cannot take
-        # them (the base condition alone cannot change the shapes). Refused before anything is drawn.
-        raise LoragenError(f"generator {generator.uid[:12]} cannot make adapters for {version.label}: its library's "
-                           f"adapters do not fit that base's modules ({len(misfits)} of {len(generator.library.slots)}"
-                           f", e.g. {misfits[0]}); train a generator on {version.name}'s adapters (loragen train)")
+    generator = fitted_generator(loaded or load_generator(registry, generator_ref), version)
     if refine is not None and generator.library is None:
         raise LoragenError(f"generator {generator.uid[:12]} emits raw weights, not library coefficients: --examples "
                            "needs a library generator (generator.representation = \"library\", loragen train)")

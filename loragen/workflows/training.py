@@ -122,7 +122,10 @@ def train(registry: Registry, settings: GeneratorSettings, *, tasks: Sequence[st
     if settings.representation == "raw":
         summary.update(tokens_per_adapter=checkpoint.layout.num_tokens, values_per_adapter=checkpoint.layout.num_values)
     else:
-        summary.update(library_size=len(library), slots=len(checkpoint.slots))
+        families = checkpoint.family_members()
+        summary.update(library_size=len(library), slots=len(checkpoint.slots), families=[
+            {"bases": sorted({checkpoint.library[i]["base"] for i in members}), "adapters": len(members),
+             "slots": len(slots)} for members, slots in families])
     summary.pop("settings", None)
     summary["weights_sha256_per_rank"] = digests
     return registered, summary
