@@ -53,6 +53,7 @@ from bench.bench_corpus import DEFAULT_RUNS as CORPUS_RUNS
 from bench.bench_corpus import MIN_GAIN
 from bench.harness import (
     BASE,
+    BUNDLED_BASES,
     StagedBench,
     bootstrap_ci,
     chosen_stages,
@@ -99,9 +100,19 @@ class Plan:
         return tuple(first + [t for t in self.held_out if t not in first])
 
 
-def make_plan(split, *, training_limit: int = 0, held_out_limit: int = 0, seen_limit: int = 0) -> Plan:
+def make_plan(split, *, training_limit: int = 0, held_out_limit: int = 0, seen_limit: int = 0,
+              training_tasks: tuple[str, ...] = ()) -> Plan:
+    """`training_tasks`: a committed subset of the seen tasks to train on (bench/gemma3_training_tasks.json); it
+    must hold the evaluated seen sample, so that every evaluated seen task is seen."""
     seen_sample = split.seen_eval_sample[:seen_limit or None]
     training = list(split.seen_tasks)
+    if training_tasks:
+        unknown = [t for t in training_tasks if t not in training]
+        missing = [t for t in seen_sample if t not in training_tasks]
+        if unknown or missing:
+            raise SystemExit(f"--training-tasks: {unknown[:1] or missing[:1]} is "
+                             f"{'not a seen task of the split' if unknown else 'an evaluated seen task left out'}")
+        training = [t for t in training if t in training_tasks]
     if training_limit:  # the sampled seen tasks always train (they are "seen"), then the others in name order
         training = list(seen_sample) + [t for t in training if t not in seen_sample]
         training = sorted(training[:max(training_limit, len(seen_sample))])
@@ -146,7 +157,8 @@ class Bench(StagedBench):
     @property
     def registry(self):
         if self._registry is None:
-            self._registry = open_registry(Path(self.args.home), add_bundled=self.args.base == BASE)
+            self._registry = open_registry(Path(self.args.home), add_bundled=self.args.base in BUNDLED_BASES,
+                                           bases=(self.args.base,))
         return self._registry
 
     @property
@@ -721,7 +733,7 @@ def _print_tables(summary: dict) -> None:
               "; every column: " + ", ".join(f"{c} {n}" for c, n in group["above_zero_shot"].items()))
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages", default="all", help=f"comma-separated, in order: {','.join(STAGES)} (default all)")
     parser.add_argument("--home", default="bench/out/generalization/home", help="this benchmark's own registry")
@@ -756,6 +768,9 @@ def main() -> None:
     parser.add_argument("--keep-unlearnable", action="store_true",
                         help="train on tasks whose fine-tuning gained < 0.05 too")
     parser.add_argument("--training-limit", type=int, default=0, help="tests: train on this many seen tasks")
+    parser.add_argument("--training-tasks", default="",
+                        help="a JSON file whose `tasks` are the seen tasks to train on (a committed subset, e.g. "
+                             "bench/gemma3_training_tasks.json; default every seen task)")
     parser.add_argument("--held-out-limit", type=int, default=0, help="tests: evaluate this many held-out tasks")
     parser.add_argument("--seen-limit", type=int, default=0, help="tests: evaluate this many sampled seen tasks")
     parser.add_argument("--shard", default="1/1",
@@ -765,6 +780,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when the machine is shared)")
     parser.add_argument("--summary", default="bench/results/generalization.json")
+    return parser
+
+
+def bench_from_args(args) -> Bench:
+    """The Bench that parsed arguments describe (bench_architectures builds one per base from its own options)."""
+    from loragen.tasks.split import load_split
+
+    split = load_split()
+    subset = tuple(json.loads(Path(args.training_tasks).read_text())["tasks"]) if args.training_tasks else ()
+    plan = make_plan(split, training_limit=args.training_limit, held_out_limit=args.held_out_limit,
+                     seen_limit=args.seen_limit, training_tasks=subset)
+    return Bench(args, plan, split)
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     stages = chosen_stages(parser, args.stages, STAGES)
     parse_shard(args.shard)  # a bad --shard or --columns fails before any stage runs
@@ -774,14 +805,8 @@ def main() -> None:
 
     import torch
 
-    from loragen.tasks.split import load_split
-
     torch.set_num_threads(args.threads)
-    split = load_split()
-    plan = make_plan(split, training_limit=args.training_limit, held_out_limit=args.held_out_limit,
-                     seen_limit=args.seen_limit)
-    bench = Bench(args, plan, split)
-    run_stages(bench, stages)
+    run_stages(bench_from_args(args), stages)
 
 
 if __name__ == "__main__":

