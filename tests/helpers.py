@@ -44,15 +44,20 @@ TINY_GENERATOR = dict(token_size=32, d_model=32, n_layers=1, d_state=4, prototyp
                       batch_size=2, tokens_per_step=64, learning_rate=3e-3, checkpoint_every=50, sample_steps=25)
 
 
+def write_tiny_generator_settings(home: Path, **generator) -> None:
+    """TINY_GENERATOR settings (with `generator` overrides) as the home's loragen.toml."""
+    home.mkdir(parents=True, exist_ok=True)
+    settings = dict(TINY_GENERATOR, **generator)
+    (home / "loragen.toml").write_text(
+        "[generator]\n" + "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in settings.items()) + "\n")
+
+
 def registry_with_adapters(capsys, tiny_base, tmp_path, home, tasks, **generator) -> list[str]:
     """The tiny base plus one tiny LoRA per entry of `tasks`, and TINY_GENERATOR settings (with `generator`
     overrides) in the home's loragen.toml. Returns the ingested adapter ids in order."""
     from tests.tiny import make_lora
 
-    home.mkdir(parents=True, exist_ok=True)
-    settings = dict(TINY_GENERATOR, **generator)
-    (home / "loragen.toml").write_text(
-        "[generator]\n" + "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in settings.items()) + "\n")
+    write_tiny_generator_settings(home, **generator)
     assert run_cli(capsys, "base", "add", "tiny", "--from", tiny_base).code == 0
     ids = []
     for index, task in enumerate(tasks):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from loragen.errors import LoragenError
-from tests.helpers import TINY_GENERATOR, blob_files, one_line_error, run_cli
+from tests.helpers import blob_files, one_line_error, run_cli, write_tiny_generator_settings
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +47,7 @@ def test_a_tiny_gemma3_goes_through_base_add_finetune_train_generate_export_and_
 
     from loragen.generator.tokenizer import LoraLayout, NormStats, detokenize, tokenize
 
-    isolated_home.mkdir(parents=True, exist_ok=True)
-    (isolated_home / "loragen.toml").write_text(
-        "[generator]\n" + "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in TINY_GENERATOR.items()) + "\n")
+    write_tiny_generator_settings(isolated_home)
     assert run_cli(capsys, "base", "add", "tg", "--from", tiny_gemma).code == 0
     shown = run_cli(capsys, "show", "tg", "--json").json()
     assert shown["architecture"] == "gemma3_text" and shown["head_dim"] == 24
@@ -83,9 +81,7 @@ def test_a_library_generator_refuses_a_base_its_library_does_not_fit(capsys, tin
                                                                     isolated_home):
     from tests.tiny import make_lora
 
-    isolated_home.mkdir(parents=True, exist_ok=True)
-    (isolated_home / "loragen.toml").write_text(
-        "[generator]\n" + "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in TINY_GENERATOR.items()) + "\n")
+    write_tiny_generator_settings(isolated_home)
     assert run_cli(capsys, "base", "add", "tg", "--from", tiny_gemma).code == 0
     assert run_cli(capsys, "base", "add", "tiny", "--from", tiny_base).code == 0
     for index, task in enumerate(("upper", "lower")):
@@ -216,10 +212,7 @@ def test_one_generator_trains_on_both_bases_and_serves_each_from_its_own_library
 
     from tests.tiny import make_lora
 
-    isolated_home.mkdir(parents=True, exist_ok=True)
-    (isolated_home / "loragen.toml").write_text(
-        "[generator]\n" + "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in TINY_GENERATOR.items())
-        + "\nsteps = 60\n")
+    write_tiny_generator_settings(isolated_home, steps=60)
     folders = {"tg": tiny_gemma, "tiny": tiny_base}
     for base, folder in folders.items():
         assert run_cli(capsys, "base", "add", base, "--from", folder).code == 0
