@@ -100,11 +100,8 @@ def layer_facts(model_type: str, config: Mapping) -> dict:
 
 def config_size(config: Mapping, index: int):
     """The size CONFIG_SIZE_KEYS[index] names (hidden, layers, intermediate, heads, KV heads, vocab), first
-    name found; None when the config has none of them."""
-    for key in CONFIG_SIZE_KEYS[index]:
-        if isinstance(config.get(key), int):
-            return config[key]
-    return None
+    name found with a number; None when the config has none of them. The base embedding reads sizes so too."""
+    return next((config[key] for key in CONFIG_SIZE_KEYS[index] if isinstance(config.get(key), (int, float))), None)
 
 
 # ---------------------------------------------------------------------------

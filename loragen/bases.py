@@ -177,11 +177,11 @@ def resolve_source(spec: str, assembled_into: tuple | None = None) -> BaseSource
     try:
         if spec.startswith("bundled:"):
             name = spec.split(":", 1)[1]
-            if bundled(name).assembled:
+            entry = bundled(name)
+            if entry.assembled:
                 if assembled_into is None:
                     raise LoragenError(f"bundled model '{name}' is assembled into a registry: use it with base add")
                 return assembled_bundled_source(name, *assembled_into)
-            entry = bundled(name)
             gguf = bundled_gguf(name)
             check_gguf(gguf)
             return BaseSource(folder=gguf.parent, gguf_file=gguf.name, files=[gguf.name], licence=entry.licence,

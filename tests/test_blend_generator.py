@@ -13,7 +13,7 @@ from loragen.generator.blend_training import (
     predict_x0,
     row_targets,
     train_blend_generator,
-    training_library,
+    training_families,
 )
 from loragen.generator.library import relative_blend_error
 from loragen.generator.sampling import LoadedGenerator, sample_coefficients, sample_state_dict
@@ -37,6 +37,12 @@ def tiny_training_set(tiny_base, tmp_path, tasks=("upper", "lower", "title", "sw
     return TrainingSet(adapters=adapters, task_descriptions={t: [f"{t} a", f"{t} b"] for t in tasks},
                        text_embeddings=text, base_embeddings={"tiny@v1": torch.randn(6, generator=generator)},
                        lora={"r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"]}, text_model="test")
+
+
+def training_library(data: TrainingSet):
+    """The library of a training set on one base (one shape family)."""
+    [family], _ = training_families(data)
+    return family.library
 
 
 def loaded(checkpoint: BlendCheckpoint, data: TrainingSet) -> LoadedGenerator:

@@ -16,7 +16,7 @@ EXAMPLES = [(f"{word}:", word.upper()) for word in
 def base_and_library(tiny_base, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from loragen.generator.blend_training import training_library
+    from tests.test_blend_generator import training_library
     from tests.tiny import make_tokenizer
 
     data = tiny_training_set(tiny_base, tmp_path)

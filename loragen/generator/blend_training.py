@@ -129,12 +129,6 @@ def slot_positions(slots: list[str], module_types: list[str]) -> tuple[torch.Ten
     return layers, modules
 
 
-def training_library(data) -> Library:
-    """The library of a training set of one family: its adapters, in order, at the LoRA scale they were trained with."""
-    scale = data.lora["lora_alpha"] / data.lora["r"]
-    return Library.from_state_dicts([a.state_dict for a in data.adapters], [scale] * len(data.adapters))
-
-
 @dataclass
 class Family:
     """Adapters that fit one base shape: their library, slot positions and blend targets, all in the family's own
@@ -148,13 +142,14 @@ class Family:
     columns: torch.Tensor | None
 
 
-def training_families(data, module_types: list[str] | None = None) -> tuple[list[Family], list[str]]:
-    """The training set's families (library.shape_families) and the module kinds their slots use."""
+def training_families(data) -> tuple[list[Family], list[str]]:
+    """The training set's families (library.shape_families), each library at the LoRA scale its adapters were
+    trained with, and the module kinds their slots use."""
     scale = data.lora["lora_alpha"] / data.lora["r"]
     groups = shape_families([a.state_dict for a in data.adapters])
     libraries = [Library.from_state_dicts([data.adapters[i].state_dict for i in group], [scale] * len(group))
                  for group in groups]
-    module_types = module_types or sorted({m for library in libraries for m in library.slot_modules()})
+    module_types = sorted({m for library in libraries for m in library.slot_modules()})
     families = [Family(members=group, library=library, positions=slot_positions(library.slots, module_types),
                        targets=blend_targets(library, [data.adapters[i].task for i in group]),
                        columns=None if len(groups) == 1 else torch.tensor(group))
@@ -190,7 +185,7 @@ class BlendTaskLoss:
 
     def __init__(self, data, settings: GeneratorSettings, families: list[Family]):
         self.source = TaskExamples(data, settings.task_examples_per_step)
-        self.data, self.settings, self.families = data, settings, families
+        self.data, self.settings = data, settings
         # adapter index -> (its family, its entry in the family's library)
         self.place = {index: (family, entry) for family in families for entry, index in enumerate(family.members)}
 

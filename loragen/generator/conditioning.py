@@ -61,6 +61,7 @@ from loragen.architectures import (
     LAYER_CONTAINER_PATTERN,
     PROJECTION_ROLES,
     ROLE_OF_PROJECTION,
+    config_size,
 )
 from loragen.errors import LoragenError
 
@@ -225,8 +226,8 @@ def structure_features(config: Mapping[str, Any]) -> np.ndarray:
     if isinstance(text_config, Mapping):  # multimodal configs keep the language model's sizes here
         config = {**text_config, **{k: v for k, v in config.items() if v is not None and k != "text_config"}}
     out = np.zeros(STRUCT_DIM, dtype=np.float64)
-    for index, names in enumerate(STRUCT_FIELDS):
-        value = next((config[name] for name in names if isinstance(config.get(name), (int, float))), None)
+    for index in range(len(STRUCT_FIELDS)):
+        value = config_size(config, index)
         out[index] = _log_feature(value) if value else 0.0
     model_type = str(config.get("model_type") or "")
     bits = hashlib.sha256(model_type.encode("utf-8")).digest()[0]

@@ -177,8 +177,8 @@ def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None
                                                      "seconds": round(time.perf_counter() - began, 1)}})
             item.action, item.id = "generated", registered.id
         else:
-            _refresh_by_validation(registry, loader, item, drawn, validation, select_limit, adapt, seed,
-                                   settings.refine_learning_rate, began)
+            _refresh_by_validation(registry, loader, item, drawn, validation, select_limit, began, adapt, seed,
+                                   settings.refine_learning_rate)
         if progress:
             progress(index + 1, len(todo))
     if run_eval:
@@ -233,10 +233,11 @@ def _refresh_validation(task_name: str):
 
 
 def _refresh_by_validation(registry: Registry, loader: BaseLoader, item: RefreshItem, drawn: Drawn, validation,
-                           limit: int, adapt: AdaptRequest | None = None, seed: int = 0,
-                           blend_learning_rate: float = 0.0, began: float | None = None) -> None:
+                           limit: int, began: float, adapt: AdaptRequest | None = None, seed: int = 0,
+                           blend_learning_rate: float = 0.0) -> None:
     """Score the carried-over predecessor and the drawn candidates on the new version (then, with `adapt`, the
-    best one adapted), register the one `choose` picks, and fill in the item (action, id, candidates, winner)."""
+    best one adapted), register the one `choose` picks, and fill in the item (action, id, candidates, winner).
+    `began`: when the task's refresh started (perf_counter), for the seconds its record keeps."""
     model, tokenizer, _ = loader.get(item.base)
     carried_folder = registry.adapter_folder(item.replaces)
     carried = Candidate(kind=CARRIED_OVER, adapter=item.replaces, from_base=item.replaces_base)
@@ -260,7 +261,7 @@ def _refresh_by_validation(registry: Registry, loader: BaseLoader, item: Refresh
                           "validation": {"task": validation.name, "split": "validation", "limit": limit},
                           "adapt": None if adapt is None else asdict(adapt),
                           # the task's whole time, so a dry run can estimate the next refresh (estimate_refresh)
-                          "seconds": None if began is None else round(time.perf_counter() - began, 1)}}
+                          "seconds": round(time.perf_counter() - began, 1)}}
     if any(c.kind == "shifted" for c in drawn.candidates):  # what the shifted candidate was moved from
         record["refresh"]["shifted_from"] = {"adapter": item.replaces, "base": item.replaces_base}
     elif item.shift_skipped:
