@@ -21,7 +21,9 @@ The ladder's rungs say which versions train the generator (v1 and the `train` ru
              from the same place: refresh_adapted (its registered winner, timed) and adapted (the best candidate
              fine-tuned from its weights on the shots); beside them, at the same shots, steps and learning rate,
              warm_finetune (the carried-over adapter fine-tuned from its weights: what a careful user does by
-             hand) and short_finetune (a fresh LoRA), each timed and never registered
+             hand) and short_finetune (a fresh LoRA), each timed and never registered; and a few steps of the
+             ceiling's own fine-tune, timed in the same process (--ceiling-probe-steps), so the ceiling's seconds
+             can be compared at the adapt stage's load (the finetune stage runs beside the ladder's training)
   evaluate   per task and unseen version on the test split: zero_shot, carried_over, regenerated, shifted,
              refresh_validated, finetuned, and the adapt stage's columns (--shard K/N: N processes, each every
              N-th (version, task), sharing scores.json; then run --stages summary once they are done)
@@ -297,7 +299,22 @@ class Bench(StagedBench):
             result = finetune(model, tokenizer, shots, lora, config, run_dir, start_from=start)
             out[column] = str(result.checkpoints[-1].path)
             out[f"{column}_s"] = round(result.total_train_s, 2)
+        out["ceiling_step_s"] = self.ceiling_step_seconds(version, task)
         return out
+
+    def ceiling_step_seconds(self, version: str, task: str) -> float:
+        """One step of the ceiling's fine-tune, timed here: the finetune stage ran beside the ladder's training
+        (2-3x slower a step), so its seconds and the adapt stage's are not taken under one load. A short run of
+        the ceiling's own config, in the adapt stage's process, prices the ceiling at the adapt stage's load."""
+        from loragen.workflows import finetune_unregistered
+
+        steps = self.args.ceiling_probe_steps
+        config = replace(self.finetune_config, steps=steps, checkpoint_every=steps)
+        run_dir = (self.work / "ceiling-probes" / f"{task}__{version.replace('@', '_')}__n{steps}"
+                   f"__lr{config.learning_rate}__b{config.batch_size}__s{config.seed}")
+        model, tokenizer, _ = self.loader.get(version)
+        result = finetune_unregistered(model, tokenizer, task, self.lora, config, run_dir)
+        return round(result.total_train_s / steps, 3)
 
     def evaluate(self) -> None:
         from loragen.tasks.suite import get_task
@@ -435,6 +452,9 @@ class Bench(StagedBench):
                 group["refresh_adapted_seconds"] = adapted["refresh_adapted_s"]
                 for column in ("warm_finetune", "short_finetune"):
                     group[f"{column}_seconds"] = round(sum(r[f"{column}_s"] for r in rows), 1)
+                if all("ceiling_step_s" in r for r in rows):  # the ceiling priced at the adapt stage's load
+                    group["finetune_seconds_at_adapt_load"] = round(
+                        sum(r["ceiling_step_s"] for r in rows) * self.args.finetune_steps, 1)
                 group["adapt_request"] = adapted["request"]
                 group["adapted_winners"] = {t: r["winner"] for t, r in adapted["tasks"].items()}
             group["winners"] = {t: v.get("winner") or v["action"] for t, v in made.get("tasks", {}).items()}
@@ -531,6 +551,8 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=16, help="adapt: training examples per task")
     parser.add_argument("--adapt-steps", type=int, default=10, help="adapt: gradient steps of each adaptation")
     parser.add_argument("--adapt-lr", type=float, default=2e-3, help="adapt: the fine-tunes' learning rate")
+    parser.add_argument("--ceiling-probe-steps", type=int, default=6,
+                        help="adapt: steps of the ceiling's fine-tune timed beside the adaptations (same load)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shard", default="1/1", help="evaluate: this process's share, K/N")

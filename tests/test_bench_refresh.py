@@ -66,7 +66,7 @@ def test_every_stage_on_a_tiny_ladder_then_a_resumed_run_changes_nothing(tmp_pat
     args = ["--home", str(home), "--work", str(work), "--base", "tiny", "--train-versions", "1,2", "--near", "3",
             "--far", "4", "--tasks", "element_symbol,noun_singular", "--finetune-steps", "2", "--generator-steps", "4",
             "--samples", "2", "--select-limit", "2", "--limit", "3", "--threads", "1", "--summary", str(summary),
-            "--shots", "3", "--adapt-steps", "2"]
+            "--shots", "3", "--adapt-steps", "2", "--ceiling-probe-steps", "1"]
     _run(args, tmp_path, home)
     result = json.loads(summary.read_text())
     assert result["versions"] == 4 and result["train_versions"] == ["tiny@v1", "tiny@v2"]
@@ -87,6 +87,8 @@ def test_every_stage_on_a_tiny_ladder_then_a_resumed_run_changes_nothing(tmp_pat
         assert set(group["adapted_winners"].values()) <= {"carried_over", "generated", "shifted", "adapted"}
         assert group["adapt_seconds"] > 0 and group["warm_finetune_seconds"] > 0 and group["short_finetune_seconds"] > 0
         assert group["adapt_request"] == {"shots": 3, "steps": 2, "learning_rate": 0.002}
+        # the ceiling re-priced beside the adaptations: a timed step of its own config, times its steps
+        assert group["finetune_seconds_at_adapt_load"] > 0
         assert group["refresh_seconds"] > 0 and group["finetune_seconds"] > 0
         difference = [group["per_task"][t]["regenerated"] - group["per_task"][t]["carried_over"]
                       for t in ("element_symbol", "noun_singular")]
