@@ -433,10 +433,10 @@ class Bench(StagedBench):
                 differences = [c[column] - c[against] for c in cells.values() if {column, against} <= set(c)]
                 group[f"{column}_minus_{against}"] = mean_or_none(differences)
                 group[f"{column}_minus_{against}_ci95"] = bootstrap_ci(differences, self.args.seed)
-            pairs = [t for t, c in cells.items() if {"refresh_validated", "carried_over"} <= set(c)]
-            group["refresh_validated_below_carried_over_beyond_noise"] = [
-                t for t in pairs if _below_noise(cells[t]["refresh_validated"], cells[t]["carried_over"],
-                                                 examples[(version, t)])]
+            for column in ("refresh_validated", "refresh_adapted"):
+                pairs = [t for t, c in cells.items() if {column, "carried_over"} <= set(c)]
+                group[f"{column}_below_carried_over_beyond_noise"] = [
+                    t for t in pairs if _below_noise(cells[t][column], cells[t]["carried_over"], examples[(version, t)])]
             for column in ("regenerated", "shifted"):
                 group[f"{column}_over_finetuned"] = (round(group[column] / group["finetuned"], 4)
                                                      if group[column] is not None and group["finetuned"] else None)
@@ -463,6 +463,7 @@ class Bench(StagedBench):
                 group["geometry"] = {key: mean_or_none(row[key] for row in rows.values()) for key in next(iter(rows.values()))}
                 group["geometry"]["base_distance_to_training"] = geometry["base_distance_to_training"][version]
             out[role] = group
+        out["goals"] = _goals(out)
         out = write_summary(Path(self.args.summary), out)
         if scores["rows"]:
             _plot(out, Path(self.args.summary).with_suffix(".png"))
@@ -470,7 +471,51 @@ class Bench(StagedBench):
             g = out[role]
             print(f"{role} ({g['version']}): " + "  ".join(f"{c} {g[c]}" for c in COLUMNS if g[c] is not None) +
                   f"  refresh {g['refresh_seconds']} s vs fine-tune {g['finetune_seconds']} s", flush=True)
+        for name, goal in out["goals"].items():
+            print(f"goal {name}: {'not measured' if goal['met'] is None else 'met' if goal['met'] else 'NOT met'} "
+                  f"({', '.join(f'{k} {v}' for k, v in goal.items() if k != 'met')})", flush=True)
         return out
+
+
+def _goals(summary: dict) -> dict:
+    """Issue 21's goals, each as its measured figure and whether it is met (None: not measured yet). The ceiling's
+    seconds are the ones taken at the adapt stage's load where that stage priced them."""
+    def ratio(a, b):
+        return round(a / b, 4) if a is not None and b else None
+
+    def at_least(a, b):
+        return None if a is None or b is None else a >= b
+
+    far, near = summary["far"], summary["near"]
+    ceiling_s = far.get("finetune_seconds_at_adapt_load") or far.get("finetune_seconds")
+    score_ratio = ratio(far["refresh_adapted"], far["finetuned"])
+    seconds_ratio = ratio(far.get("refresh_adapted_seconds"), ceiling_s)
+    adapt_ratio = ratio(far.get("adapt_seconds"), ceiling_s)
+    return {
+        "far_refresh_adapted_over_finetuned": {"value": score_ratio, "goal": ">= 0.9",
+                                               "met": None if score_ratio is None else score_ratio >= 0.9},
+        # the whole refresh --adapt (candidates drawn, adapted and validated, the winner registered), and the
+        # adaptations alone, against the ceiling's fine-tunes
+        "far_refresh_adapted_seconds_over_finetune_seconds": {"value": seconds_ratio, "goal": "<= 0.1",
+                                                              "met": None if seconds_ratio is None else seconds_ratio <= 0.1,
+                                                              "adaptations_only": adapt_ratio},
+        "far_refresh_adapted_at_least_warm_finetune": {"value": far.get("refresh_adapted_minus_warm_finetune"),
+                                                       "met": at_least(far["refresh_adapted"], far["warm_finetune"])},
+        "near_refresh_adapted_at_least_carried_over_and_regenerated": {
+            "value": near["refresh_adapted"],
+            "met": (None if None in (near["refresh_adapted"], near["carried_over"], near["regenerated"]) else
+                    near["refresh_adapted"] >= max(near["carried_over"], near["regenerated"]))},
+        "validated_never_below_carried_over_beyond_noise": {
+            "below": {f"{role} {column}": summary[role][f"{column}_below_carried_over_beyond_noise"]
+                      for role in ("near", "far") for column in ("refresh_validated", "refresh_adapted")
+                      if summary[role][f"{column}_below_carried_over_beyond_noise"]},
+            "met": not any(summary[role][f"{c}_below_carried_over_beyond_noise"]
+                           for role in ("near", "far") for c in ("refresh_validated", "refresh_adapted"))},
+        "far_regenerated_above_carried_over": {"value": far.get("regenerated_minus_carried_over"),
+                                               "interval": far.get("regenerated_minus_carried_over_ci95"),
+                                               "met": None if far["regenerated"] is None or far["carried_over"] is None
+                                               else far["regenerated"] > far["carried_over"]},
+    }
 
 
 def _read_back(registry, items) -> list:

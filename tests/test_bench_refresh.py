@@ -106,6 +106,15 @@ def test_every_stage_on_a_tiny_ladder_then_a_resumed_run_changes_nothing(tmp_pat
         assert set(geometry["tasks"][version]) == {"element_symbol", "noun_singular"}
         for row in geometry["tasks"][version].values():
             assert row["base_change_moves_output"] >= 0 and -1.0 <= row["regenerated_vs_carried_over"] <= 1.0
+    # the goals, each read from the figures above (a tiny ladder meets or misses them by chance)
+    goals = result["goals"]
+    far = result["far"]
+    assert goals["far_refresh_adapted_over_finetuned"]["value"] == (  # no ratio to a ceiling scoring 0
+        pytest.approx(far["refresh_adapted"] / far["finetuned"], abs=1e-4) if far["finetuned"] else None)
+    assert goals["far_refresh_adapted_at_least_warm_finetune"]["met"] == (
+        result["far"]["refresh_adapted"] >= result["far"]["warm_finetune"])
+    assert goals["validated_never_below_carried_over_beyond_noise"]["met"] == (
+        not goals["validated_never_below_carried_over_beyond_noise"]["below"])
     assert result["train_spread"] == geometry["training_spread"]
     assert result["far_distance"] == min(geometry["base_distance_to_training"]["tiny@v4"].values())
     # refresh --adapt ran in a copy of the registry: the validated refresh's registrations are untouched, and in the
