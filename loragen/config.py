@@ -27,6 +27,10 @@ TASK_LOSS_TIMESTEPS = ("noise", "sampled")
 # What a generator emits: coefficients over the library of its training adapters per slot (issue 20), or the
 # adapter's raw A/B values cut into tokens (the first design, kept as a comparison).
 REPRESENTATIONS = ("library", "raw")
+# What a library generator's leave_one_out rows mask: the row's own task (it learns to compose a task the registry
+# lacks from its neighbours) or the row's own base version (it learns to make a version's adapter from the other
+# versions' adapters, the task's own among them: what a refresh asks of it).
+LEAVE_OUT = ("task", "version")
 DDPM_TRAIN_TIMESTEPS = 1000                # the noise schedule's length (DDPMSchedule's default)
 DENOISER_NORM_GROUPS = 8                   # GroupNorm groups in every denoiser conv block
 SEED_LIMIT = 2**32                         # seeds are 0 .. 2**32 - 1 (torch adds offsets to them)
@@ -230,6 +234,11 @@ class GeneratorTrainingSettings:
     leave_one_out: float = field(default=1.0, metadata={
         "help": "library: share of training rows whose own task's adapters are masked out of the library, so the "
                 "generator learns to compose neighbours (0: always look up; 1: always compose)"})
+    # "version" for a generator that refreshes seen tasks on new versions (bench_refresh): masking the task taught
+    # it never to use the task's own adapters, so its refresh draws were other tasks' blends (BENCHMARKS.md, issue 21).
+    leave_out: str = field(default="task", metadata={
+        "help": "library: what a leave_one_out row masks: " + " or ".join(LEAVE_OUT) + " (its own task's adapters, "
+                "for tasks the registry lacks; every adapter of its own base version, for refresh)"})
 
     def __post_init__(self) -> None:
         _check_positive_ints("generator", self, ("steps", "batch_size", "tokens_per_step", "checkpoint_every"))
@@ -238,6 +247,7 @@ class GeneratorTrainingSettings:
         _check_choice("generator", "prediction_type", self.prediction_type, PREDICTION_TYPES)
         if not _is_number(self.leave_one_out) or not 0.0 <= self.leave_one_out <= 1.0:
             raise LoragenError(f"generator.leave_one_out must be in [0, 1] (got {self.leave_one_out!r})")
+        _check_choice("generator", "leave_out", self.leave_out, LEAVE_OUT)
 
 
 @dataclass

@@ -93,6 +93,36 @@ def test_leave_one_out_masks_the_tasks_own_adapters(tiny_base, tmp_path):
     assert predicted[0][:, :2].abs().max().item() == 0.0
 
 
+def test_leaving_the_version_out_masks_the_versions_adapters_and_keeps_the_tasks_others(tiny_base, tmp_path):
+    # Two tasks on two versions: a refresh generator composes a version's adapter from the other version's.
+    data = tiny_training_set(tiny_base, tmp_path, tasks=("upper", "lower", "upper", "lower"))
+    for index in (2, 3):
+        data.adapters[index] = replace(data.adapters[index], base="tiny@v2")
+    data.base_embeddings["tiny@v2"] = data.base_embeddings["tiny@v1"] + 1.0
+    [by_version], _ = training_families(data, leave_out="version")
+    [by_task], _ = training_families(data, leave_out="task")
+    # upper@v1 may be composed from v2's adapters (its own task's among them), never from v1's.
+    assert by_version.targets.composed_allowed[0].tolist() == [False, False, True, True]
+    assert by_task.targets.composed_allowed[0].tolist() == [False, True, False, True]
+    assert by_version.targets.composed[0][:, :2].abs().max().item() == 0.0
+    # Training reads the setting: a run with every row composing never weights a masked entry.
+    settings = GeneratorSettings(**{**TINY, "leave_one_out": 1.0, "leave_out": "version"}, steps=2)
+    checkpoint = train_blend_generator(data, settings, tmp_path / "run")
+    assert checkpoint.training["settings"]["leave_out"] == "version"
+    x0, allowed = row_targets(by_version.targets, torch.tensor([0]), torch.tensor([True]))
+    predicted = predict_x0(checkpoint.build_model(), checkpoint.schedule, checkpoint.slot_positions(),
+                           data.text_embeddings["upper"][:1], data.base_embeddings["tiny@v1"][None], x0, allowed,
+                           torch.Generator())
+    assert predicted[0][:, :2].abs().max().item() == 0.0 and predicted[0][:, 2:].abs().max().item() > 0.0
+
+
+def test_leave_out_is_task_or_version():
+    from loragen.errors import LoragenError
+
+    with pytest.raises(LoragenError, match="leave_out"):
+        GeneratorSettings(leave_out="tasks")
+
+
 def test_the_task_loss_gradient_reaches_the_blend_generator(tiny_base, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -120,7 +120,7 @@ def test_generator_settings_are_four_sections_side_by_side():
     recorded = ["representation", "key_dim", "head_hidden", "token_size", "d_model", "n_layers", "d_state",
                 "prototype_dim", "denoiser_channels", "anchor", "permutation_states", "memory_slots", "memory_code_dim",
                 "direct_readout", "steps", "batch_size", "tokens_per_step", "learning_rate", "checkpoint_every", "seed",
-                "prediction_type", "leave_one_out", "sample_method", "sample_steps", "eta", "refine_steps",
+                "prediction_type", "leave_one_out", "leave_out", "sample_method", "sample_steps", "eta", "refine_steps",
                 "refine_learning_rate", "refine_held_back", "task_loss_weight", "task_loss_every",
                 "task_examples_per_step", "task_adapters_per_step", "task_descriptions_per_step", "task_loss_timestep"]
     assert list(asdict(GeneratorSettings())) == recorded

@@ -4,7 +4,8 @@ The library is the training adapters themselves: entry j is adapter j. Each step
 adapters; for adapter i the clean coefficients x0 are one-hot at i (the adapter, exactly), or, on a
 `leave_one_out` share of rows, the best blend of the library without any adapter of i's task (so the generator
 learns to compose neighbours, the only thing it can do for a task it never saw: library.best_blend says why that
-blend has full strength). x0 is noised at a random
+blend has full strength), or with `leave_out = "version"` without any adapter of i's base version (so it learns
+to make a version's adapter from the other versions', the task's own among them: a refresh's question). x0 is noised at a random
 timestep, the head predicts it back, and the loss is the relative distance in weight-change space between the
 predicted blend and adapter i itself: exact, through the slots' Gram matrices (library.py), no dense delta_W.
 
@@ -142,39 +143,46 @@ class Family:
     columns: torch.Tensor | None
 
 
-def training_families(data) -> tuple[list[Family], list[str]]:
+def training_families(data, leave_out: str = "task") -> tuple[list[Family], list[str]]:
     """The training set's families (library.shape_families), each library at the LoRA scale its adapters were
-    trained with, and the module kinds their slots use."""
+    trained with, and the module kinds their slots use; a composing row masks the adapters sharing its `leave_out`
+    (its task, or its base version)."""
     scale = data.lora["lora_alpha"] / data.lora["r"]
     groups = shape_families([a.state_dict for a in data.adapters])
     libraries = [Library.from_state_dicts([data.adapters[i].state_dict for i in group], [scale] * len(group))
                  for group in groups]
     module_types = sorted({m for library in libraries for m in library.slot_modules()})
     families = [Family(members=group, library=library, positions=slot_positions(library.slots, module_types),
-                       targets=blend_targets(library, [data.adapters[i].task for i in group]),
+                       targets=blend_targets(library, [_leave_out_key(data.adapters[i], leave_out) for i in group]),
                        columns=None if len(groups) == 1 else torch.tensor(group))
                 for group, library in zip(groups, libraries)]
     return families, module_types
 
 
+def _leave_out_key(adapter, leave_out: str) -> str:
+    """What a composing row masks: every library adapter with the same key as the row's own."""
+    return adapter.task if leave_out == "task" else adapter.base
+
+
 @dataclass
 class BlendTargets:
     """What each training adapter's rows are trained toward: `lookup` is one-hot at the adapter itself;
-    `composed` is the nearest full-strength blend (library.best_blend) of the library without the adapter's task
-    (its own task masked out: `composed_allowed`)."""
+    `composed` is the nearest full-strength blend (library.best_blend) of the library without the adapters that
+    share the adapter's key, its task or its base version (those masked out: `composed_allowed`)."""
 
     lookup: torch.Tensor             # (N, S, J)
     composed: torch.Tensor           # (N, S, J)
     composed_allowed: torch.Tensor   # (N, J) bools
 
 
-def blend_targets(library: Library, tasks: list[str]) -> BlendTargets:
+def blend_targets(library: Library, keys: list[str]) -> BlendTargets:
+    """Targets for a library whose entry j has key `keys[j]` (its task, or its base version: what is left out)."""
     size, slots = library.size, len(library.slots)
     lookup = torch.eye(size, dtype=torch.float64)[:, None, :].expand(size, slots, size).contiguous()
-    allowed = torch.stack([torch.tensor([other != task for other in tasks]) for task in tasks])
+    allowed = torch.stack([torch.tensor([other != key for other in keys]) for key in keys])
     composed = torch.zeros(size, slots, size, dtype=torch.float64)
     for index in range(size):
-        if allowed[index].any():  # a library of one task has nothing to compose from: the row stays zero
+        if allowed[index].any():  # a library of one key has nothing to compose from: the row stays zero
             composed[index] = best_blend(library.grams, lookup[index], allowed[index])
     return BlendTargets(lookup=lookup.float(), composed=composed.float(), composed_allowed=allowed)
 
@@ -242,7 +250,7 @@ def train_blend_generator(data, settings: GeneratorSettings, run_dir: Path,
     registered. Its `library` rows carry each adapter's uid, task and base; the caller adds the weights hashes."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    families, module_types = training_families(data)
+    families, module_types = training_families(data, settings.leave_out)
     tasks = [a.task for a in data.adapters]
     text_dim = next(iter(data.text_embeddings.values())).shape[1]
     base_table = {label: emb.float() for label, emb in data.base_embeddings.items()}
