@@ -10,7 +10,8 @@ The ladder's rungs say which versions train the generator (v1 and the `train` ru
              version into run folders only (the ceiling: never registered, so refresh never carries it over);
              it runs on the rungs registered so far, so it can run beside bench/evolve_base.py while the
              ladder grows (the later stages need every rung)
-  generator  a generator trained on the training versions' adapters (workflows.train; unseen versions never seen)
+  generator  a generator trained on the training versions' adapters (workflows.train; unseen versions never seen),
+             its composing rows leaving the row's base version out (--leave-out)
   refresh    per unseen version, far first, so both step from the last training version's adapter:
              the regenerated adapter (one sample, no selection: what `refresh --no-validate` registers), timed,
              and the shifted one (the carried-over adapter plus the generator's predicted change between the
@@ -95,7 +96,7 @@ class Bench(StagedBench):
         self.lora = LoraConfig()
         self.finetune_config = FinetuneConfig(steps=args.finetune_steps, batch_size=8, learning_rate=args.lr,
                                               checkpoints=1, checkpoint_every=args.finetune_steps, seed=args.seed)
-        self.settings = replace(load_settings().generator, seed=args.seed,
+        self.settings = replace(load_settings().generator, seed=args.seed, leave_out=args.leave_out,
                                 steps=args.generator_steps or load_settings().generator.steps)
         self._loader = None
 
@@ -590,6 +591,11 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=48)
     parser.add_argument("--lr", type=float, default=4e-3)
     parser.add_argument("--generator-steps", type=int, default=None, help="default: loragen.toml's")
+    # "version": the generator learns to make a version's adapter from the other versions' (the task's own among
+    # them); loragen.toml's "task" (for tasks the registry lacks) never weights the task's own adapters, and its
+    # draws scored far below carrying over on v6 (BENCHMARKS.md, issue 21).
+    parser.add_argument("--leave-out", default="version", choices=("task", "version"),
+                        help="the generator's generator.leave_out (default version: a refresh's generator)")
     parser.add_argument("--samples", type=int, default=2, help="generated candidates in the validated refresh")
     parser.add_argument("--select-limit", type=int, default=50, help="validation examples per candidate")
     parser.add_argument("--limit", type=int, default=100, help="test examples per evaluation")
