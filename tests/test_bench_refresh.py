@@ -112,7 +112,7 @@ def test_every_stage_on_a_tiny_ladder_then_a_resumed_run_changes_nothing(tmp_pat
     assert goals["far_refresh_adapted_over_finetuned"]["value"] == (  # no ratio to a ceiling scoring 0
         pytest.approx(far["refresh_adapted"] / far["finetuned"], abs=1e-4) if far["finetuned"] else None)
     assert goals["far_refresh_adapted_at_least_warm_finetune"]["met"] == (
-        result["far"]["refresh_adapted"] >= result["far"]["warm_finetune"])
+        far["refresh_adapted"] >= far["warm_finetune"])
     assert goals["validated_never_below_carried_over_beyond_noise"]["met"] == (
         not goals["validated_never_below_carried_over_beyond_noise"]["below"])
     assert result["train_spread"] == geometry["training_spread"]
