@@ -390,6 +390,50 @@ def test_a_carried_over_winner_is_still_registered_as_carried_over_with_adapt(ca
     assert shown["origin"] == "carried_over" and shown["provenance"]["refresh"]["winner"] == "carried_over"
 
 
+def test_select_by_loss_scores_each_candidate_by_minus_its_validation_loss(capsys, evolved_registry, tiny_base_v2):
+    from loragen.adapters import load_weights
+    from loragen.config import LoraConfig, load_settings
+    from loragen.registry.store import Registry
+    from loragen.workflows import bundled_task
+
+    result = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--select-by", "loss", "--select-limit", "6",
+                     "--json")
+    assert result.code == 0, result.err
+    [item] = result.json()
+    assert {c["metric"] for c in item["candidates"]} == {"neg_validation_loss"}
+    # The carried-over candidate's score is minus the new base's loss on the first 6 validation answers with it.
+    registry = Registry(load_settings().registry)
+    carried = load_weights(registry.adapter_folder(evolved_registry["element_symbol"]) / "adapter_model.safetensors")
+    examples = bundled_task("element_symbol").examples("validation")[:6]
+    lora = LoraConfig(r=2, alpha=4, target_modules=["q_proj", "v_proj"])
+    assert item["candidates"][0]["score"] == pytest.approx(-_lora_loss(tiny_base_v2, carried, examples, lora), rel=1e-4)
+    scores = [c["score"] for c in item["candidates"]]
+    assert item["candidates"][item["winner"]]["score"] == max(scores)  # the lowest loss wins
+    shown = run_cli(capsys, "show", item["id"], "--json").json()
+    assert shown["provenance"]["refresh"]["validation"] == {"task": "element_symbol", "split": "validation",
+                                                           "limit": 6, "by": "loss"}
+
+
+def test_no_refine_blend_adapts_by_the_warm_fine_tune_alone(capsys, monkeypatch, evolved_registry):
+    calls = _scores_in_order(monkeypatch, [0.5, 0.2, 0.6, 0.3, 0.9])
+    result = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--adapt", "--no-refine-blend", "--shots", "2",
+                     "--steps", "1", "--json")
+    assert result.code == 0, result.err
+    [item] = result.json()
+    assert [len(call) for call in calls] == [4, 1]  # the drawn candidates, then the warm fine-tune alone
+    assert [(c["adapted"] or {}).get("how") for c in item["candidates"]] == [None] * 4 + ["warm_finetune"]
+    assert item["blend_refinement"] is None and item["action"] == "adapted"
+    shown = run_cli(capsys, "show", item["id"], "--json").json()
+    assert shown["provenance"]["refresh"]["adapt"]["refine_blend"] is False
+    assert "blend_refinement" not in shown["provenance"]["refresh"]
+
+
+def test_no_refine_blend_without_adapt_is_refused(capsys, evolved_registry):
+    result = run_cli(capsys, "refresh", "--no-refine-blend")
+    assert "--no-refine-blend changes what --adapt does" in one_line_error(result)
+    assert run_cli(capsys, "list", "--base", "tiny@v2", "--json").json() == []
+
+
 def test_adapt_needs_validation(capsys, evolved_registry):
     result = run_cli(capsys, "refresh", "--adapt", "--no-validate")
     assert "--adapt picks among candidates on validation data" in one_line_error(result)

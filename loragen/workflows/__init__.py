@@ -37,6 +37,7 @@ from loragen.workflows.evaluate import (
     evaluate_base,
     evaluate_targets,
     score_on_base,
+    validation_losses,
     validation_scores,
 )
 from loragen.workflows.finetune import (
@@ -71,6 +72,7 @@ from loragen.workflows.generation import (
     slug,
 )
 from loragen.workflows.refreshing import (
+    SELECT_BY,
     AdaptRequest,
     RefreshItem,
     adapt_finetune_config,
@@ -93,7 +95,7 @@ __all__ = [
     "finetune_unregistered", "fitted_generator", "RefineRequest", "generate", "read_examples",
     "join_process_group", "load_base", "load_generator", "member_tasks", "multitask_members",
     "plan_refresh", "position_of", "ranks_weight_digests", "refresh", "register_drawn", "sample_state_dict",
-    "score_on_base", "slug", "text_encoder", "train", "train_on", "validation_scores",
+    "score_on_base", "SELECT_BY", "slug", "text_encoder", "train", "train_on", "validation_losses", "validation_scores",
 ]
 
 # The data-parallel helpers live beside the generator's training loop, whose module imports torch: handed out on

@@ -50,6 +50,31 @@ def validation_scores(model, tokenizer, task: Task, folders: Sequence[Path], lim
     return [score for [score] in score_on_base(model, tokenizer, [task], folders, split="validation", limit=limit)]
 
 
+VALIDATION_LOSS = "neg_validation_loss"
+
+
+def validation_losses(model, tokenizer, task: Task, folders: Sequence[Path], limit: int) -> list[Score]:
+    """Each adapter folder's mean next-token loss on the answers of the task's first `limit` validation examples,
+    negated so that higher is better, as a metric's: one teacher-forced forward pass per adapter where
+    validation_scores generates every answer through lm-eval (`refresh --select-by loss`: about 10x cheaper, and a
+    proxy for the metric, not the metric)."""
+    from loragen.adapters import WEIGHTS_NAME, load_weights, read_adapter_folder
+    from loragen.generator.refine import example_batch
+    from loragen.generator.task_loss import base_loss
+
+    pairs = task.examples("validation")[:limit]
+    if not pairs:
+        raise LoragenError(f"task {task.name!r} has no validation examples to choose by")
+    batch = example_batch(tokenizer, pairs)
+    losses = []
+    for folder in folders:
+        shape = read_adapter_folder(Path(folder))
+        loss = base_loss(model, batch, load_weights(Path(folder) / WEIGHTS_NAME), shape.alpha / shape.rank)
+        losses.append(Score(task=task.name, metric=VALIDATION_LOSS, value=-loss, stderr=None,
+                            num_examples=len(pairs), split="validation"))
+    return losses
+
+
 @dataclass
 class EvalTarget:
     """What to score: an adapter on its own base version, or (no adapter) a base version zero-shot.

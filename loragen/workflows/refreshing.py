@@ -13,7 +13,7 @@ from loragen.errors import LoragenError
 from loragen.registry.models import Origin
 from loragen.registry.store import Registry
 from loragen.workflows.bases import BaseLoader, base_condition, bundled_task, member_tasks, text_encoder
-from loragen.workflows.evaluate import score_on_base, validation_scores
+from loragen.workflows.evaluate import score_on_base, validation_losses, validation_scores
 from loragen.workflows.generation import (
     CARRIED_OVER,
     Candidate,
@@ -27,6 +27,9 @@ from loragen.workflows.generation import (
 )
 
 ADAPTED = "adapted"
+# How a validated refresh scores its candidates on the validation split: the task's metric (lm-eval generates
+# each answer) or the loss on the answers (one forward pass a candidate; a proxy, about 10x cheaper).
+SELECT_BY = ("metric", "loss")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,9 @@ class AdaptRequest:
     steps: int = ADAPT_STEPS
     learning_rate: float = ADAPT_LEARNING_RATE   # the warm fine-tune's
     held_back: int = 16                          # examples the blend refinement checks itself on
+    # The blend refinement steps through a LoRA of the whole library's rank: on the far ladder version it took
+    # about 3x the warm fine-tune's seconds and never won validation (BENCHMARKS.md, issue 21). False skips it.
+    refine_blend: bool = True
 
     def __post_init__(self) -> None:
         for name in ("shots", "steps", "held_back"):
@@ -48,6 +54,8 @@ class AdaptRequest:
                 raise LoragenError(f"--adapt {name} must be a whole number of at least 1 (got {value!r})")
         if not self.learning_rate > 0:
             raise LoragenError(f"the adaptation's learning rate must be above 0 (got {self.learning_rate!r})")
+        if not isinstance(self.refine_blend, bool):
+            raise LoragenError(f"refine_blend must be true or false (got {self.refine_blend!r})")
 
 
 @dataclass
@@ -136,7 +144,8 @@ def _newest_versions(registry: Registry, base: str | None) -> list[str]:
 def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None = None,
             tasks: Sequence[str] | None = None, seed: int = 0, samples: int = REFRESH_SAMPLES, validate: bool = True,
             shift: bool = True, select_limit: int = SELECT_LIMIT, evaluate_limit: int | None = None, run_eval: bool = False,
-            adapt: AdaptRequest | None = None, progress: Callable[[int, int], None] | None = None) -> list[RefreshItem]:
+            adapt: AdaptRequest | None = None, select_by: str = "metric",
+            progress: Callable[[int, int], None] | None = None) -> list[RefreshItem]:
     """Give each task an adapter for the newest base version; idempotent (done tasks are skipped).
 
     With `validate` and a task that has validation data (a bundled task), the candidates are the predecessor
@@ -157,6 +166,8 @@ def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None
         raise LoragenError(f"samples must be at least 1 (got {samples})")
     if select_limit < 1:
         raise LoragenError(f"the selection limit must be at least 1 validation example (got {select_limit})")
+    if select_by not in SELECT_BY:
+        raise LoragenError(f"candidates are selected by {' or '.join(SELECT_BY)} (got {select_by!r})")
     items = plan_refresh(registry, base=base, tasks=tasks)
     todo = [item for item in items if item.action == "generate"]
     generator = load_generator(registry) if todo else None  # once, not once per task
@@ -178,7 +189,7 @@ def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None
             item.action, item.id = "generated", registered.id
         else:
             _refresh_by_validation(registry, loader, item, drawn, validation, select_limit, began, adapt, seed,
-                                   settings.refine_learning_rate)
+                                   settings.refine_learning_rate, select_by)
         if progress:
             progress(index + 1, len(todo))
     if run_eval:
@@ -234,15 +245,16 @@ def _refresh_validation(task_name: str):
 
 def _refresh_by_validation(registry: Registry, loader: BaseLoader, item: RefreshItem, drawn: Drawn, validation,
                            limit: int, began: float, adapt: AdaptRequest | None = None, seed: int = 0,
-                           blend_learning_rate: float = 0.0) -> None:
+                           blend_learning_rate: float = 0.0, select_by: str = "metric") -> None:
     """Score the carried-over predecessor and the drawn candidates on the new version (then, with `adapt`, the
     best one adapted), register the one `choose` picks, and fill in the item (action, id, candidates, winner).
     `began`: when the task's refresh started (perf_counter), for the seconds its record keeps."""
+    scored_by = validation_losses if select_by == "loss" else validation_scores
     model, tokenizer, _ = loader.get(item.base)
     carried_folder = registry.adapter_folder(item.replaces)
     carried = Candidate(kind=CARRIED_OVER, adapter=item.replaces, from_base=item.replaces_base)
     candidates = [carried, *drawn.candidates]
-    scores = validation_scores(model, tokenizer, validation, [carried_folder, *drawn.folders(registry)], limit)
+    scores = scored_by(model, tokenizer, validation, [carried_folder, *drawn.folders(registry)], limit)
     for candidate, score in zip(candidates, scores):
         candidate.score, candidate.metric = score.value, score.metric
     if adapt is not None:
@@ -251,14 +263,15 @@ def _refresh_by_validation(registry: Registry, loader: BaseLoader, item: Refresh
                                       blend_learning_rate)
         item.adapt_seconds = round(time.perf_counter() - adapting, 3)
         if adapted:
-            scores = validation_scores(model, tokenizer, validation, drawn.folders(registry)[-len(adapted):], limit)
+            scores = scored_by(model, tokenizer, validation, drawn.folders(registry)[-len(adapted):], limit)
             for candidate, score in zip(adapted, scores):
                 candidate.score, candidate.metric = score.value, score.metric
             candidates += adapted
     chosen = choose(candidates)
     item.candidates, item.winner = [c.record() for c in candidates], position_of(chosen, candidates)
     record = {"refresh": {"chosen_by": "validation", "winner": chosen.kind, "candidates": item.candidates,
-                          "validation": {"task": validation.name, "split": "validation", "limit": limit},
+                          "validation": {"task": validation.name, "split": "validation", "limit": limit,
+                                         "by": select_by},
                           "adapt": None if adapt is None else asdict(adapt),
                           # the task's whole time, so a dry run can estimate the next refresh (estimate_refresh)
                           "seconds": round(time.perf_counter() - began, 1)}}
@@ -290,9 +303,9 @@ def _adapted_candidates(registry: Registry, model, tokenizer, item: RefreshItem,
                         scored: list[Candidate], adapt: AdaptRequest, seed: int, blend_learning_rate: float
                         ) -> list[Candidate]:
     """The best scored candidate adapted to the new version on the task's training examples, added to `drawn`
-    (unscored) and returned: the best generated sample's blend refined (a library generator's; kept only when its
-    held-back examples' loss went down, as `generate --examples`), and the best candidate's LoRA fine-tuned for
-    `adapt.steps` steps from its exact weights."""
+    (unscored) and returned: the best generated sample's blend refined (a library generator's, unless
+    `adapt.refine_blend` is False; kept only when its held-back examples' loss went down, as `generate --examples`),
+    and the best candidate's LoRA fine-tuned for `adapt.steps` steps from its exact weights."""
     from loragen.generator.refine import examples_digest, refine_blend
 
     try:
@@ -304,7 +317,7 @@ def _adapted_candidates(registry: Registry, model, tokenizer, item: RefreshItem,
     made: list[Candidate] = []
 
     generated = [c for c in scored if c.kind == "generated"]
-    if drawn.coefficients is not None and generated:
+    if adapt.refine_blend and drawn.coefficients is not None and generated:
         start = choose(generated)
         index = position_of(start, drawn.candidates)
         outcome = refine_blend(model, tokenizer, drawn.generator.library, drawn.coefficients[index], shots, held_back,
