@@ -29,6 +29,15 @@ def _run(args, cwd, home):
     return done.stdout
 
 
+def test_curve_budgets_read_shots_steps_and_an_optional_learning_rate():
+    from bench.bench_refresh import parse_curve
+
+    assert parse_curve("16x2, 64x20@0.004", 0.002) == [(16, 2, 0.002), (64, 20, 0.004)]
+    for bad in ("16x", "16", "0x5", "16x5@0", "16x5@fast"):
+        with pytest.raises(SystemExit, match="--curve"):
+            parse_curve(bad, 0.002)
+
+
 def test_adapter_cosines_read_the_factors_of_the_saved_file(tmp_path):
     import torch
 
@@ -66,7 +75,8 @@ def test_every_stage_on_a_tiny_ladder_then_a_resumed_run_changes_nothing(tmp_pat
     args = ["--home", str(home), "--work", str(work), "--base", "tiny", "--train-versions", "1,2", "--near", "3",
             "--far", "4", "--tasks", "element_symbol,noun_singular", "--finetune-steps", "2", "--generator-steps", "4",
             "--samples", "2", "--select-limit", "2", "--limit", "3", "--threads", "1", "--summary", str(summary),
-            "--shots", "3", "--adapt-steps", "2", "--ceiling-probe-steps", "1"]
+            "--shots", "3", "--adapt-steps", "2", "--ceiling-probe-steps", "1", "--curve", "3x1,4x2@0.004",
+            "--fast-steps", "1"]
     _run(args, tmp_path, home)
     result = json.loads(summary.read_text())
     assert result["versions"] == 4 and result["train_versions"] == ["tiny@v1", "tiny@v2"]
@@ -115,6 +125,37 @@ def test_every_stage_on_a_tiny_ladder_then_a_resumed_run_changes_nothing(tmp_pat
         far["refresh_adapted"] >= far["warm_finetune"])
     assert goals["validated_never_below_carried_over_beyond_noise"]["met"] == (
         not goals["validated_never_below_carried_over_beyond_noise"]["below"])
+    # The far version's score-per-second curve: both budgets and the adapt stage's warm fine-tune, cheapest first,
+    # each a mean over the tasks scored against the ceiling's mean.
+    curve = far["curve"]
+    assert [(p["shots"], p["steps"], p["learning_rate"], p["stage"]) for p in sorted(curve, key=lambda p: p["steps"])
+            ] == [(3, 1, 0.002, "curve"), (3, 2, 0.002, "adapt"), (4, 2, 0.004, "curve")]
+    assert [p["seconds_over_finetune"] for p in curve] == sorted(p["seconds_over_finetune"] for p in curve)
+    made = json.loads((work / "curve.json").read_text())
+    assert set(made["ceiling_step_s"]) == {"element_symbol", "noun_singular"}
+    for p in curve:
+        rows = (made["points"][f"{p['shots']}x{p['steps']}@{p['learning_rate']:g}"]["tasks"] if p["stage"] == "curve"
+                else {t: {"score": far["per_task"][t]["warm_finetune"]} for t in far["per_task"]})
+        assert p["score"] == pytest.approx(statistics.fmean(r["score"] for r in rows.values()), abs=1e-4)
+        assert p["over_finetuned"] == (pytest.approx(p["score"] / far["finetuned"], abs=1e-3) if far["finetuned"]
+                                       else None)
+        assert p["seconds"] > 0 and p["seconds_over_finetune"] > 0
+    assert "warm_finetune_best_within_goal" in goals["far_refresh_adapted_seconds_over_finetune_seconds"]
+    # The fast stage: refresh --adapt --no-refine-blend --select-by loss in a copy of its own, timed, its winners
+    # scored as the refresh_fast column; its goal is read from that column and the ceiling priced at its load.
+    fast = json.loads((work / "fast.json").read_text())
+    fast_copy = Registry(RegistryConfig(home=str(work / "fast-home")))
+    assert set(fast) == {"tiny@v3", "tiny@v4"}
+    for made in fast.values():
+        assert made["request"]["steps"] == 1 and made["request"]["refine_blend"] is False
+        for row in made["tasks"].values():
+            record = fast_copy.get_adapter(row["refresh_fast"])["provenance"]["refresh"]
+            assert record["validation"]["by"] == "loss" and "blend_refinement" not in record
+            assert {c["metric"] for c in record["candidates"]} == {"neg_validation_loss"}
+    assert far["refresh_fast_seconds"] > 0 and far["finetune_seconds_at_fast_load"] > 0
+    fast_goal = goals["far_refresh_fast_meets_score_and_seconds"]
+    assert fast_goal["seconds_over_finetune_seconds"] == pytest.approx(
+        far["refresh_fast_seconds"] / far["finetune_seconds_at_fast_load"], abs=1e-3)
     assert result["train_spread"] == geometry["training_spread"]
     assert result["far_distance"] == min(geometry["base_distance_to_training"]["tiny@v4"].values())
     # refresh --adapt ran in a copy of the registry: the validated refresh's registrations are untouched, and in the
