@@ -63,7 +63,7 @@ def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this b
             select_by: str = typer.Option(
                 "metric", "--select-by",
                 help="Score candidates by the task's metric (lm-eval generates each answer) or by the loss on the "
-                     "validation answers (one forward pass each: about 10x faster, a proxy for the metric)."),
+                     "validation answers (one forward pass each: about 3x faster, a proxy for the metric)."),
             adapt: bool = typer.Option(
                 False, "--adapt",
                 help="Adapt the best candidate to the new version on the task's training examples (its blend "

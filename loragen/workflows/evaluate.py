@@ -56,8 +56,8 @@ VALIDATION_LOSS = "neg_validation_loss"
 def validation_losses(model, tokenizer, task: Task, folders: Sequence[Path], limit: int) -> list[Score]:
     """Each adapter folder's mean next-token loss on the answers of the task's first `limit` validation examples,
     negated so that higher is better, as a metric's: one teacher-forced forward pass per adapter where
-    validation_scores generates every answer through lm-eval (`refresh --select-by loss`: about 10x cheaper, and a
-    proxy for the metric, not the metric)."""
+    validation_scores generates every answer through lm-eval (`refresh --select-by loss`: about 3x cheaper on the
+    ladder's far version, and a proxy for the metric, not the metric)."""
     from loragen.adapters import WEIGHTS_NAME, load_weights, read_adapter_folder
     from loragen.generator.refine import example_batch
     from loragen.generator.task_loss import base_loss
