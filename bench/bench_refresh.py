@@ -722,7 +722,7 @@ def _plot(summary: dict, path: Path) -> None:
     for column, label in (("zero_shot", "zero-shot"), ("carried_over", "carried over"), ("regenerated", "regenerated"),
                           ("shifted", "shifted"), ("refresh_validated", "refresh (validated)"),
                           ("finetuned", "fine-tuned (ceiling)"), ("warm_finetune", "warm fine-tune (same budget)"),
-                          ("refresh_adapted", "refresh --adapt")):
+                          ("refresh_adapted", "refresh --adapt"), ("refresh_fast", "refresh --adapt, fast")):
         points = [(summary[r]["version"], summary[r].get(column)) for r in roles if summary[r].get(column) is not None]
         if not points:
             continue
@@ -736,11 +736,21 @@ def _plot(summary: dict, path: Path) -> None:
         for p in curve:
             right.annotate(f"{p['shots']}x{p['steps']}@{p['learning_rate']:g}",
                            (p["seconds_over_finetune"], p["over_finetuned"]), fontsize=7)
+        goals = summary.get("goals", {})
+        for label, score, seconds in (  # whole refreshes: candidates drawn, validated, adapted, registered
+                ("refresh --adapt", goals.get("far_refresh_adapted_over_finetuned", {}).get("value"),
+                 goals.get("far_refresh_adapted_seconds_over_finetune_seconds", {}).get("value")),
+                ("fast", goals.get("far_refresh_fast_meets_score_and_seconds", {}).get("value"),
+                 goals.get("far_refresh_fast_meets_score_and_seconds", {}).get("seconds_over_finetune_seconds"))):
+            if score is not None and seconds is not None:
+                right.plot([seconds], [score], "x", color="black")
+                right.annotate(label, (seconds, score), xytext=(4, -10), textcoords="offset points", fontsize=7)
         right.axvline(0.1, linestyle=":", color="grey")
         right.axhline(0.9, linestyle=":", color="grey")
         right.set_xlabel("seconds / the ceiling's fine-tune seconds")
         right.set_ylabel("mean test score / the ceiling's")
-        right.set_title(f"Warm fine-tune on {summary['far']['version']}")
+        right.set_title(f"Score per second on {summary['far']['version']}: warm fine-tunes (o), refreshes (x)",
+                        fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
