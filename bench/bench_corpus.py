@@ -31,20 +31,20 @@ DEFAULT_RUNS = DEFAULT_HOME / "corpus-runs"  # bench_generalization reads these 
 def score_tasks(model, tokenizer, tasks, *, out: Path, runs: Path, lora, config, limit: int | None,
                 batch_size: int = 16, min_gain: float = MIN_GAIN, held_out: frozenset[str] = frozenset(),
                 extra: dict | None = None, log: Callable[[str], None] = print) -> list[dict]:
-    """Score each task zero-shot and fine-tuned on its validation split; return all rows in `out`.
+    """Score each task zero-shot and fine-tuned on its validation split; return all rows in `out` of this call's
+    settings.
 
     Rows already in `out` whose settings match this call's are kept and not
     recomputed; rows of other settings stay in the file but are not returned.
-    Every new row is written before the next task starts.
+    Every new row is written before the next task starts, merged under a lock into the file as it is then, so
+    processes scoring other tasks into the same `out` (bench_generalization's corpus --shard K/N) lose nothing.
     """
     from bench.harness import score_columns
     from loragen.workflows import finetune_unregistered
 
     settings = {"lora": asdict(lora), "finetune": asdict(config), "limit": limit, "split": "validation",
                 "min_gain": min_gain, **(extra or {})}
-    earlier = _read_rows(out)
-    rows = {r["task"]: r for r in earlier if r.get("settings") == settings}
-    other_settings = [r for r in earlier if r.get("settings") != settings]  # kept in the file, not returned
+    rows = {r["task"]: r for r in _read_rows(out) if r.get("settings") == settings}
     for task in tasks:
         if task.name in rows:
             log(f"{task.name}: already scored")
@@ -58,17 +58,29 @@ def score_tasks(model, tokenizer, tasks, *, out: Path, runs: Path, lora, config,
         result = finetune_unregistered(model, tokenizer, task, lora, config, run_dir)  # held-out tasks too: never registered
         [(_, trained, _)] = score_columns(model, tokenizer, task, {"fine_tuned": result.checkpoints[-1].path}, **options)
         gain = trained.value - zero.value
-        rows[task.name] = {
+        row = {
             "task": task.name, "family": task.family, "kind": task.kind, "held_out": task.name in held_out,
             "metric": zero.metric, "zero_shot": zero.value, "fine_tuned": trained.value, "gain": round(gain, 4),
             "learnable": gain >= min_gain, "examples": zero.num_examples,
             "finetune_s": round(result.wall_time_s, 1), "final_loss": round(result.checkpoints[-1].loss, 4),
             "run_dir": str(run_dir), "total_s": round(time.perf_counter() - began, 1), "settings": settings,
         }
-        _write_rows(out, other_settings + [rows[name] for name in sorted(rows)])
+        _add_row(out, row)
         log(f"{task.name:24s} {zero.metric:12s} zero-shot {zero.value:.3f}  fine-tuned {trained.value:.3f}  "
             f"gain {gain:+.3f}{'' if gain >= min_gain else '  (not learnable)'}")
-    return [rows[name] for name in sorted(rows)]
+    return sorted((r for r in _read_rows(out) if r.get("settings") == settings), key=lambda r: r["task"])
+
+
+def _add_row(path: Path, row: dict) -> None:
+    """Put `row` into the file as it is now (replacing its task's row of the same settings), under a lock: rows of
+    other settings first, then this settings' rows by task."""
+    from filelock import FileLock
+
+    with FileLock(f"{path}.lock", timeout=600):
+        earlier = [r for r in _read_rows(path)
+                   if not (r.get("settings") == row["settings"] and r["task"] == row["task"])]
+        same = sorted([r for r in earlier if r.get("settings") == row["settings"]] + [row], key=lambda r: r["task"])
+        _write_rows(path, [r for r in earlier if r.get("settings") != row["settings"]] + same)
 
 
 def _read_rows(path: Path) -> list[dict]:

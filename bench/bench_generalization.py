@@ -9,7 +9,8 @@ fixed sample of seen tasks is evaluated. Stages, each resumable (its results are
 --work, and a finished piece is never recomputed):
 
   corpus      fine-tune a LoRA for every task (seen first), score it and zero-shot on validation
-              (bench_corpus.score_tasks; tasks gaining < 0.05 are marked not learnable)
+              (bench_corpus.score_tasks; tasks gaining < 0.05 are marked not learnable; --shard K/N: every N-th
+              task, the shards' rows merged into one --corpus-out)
   register    register the learnable seen tasks' adapters in --home (held-out adapters stay in their run folders)
   multitask   one LoRA on the union of the same training tasks (workflows.finetune_multitask)
   generators  two generators through workflows.train with the split: diffusion loss only, and diffusion + task loss
@@ -206,7 +207,9 @@ class Bench(StagedBench):
         from loragen.tasks.suite import get_task
 
         model, tokenizer = self.base()
-        score_tasks(model, tokenizer, [get_task(t) for t in self.plan.corpus], out=Path(self.args.corpus_out),
+        index, count = self.shard
+        score_tasks(model, tokenizer, [get_task(t) for t in self.plan.corpus[index - 1::count]],
+                    out=Path(self.args.corpus_out),
                     runs=Path(self.args.corpus_runs), lora=self.lora, config=self.corpus_config,
                     limit=self.args.val_limit or None, min_gain=MIN_GAIN,
                     held_out=frozenset(self.split.held_out_tasks), extra={"base": self.version})
@@ -774,7 +777,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--held-out-limit", type=int, default=0, help="tests: evaluate this many held-out tasks")
     parser.add_argument("--seen-limit", type=int, default=0, help="tests: evaluate this many sampled seen tasks")
     parser.add_argument("--shard", default="1/1",
-                        help="evaluate only every N-th task from the K-th (K/N); N such processes share scores.json")
+                        help="corpus, adapters and evaluate: only every N-th task from the K-th (K/N); N such "
+                             "processes share their stage's file")
     parser.add_argument("--columns", default="all",
                         help="evaluate only these columns, comma-separated (zero_shot needs no adapter: it can run early)")
     parser.add_argument("--seed", type=int, default=0)

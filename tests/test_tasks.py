@@ -340,3 +340,28 @@ def test_corpus_scoring_records_rows_and_resumes(tiny_base, tmp_path):
     assert [r["task"] for r in again] == ["element_symbol"] and again[0]["settings"]["finetune"]["steps"] == 3
     assert not any("already scored" in line for line in lines)
     assert len(json.loads(out.read_text())["rows"]) == 3  # the first settings' rows are still there
+
+
+@pytest.mark.slow
+def test_corpus_rows_another_shard_writes_meanwhile_are_kept(tiny_base, tmp_path):
+    """bench_generalization's corpus --shard K/N: processes scoring other tasks into one file lose none of its rows."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench.bench_corpus import score_tasks
+    from loragen.config import FinetuneConfig, LoraConfig
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    out = tmp_path / "scores.json"
+
+    def another_shard_writes(line: str) -> None:  # after this process wrote its first row, another one adds its own
+        if line.startswith("element_symbol"):
+            rows = json.loads(out.read_text())["rows"]
+            out.write_text(json.dumps({"rows": rows + [dict(rows[0], task="other_shards_task")]}))
+
+    rows = score_tasks(model, tokenizer, [get_task("element_symbol"), get_task("country_subregion")],
+                       out=out, runs=tmp_path / "runs", lora=LoraConfig(r=2, alpha=4), limit=3, batch_size=4,
+                       config=FinetuneConfig(steps=2, batch_size=4, checkpoints=1, checkpoint_every=2),
+                       log=another_shard_writes)
+    assert [r["task"] for r in rows] == ["country_subregion", "element_symbol", "other_shards_task"]
+    assert json.loads(out.read_text())["rows"] == rows
