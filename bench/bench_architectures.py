@@ -13,6 +13,9 @@ generated as generated_per_base, refined); BASE_RUNS holds their options. SmolLM
         --summary bench/results/generalization-gemma3.json --threads 1
     python -m bench.bench_architectures                       # then every stage here, resuming what is done
 
+(On 2 cores the corpus stage goes twice as fast as two processes: the same command with `--stages corpus --shard
+1/2` and `--shard 2/2`, then the command above for the rest.)
+
 Stages, each resumable (results under --work):
 
   register   every base's learnable training adapters registered in the shared --home (from its corpus runs)
