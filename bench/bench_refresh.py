@@ -213,26 +213,35 @@ class Bench(StagedBench):
             print(f"refresh: {version} ({role}) regenerated {len(self.tasks)} in {seconds:.1f} s, validated refresh "
                   f"{validated_s:.0f} s: " + ", ".join(f"{i.task} {i.action}" for i in items), flush=True)
 
-    def adapt(self) -> None:
-        from loragen.workflows import AdaptRequest, refresh
+    def refreshes(self, stage: str, made: dict, home: Path, opened, request, select_by: str = "metric"):
+        """`refresh` with `request` (an AdaptRequest) of each unseen version not in `made`, far first, in a copy of
+        the registry at `home` (make_registry_copy; `opened()` gives it opened): yields (role, version, items,
+        seconds), seconds None where a killed run registered some tasks before (their time is unknown)."""
+        from loragen.workflows import refresh
 
-        self.require(self.unseen.values(), "adapt")
+        self.require(self.unseen.values(), stage)
         if "id" not in self.read("generator.json", {}):
             raise SystemExit("no generator yet: run --stages generator first")
-        made = self.read("adapted.json", {})
-        self.make_registry_copy(self.adapt_home)
-        copy = self.adapt_registry
-        request = AdaptRequest(shots=self.args.shots, steps=self.args.adapt_steps, learning_rate=self.args.adapt_lr)
+        self.make_registry_copy(home)
         for role in ("far", "near"):
             version = self.unseen[role]
             if version in made:
-                print(f"adapt: {version} already done", flush=True)
+                print(f"{stage}: {version} already done", flush=True)
                 continue
             began = time.perf_counter()
-            items = refresh(copy, self.settings, base=version, tasks=self.tasks, seed=self.args.seed,
-                            samples=self.args.samples, select_limit=self.args.select_limit, adapt=request)
+            items = refresh(opened(), self.settings, base=version, tasks=self.tasks, seed=self.args.seed,
+                            samples=self.args.samples, select_limit=self.args.select_limit, adapt=request,
+                            select_by=select_by)
             seconds = time.perf_counter() - began
-            resumed = _read_back(copy, items)  # their adaptation time stays unknown (adapt_seconds None)
+            yield role, version, items, None if _read_back(opened(), items) else round(seconds, 1)
+
+    def adapt(self) -> None:
+        from loragen.workflows import AdaptRequest
+
+        made = self.read("adapted.json", {})
+        request = AdaptRequest(shots=self.args.shots, steps=self.args.adapt_steps, learning_rate=self.args.adapt_lr)
+        for role, version, items, seconds in self.refreshes("adapt", made, self.adapt_home,
+                                                            lambda: self.adapt_registry, request):
             tasks = {}
             for item in items:
                 warm = next((c["adapted"] for c in item.candidates
@@ -244,43 +253,29 @@ class Bench(StagedBench):
                                     "adapted_run": warm["run"] if warm else None,
                                     "adapted_from": item.candidates[warm["from"]]["kind"] if warm else None,
                                     "carried_over": item.replaces, **baselines}
-            made[version] = {"role": role, "refresh_adapted_s": None if resumed else round(seconds, 1),
+            made[version] = {"role": role, "refresh_adapted_s": seconds,
                              "request": {"shots": request.shots, "steps": request.steps,
                                          "learning_rate": request.learning_rate}, "tasks": tasks}
             self.write("adapted.json", made)
-            print(f"adapt: {version} ({role}) refresh --adapt {seconds:.0f} s: " + ", ".join(
+            print(f"adapt: {version} ({role}) refresh --adapt {_took(seconds)}: " + ", ".join(
                 f"{t} {v['action']} ({v['winner']})" for t, v in tasks.items()), flush=True)
 
     def fast(self) -> None:
-        from loragen.workflows import AdaptRequest, refresh
+        from loragen.workflows import AdaptRequest
 
-        self.require(self.unseen.values(), "fast")
-        if "id" not in self.read("generator.json", {}):
-            raise SystemExit("no generator yet: run --stages generator first")
         made = self.read("fast.json", {})
-        self.make_registry_copy(self.work / "fast-home")
-        copy = self.fast_registry
         request = AdaptRequest(shots=self.args.shots, steps=self.args.fast_steps, learning_rate=self.args.fast_lr,
                                refine_blend=False)
-        for role in ("far", "near"):
-            version = self.unseen[role]
-            if version in made:
-                print(f"fast: {version} already done", flush=True)
-                continue
-            began = time.perf_counter()
-            items = refresh(copy, self.settings, base=version, tasks=self.tasks, seed=self.args.seed,
-                            samples=self.args.samples, select_limit=self.args.select_limit, adapt=request,
-                            select_by="loss")
-            seconds = time.perf_counter() - began
-            resumed = _read_back(copy, items)
-            made[version] = {"role": role, "refresh_fast_s": None if resumed else round(seconds, 1),
+        for role, version, items, seconds in self.refreshes("fast", made, self.work / "fast-home",
+                                                            lambda: self.fast_registry, request, select_by="loss"):
+            made[version] = {"role": role, "refresh_fast_s": seconds,
                              "request": {**asdict(request), "select_by": "loss"},
                              "tasks": {item.task: {"refresh_fast": item.id, "action": item.action,
                                                    "winner": (item.candidates[item.winner]["kind"]
                                                               if item.winner is not None else None),
                                                    "candidates": item.candidates} for item in items}}
             self.write("fast.json", made)
-            print(f"fast: {version} ({role}) refresh --adapt --no-refine-blend --select-by loss {seconds:.0f} s: "
+            print(f"fast: {version} ({role}) refresh --adapt --no-refine-blend --select-by loss {_took(seconds)}: "
                   + ", ".join(f"{i.task} {i.action}" for i in items), flush=True)
         far = made[self.unseen["far"]]  # the ceiling priced at this stage's load, for the seconds goal
         for task in (t for t in self.tasks if t not in far.setdefault("ceiling_step_s", {})):
@@ -674,6 +669,10 @@ def _goals(summary: dict) -> dict:
                                                "met": None if far["regenerated"] is None or far["carried_over"] is None
                                                else far["regenerated"] > far["carried_over"]},
     }
+
+
+def _took(seconds: float | None) -> str:
+    return "(resumed: time unknown)" if seconds is None else f"{seconds:.0f} s"
 
 
 def _read_back(registry, items) -> list:
