@@ -434,6 +434,31 @@ def test_no_refine_blend_without_adapt_is_refused(capsys, evolved_registry):
     assert run_cli(capsys, "list", "--base", "tiny@v2", "--json").json() == []
 
 
+def test_a_task_left_out_generator_is_named_as_a_weak_source_of_refresh_candidates(capsys, evolved_registry):
+    result = run_cli(capsys, "refresh", "--tasks", "element_symbol", "--no-validate", "--json")
+    assert result.code == 0, result.err
+    [item] = result.json()
+    assert 'leave_out = "task"' in item["generator_note"] and 'leave_out = "version"' in item["generator_note"]
+    table = run_cli(capsys, "refresh", "--tasks", "shout", "--no-validate")
+    assert table.code == 0 and 'train one with [generator] leave_out = "version"' in " ".join(table.out.split())
+
+
+@pytest.mark.parametrize("representation, settings, noted", [
+    ("library", {"leave_out": "task", "leave_one_out": 1.0}, True),
+    ("library", {"leave_one_out": 1.0}, True),          # trained before leave_out existed: the task was masked
+    ("library", {"leave_out": "version", "leave_one_out": 1.0}, False),
+    ("library", {"leave_out": "task", "leave_one_out": 0.0}, False),  # no row masks anything
+    ("raw", {}, False),
+])
+def test_generator_note_reads_what_the_generator_was_trained_with(representation, settings, noted):
+    from types import SimpleNamespace
+
+    from loragen.workflows.refreshing import generator_note
+
+    checkpoint = SimpleNamespace(representation=representation, training={"settings": settings})
+    assert (generator_note(SimpleNamespace(uid="0123456789abcdef", checkpoint=checkpoint)) is not None) == noted
+
+
 def test_adapt_needs_validation(capsys, evolved_registry):
     result = run_cli(capsys, "refresh", "--adapt", "--no-validate")
     assert "--adapt picks among candidates on validation data" in one_line_error(result)

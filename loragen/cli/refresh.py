@@ -134,4 +134,5 @@ def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this b
                else f"{generated} adapter(s) generated, {carried} carried over, "
                     + (f"{adapted} adapted, " if adapt else "")
                     + f"{len(rows) - generated - carried - adapted} already up to date")
-    render(rows, as_json=as_json, columns=columns, key="task", summary=summary)
+    notes = sorted({r["generator_note"] for r in rows if r["generator_note"]})
+    render(rows, as_json=as_json, columns=columns, key="task", summary=summary, notes=notes)

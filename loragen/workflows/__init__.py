@@ -79,6 +79,7 @@ from loragen.workflows.refreshing import (
     adaptation_examples,
     draw_shifted,
     estimate_refresh,
+    generator_note,
     plan_refresh,
     refresh,
 )
@@ -92,7 +93,7 @@ __all__ = [
     "collect_training_set", "default_group_name", "distributed_rank", "draw", "draw_shifted", "evaluate_adapters",
     "estimate_refresh", "evaluate_base", "evaluate_targets", "find_task", "finetune_multitask", "finetune_run_dir",
     "finetune_task",
-    "finetune_unregistered", "fitted_generator", "RefineRequest", "generate", "read_examples",
+    "finetune_unregistered", "fitted_generator", "RefineRequest", "generate", "generator_note", "read_examples",
     "join_process_group", "load_base", "load_generator", "member_tasks", "multitask_members",
     "plan_refresh", "position_of", "ranks_weight_digests", "refresh", "register_drawn", "sample_state_dict",
     "score_on_base", "SELECT_BY", "slug", "text_encoder", "train", "train_on", "validation_losses", "validation_scores",

@@ -79,6 +79,7 @@ class RefreshItem:
     blend_refinement: dict[str, Any] | None = None  # --adapt's blend refinement, kept or not (Refinement.record)
     scores: dict[str, float] = field(default_factory=dict)   # with --eval: old_on_new / zero_shot / refreshed
     estimate_s: float | None = None  # dry run: what earlier refreshes of this base took per task (estimate_refresh)
+    generator_note: str | None = None  # why the generator's candidates are likely weak for a refresh (generator_note)
 
 
 def plan_refresh(registry: Registry, *, base: str | None = None, tasks: Sequence[str] | None = None) -> list[RefreshItem]:
@@ -124,6 +125,19 @@ def estimate_refresh(registry: Registry, items: Sequence[RefreshItem], *, adapt:
         if item.action == "generate" and (earlier := recorded.get(item.base.split("@")[0])):
             item.estimate_s = round(statistics.median(earlier), 1)
     return list(items)
+
+
+def generator_note(generator) -> str | None:
+    """Why a loaded generator's refresh candidates are likely weak, or None. A library generator trained with
+    leave_out = "task" never weights a task's own adapters, so for a task the registry has (every refreshed one)
+    it draws other tasks' blends: on the ladder's near version they scored far below carrying over, where
+    leave_out = "version" matched it (BENCHMARKS.md, issue 21). Validation still keeps the refresh safe."""
+    settings = (getattr(generator.checkpoint, "training", None) or {}).get("settings") or {}
+    if (getattr(generator.checkpoint, "representation", "raw") != "library" or settings.get("leave_out", "task") != "task"
+            or not settings.get("leave_one_out")):
+        return None
+    return (f"generator {generator.uid[:12]} was trained with leave_out = \"task\" (for tasks the registry lacks): its "
+            "candidates here are other tasks' blends; for refreshing, train one with [generator] leave_out = \"version\"")
 
 
 def _newest_versions(registry: Registry, base: str | None) -> list[str]:
@@ -172,9 +186,11 @@ def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None
     items = plan_refresh(registry, base=base, tasks=tasks)
     todo = [item for item in items if item.action == "generate"]
     generator = load_generator(registry) if todo else None  # once, not once per task
+    note = generator_note(generator) if generator else None
     loader = BaseLoader(registry)
     for index, item in enumerate(sorted(todo, key=lambda i: i.base)):  # grouped by base: one load each
         began = time.perf_counter()
+        item.generator_note = note
         validation = _refresh_validation(item.task) if validate else None
         item.chosen_by = ("validation" if validation is not None
                           else "no validation data" if validate else "not asked (--no-validate)")
