@@ -128,7 +128,8 @@ def test_every_stage_on_a_tiny_ladder_then_a_resumed_run_changes_nothing(tmp_pat
     # The far version's score-per-second curve: both budgets and the adapt stage's warm fine-tune, cheapest first,
     # each a mean over the tasks scored against the ceiling's mean.
     curve = far["curve"]
-    assert [(p["shots"], p["steps"], p["learning_rate"], p["stage"]) for p in sorted(curve, key=lambda p: p["steps"])
+    assert [(p["shots"], p["steps"], p["learning_rate"], p["stage"])
+            for p in sorted(curve, key=lambda p: (p["steps"], p["shots"]))
             ] == [(3, 1, 0.002, "curve"), (3, 2, 0.002, "adapt"), (4, 2, 0.004, "curve")]
     assert [p["seconds_over_finetune"] for p in curve] == sorted(p["seconds_over_finetune"] for p in curve)
     made = json.loads((work / "curve.json").read_text())
