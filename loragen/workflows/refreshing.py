@@ -29,7 +29,7 @@ from loragen.workflows.generation import (
 ADAPTED = "adapted"
 # How a validated refresh scores its candidates on the validation split: the task's metric (lm-eval generates
 # each answer) or the loss on the answers (one forward pass a candidate; a proxy; on the far ladder version about
-# 6 s a candidate against 18 s, 50 examples: BENCHMARKS.md, issue 21).
+# 6.7 s a candidate against 19 s, 50 examples: BENCHMARKS.md, issue 21).
 SELECT_BY = ("metric", "loss")
 
 
