@@ -51,16 +51,43 @@ def test_dry_run_estimates_the_time_from_earlier_refreshes_of_the_base(capsys, m
     assert "no earlier refresh of these bases, run the same way, to estimate the time from" in first.out
     _scores_by_candidate(monkeypatch, [0.9, 0.2, 0.4, 0.3])
     done = {i["task"]: i for i in run_cli(capsys, "refresh", "--json").json()}
-    recorded = sorted(run_cli(capsys, "show", item["id"], "--json").json()["provenance"]["refresh"]["seconds"]
-                      for item in done.values())
+    seconds = [run_cli(capsys, "show", item["id"], "--json").json()["provenance"]["refresh"]["seconds"]
+               for item in done.values()]
+    recorded = sorted(seconds)
     assert all(seconds > 0 for seconds in recorded)
     assert run_cli(capsys, "base", "update", "tiny", "--from", make_tiny_llama(tmp_path / "v3", seed=3)).code == 0
     plan = run_cli(capsys, "refresh", "--dry-run", "--json").json()
     # The median of the two earlier tasks' times, for each task the v3 refresh would make.
     assert [p["estimate_s"] for p in plan] == [round((recorded[0] + recorded[1]) / 2, 1)] * 2
     assert "about" in run_cli(capsys, "refresh", "--dry-run").out
-    # Refreshes run without --adapt say nothing of one with it.
-    assert [p["estimate_s"] for p in run_cli(capsys, "refresh", "--dry-run", "--adapt", "--json").json()] == [None] * 2
+    # Refreshes run another way say nothing of this one: with --adapt, or chosen by loss, only the task without
+    # validation data (it ran alike under every validating recipe) estimates them; without validation, none.
+    unvalidated = [s for item, s in zip(done.values(), seconds) if item["chosen_by"] == "no validation data"]
+    assert len(unvalidated) == 1
+    for other_way, expected in ((["--adapt"], unvalidated[0]), (["--select-by", "loss"], unvalidated[0]),
+                                (["--no-validate"], None)):
+        estimates = [p["estimate_s"] for p in run_cli(capsys, "refresh", "--dry-run", *other_way, "--json").json()]
+        assert estimates == [expected] * 2, other_way
+
+
+def test_refresh_estimates_match_the_adaptation_recipe():
+    from dataclasses import asdict
+
+    from loragen.workflows.refreshing import NOT_ASKED, AdaptRequest, _same_recipe
+
+    full, fast = AdaptRequest(), AdaptRequest(steps=5, learning_rate=4e-3, refine_blend=False)
+    validated = {"chosen_by": "validation", "validation": {"by": "loss"}, "adapt": asdict(full), "seconds": 9.0}
+    assert _same_recipe(validated, full, "loss", True)
+    assert not _same_recipe(validated, fast, "loss", True)
+    assert not _same_recipe(validated, full, "metric", True)
+    assert not _same_recipe(validated, None, "loss", True)
+    # A record from before refine_blend existed ran with it on: it estimates a full --adapt, not a fast one.
+    older = {**validated, "adapt": {k: v for k, v in asdict(full).items() if k != "refine_blend"}}
+    assert _same_recipe(older, full, "loss", True) and not _same_recipe(older, fast, "loss", True)
+    # Before validation.by existed, candidates were chosen by the metric.
+    assert _same_recipe({**validated, "validation": {}, "adapt": None}, None, "metric", True)
+    assert _same_recipe({"chosen_by": NOT_ASKED, "adapt": None}, None, "metric", False)
+    assert not _same_recipe({"chosen_by": NOT_ASKED, "adapt": None}, None, "metric", True)
 
 
 def test_refresh_eval_reports_before_and_after(capsys, tiny_base, tiny_base_v2, tmp_path, isolated_home):

@@ -103,7 +103,7 @@ def refresh(base: Optional[str] = typer.Option(None, "--base", help="Only this b
     registry = state.registry
     if dry_run:
         items = workflows.estimate_refresh(registry, workflows.plan_refresh(registry, base=base, tasks=task_list),
-                                           adapt=adapt)
+                                           adapt=request, select_by=select_by, validate=not no_validate)
     else:
         planned = sum(item.action == "generate" for item in workflows.plan_refresh(registry, base=base, tasks=task_list))
         with StepProgress("refreshing", max(1, planned)) as bar:

@@ -31,6 +31,7 @@ ADAPTED = "adapted"
 # each answer) or the loss on the answers (one forward pass a candidate; a proxy; on the far ladder version about
 # 6.7 s a candidate against 19 s, 50 examples: BENCHMARKS.md, issue 21).
 SELECT_BY = ("metric", "loss")
+NOT_ASKED = "not asked (--no-validate)"  # a refresh's chosen_by when validation was turned off
 
 
 @dataclass(frozen=True)
@@ -111,20 +112,42 @@ def plan_refresh(registry: Registry, *, base: str | None = None, tasks: Sequence
     return items
 
 
-def estimate_refresh(registry: Registry, items: Sequence[RefreshItem], *, adapt: bool) -> list[RefreshItem]:
+def estimate_refresh(registry: Registry, items: Sequence[RefreshItem], *, adapt: AdaptRequest | None,
+                     select_by: str = "metric", validate: bool = True) -> list[RefreshItem]:
     """Fill in each item's `estimate_s`: the median time per task of the earlier refreshes of its base (any version)
-    run the same way (with or without --adapt), as their provenance recorded it; None where there is none."""
+    run the same way, as their provenance recorded it; None where there is none. "The same way" is the recipe
+    that sets the time (`_same_recipe`): a fast `--adapt --no-refine-blend --steps 5` took a third of a full
+    `--adapt` on the far ladder version, and a refresh without validation a fraction of either."""
     import statistics
 
     recorded: dict[str, list[float]] = {}
     for adapter in registry.list_adapters():
         record = (adapter["provenance"] or {}).get("refresh") or {}
-        if record.get("seconds") is not None and bool(record.get("adapt")) == adapt:
+        if record.get("seconds") is not None and _same_recipe(record, adapt, select_by, validate):
             recorded.setdefault(adapter["base"].split("@")[0], []).append(record["seconds"])
     for item in items:
         if item.action == "generate" and (earlier := recorded.get(item.base.split("@")[0])):
             item.estimate_s = round(statistics.median(earlier), 1)
     return list(items)
+
+
+def _same_recipe(record: dict, adapt: AdaptRequest | None, select_by: str, validate: bool) -> bool:
+    """Whether a refresh's provenance record ran the way asked. A task without validation data ran the same under
+    any validating recipe (nothing was scored or adapted); a validated one must match how candidates were chosen
+    and every adaptation setting, an older record's missing settings read at their defaults (refine_blend came
+    later, and was on)."""
+    if record.get("chosen_by") == NOT_ASKED:
+        return not validate
+    if not validate:
+        return False
+    if record.get("chosen_by") != "validation":
+        return True
+    recorded_adapt = record.get("adapt")
+    if (recorded_adapt is None) != (adapt is None):
+        return False
+    if adapt is not None and {**asdict(AdaptRequest()), **recorded_adapt} != asdict(adapt):
+        return False
+    return (record.get("validation") or {}).get("by", "metric") == select_by
 
 
 def generator_note(generator) -> str | None:
@@ -193,7 +216,7 @@ def refresh(registry: Registry, settings: GeneratorSettings, *, base: str | None
         item.generator_note = note
         validation = _refresh_validation(item.task) if validate else None
         item.chosen_by = ("validation" if validation is not None
-                          else "no validation data" if validate else "not asked (--no-validate)")
+                          else "no validation data" if validate else NOT_ASKED)
         drawn = draw(registry, settings, task=item.task, base_ref=item.base, seed=seed,
                      samples=samples if validation is not None else 1, loaded=generator)
         if validation is not None and shift:
