@@ -328,6 +328,7 @@ class Bench(StagedBench):
         # The nearest training task of a description: cosine to the mean of that task's training descriptions.
         task_texts = {t: torch.nn.functional.normalize(encoder.encode(self.split.training_descriptions(get_task(t)))
                                                        .mean(0), dim=0) for t in tasks}
+        corpus_rows = self.corpus_rows()
         index, count = self.shard
         for task_name in self.plan.evaluated[index - 1::count]:
             made = manifest.setdefault(task_name, {})
@@ -335,7 +336,9 @@ class Bench(StagedBench):
             task = get_task(task_name)
             description = self.description(task)
             before = json.dumps(made, sort_keys=True)
-            if "finetuned" not in self.reused_columns:
+            # A held-out task's own fine-tune is only the ceiling: until its corpus row exists the column waits
+            # (evaluate says so), and the other columns need not.
+            if "finetuned" not in self.reused_columns and task_name in corpus_rows:
                 made["finetuned"] = {"path": str(self.corpus_adapter(task_name)), "made_from": baseline_from}
             for column in ("multitask", "mean_adapter"):
                 if column not in self.reused_columns:

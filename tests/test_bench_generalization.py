@@ -72,10 +72,18 @@ def test_every_stage_on_a_tiny_base_then_a_resumed_run_changes_nothing(tmp_path,
             "--threads", "1", "--summary", str(summary)]
     _run(args + ["--stages", "corpus,register"], tmp_path)
     assert not (work / "scores.json").exists()
+    # As if the held-out tasks' corpus rows (only the ceiling) were still to run: the other columns need not wait.
+    corpus = json.loads((work / "corpus.json").read_text())
+    held_out_rows = [row for row in corpus["rows"] if row["held_out"]]
+    assert held_out_rows
+    (work / "corpus.json").write_text(json.dumps({**corpus, "rows": [r for r in corpus["rows"] if not r["held_out"]]}))
     # Before the generators exist: the baseline columns' adapters are made and can be scored, the generated
     # columns wait.
-    _run(args + ["--stages", "multitask,adapters,evaluate", "--columns", "zero_shot,multitask"], tmp_path)
+    _run(args + ["--stages", "multitask,adapters,evaluate", "--columns", "zero_shot,multitask,finetuned"], tmp_path)
     early = json.loads((work / "scores.json").read_text())["rows"]
+    assert {row["task"] for row in early if row["column"] == "finetuned"} == {
+        row["task"] for row in early} - {row["task"] for row in held_out_rows}
+    early = [row for row in early if row["column"] != "finetuned"]
     assert len(early) == 4 and {row["column"] for row in early} == {"zero_shot", "multitask"}
     assert not any("generated" in made for made in json.loads((work / "adapters.json").read_text()).values())
     # The second of two evaluation shards scores only its task (the seen one: held-out tasks come first).
