@@ -632,9 +632,12 @@ class Bench(StagedBench):
 
     @functools.cached_property
     def committed_corpus_rows(self) -> dict[str, dict]:
-        """bench/results/corpus_scores.json's rows by task, read once."""
+        """bench/results/corpus_scores.json's rows by task, read once: only those made as this run's corpus would
+        be (its base included: a task SmolLM2 could not learn says nothing of Gemma)."""
         committed = Path("bench/results/corpus_scores.json")
-        return {r["task"]: r for r in json.loads(committed.read_text())["rows"]} if committed.is_file() else {}
+        rows = json.loads(committed.read_text())["rows"] if committed.is_file() else []
+        settings = self.corpus_settings()
+        return {r["task"]: r for r in rows if r.get("settings") == settings}
 
     def description(self, task) -> str:
         """The description a user would type: a held-out task's first, a seen task's first training description."""

@@ -30,6 +30,26 @@ def test_plan_follows_the_split():
     assert len(small.training) == 3 and small.seen_sample[0] in small.training and len(small.evaluated) == 2
 
 
+def test_the_committed_corpus_speaks_only_for_its_own_base(tmp_path, monkeypatch, tiny_base):
+    from bench.bench_generalization import Bench, build_parser
+    from loragen.config import RegistryConfig
+    from loragen.registry.store import Registry
+
+    monkeypatch.chdir(ROOT)  # the committed corpus summary is read from the repository's bench/results
+    committed = json.loads((ROOT / "bench/results/corpus_scores.json").read_text())["rows"]
+    unlearnable = [r["task"] for r in committed if not r["learnable"]]
+    assert unlearnable and {r["settings"]["base"] for r in committed} == {"smollm2-135m@v1"}
+    home = tmp_path / "home"
+    Registry(RegistryConfig(home=str(home))).add_base("tiny", str(tiny_base))
+    args = build_parser().parse_args(["--base", "tiny", "--home", str(home), "--work", str(tmp_path / "work"),
+                                      "--corpus-out", str(tmp_path / "corpus.json")])
+    bench = Bench(args, make_plan(load_split()), load_split())
+    # SmolLM2's rows say nothing of the tiny base: its tasks' learnability is unknown until its own corpus runs,
+    # and every training task waits for a row, not only those SmolLM2 could learn.
+    assert bench.committed_corpus_rows == {} and bench.learnable(unlearnable[0]) is None
+    assert set(bench.missing_training_rows({})) == set(bench.plan.training)
+
+
 def test_a_bad_shard_or_column_is_refused_before_any_stage_runs(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for option, value in (("--shard", "3/2"), ("--shard", "0/2"), ("--shard", "half"), ("--columns", "bogus")):
