@@ -572,7 +572,8 @@ class Bench(StagedBench):
         over them (over the ceiling's, priced at the same stage's load: `seconds_over_finetune`). A point scored on
         only some tasks is left out."""
         made = self.read("curve.json", {"points": {}, "ceiling_step_s": {}})
-        adapted = self.read("adapted.json", {}).get(far["version"], {}).get("tasks", {})
+        far_adapted = self.read("adapted.json", {}).get(far["version"], {})
+        adapted = far_adapted.get("tasks", {})
         cells = far["per_task"]
 
         def point(budget: dict, rows: dict, step_seconds: dict, stage: str) -> dict | None:
@@ -589,7 +590,7 @@ class Bench(StagedBench):
         points = [point({k: v[k] for k in ("shots", "steps", "learning_rate")}, v["tasks"], made["ceiling_step_s"],
                         "curve") for v in made["points"].values()]
         if adapted and all("warm_finetune" in cells[t] for t in self.tasks):
-            request = self.read("adapted.json", {})[far["version"]]["request"]
+            request = far_adapted["request"]
             rows = {t: {"score": cells[t]["warm_finetune"], "seconds": adapted[t]["warm_finetune_s"]} for t in adapted}
             points.append(point(request, rows, {t: r["ceiling_step_s"] for t, r in adapted.items()
                                                 if "ceiling_step_s" in r}, "adapt"))
