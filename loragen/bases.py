@@ -15,6 +15,7 @@ import math
 import os
 import pickle
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -379,8 +380,99 @@ def read_architecture(source: BaseSource) -> Architecture:
                         num_parameters=sum(p.numel() for p in model.parameters()))
 
 
-def load_model(folder: Path, gguf_file: str | None, dtype: str = "float32"):
-    """Load a base for real (dequantizing GGUF to float32) and its tokenizer."""
+def load_model(folder: Path, gguf_file: str | None, dtype: str = "float32", converted: Path | None = None):
+    """Load a base for real (dequantizing GGUF to float32) and its tokenizer.
+
+    With `converted`, a GGUF base is dequantized once into that folder (a Hugging Face folder: config, tokenizer,
+    float32 safetensors, and a record of their sha256) and read from there after: transformers parses a GGUF's
+    metadata once for the config, the tokenizer and the weights each, which took most of a minute per load of
+    Gemma 3's 262k-token vocabulary. The folder is only a cache of the GGUF: one that is incomplete or fails its
+    hashes is made again, and one that cannot be written leaves the load as it was.
+    """
+    if gguf_file is None or converted is None:
+        return _load_model(folder, gguf_file, dtype)
+    if converted_is_whole(converted):
+        return _load_model(converted, None, dtype)
+    model, tokenizer = _load_model(folder, gguf_file, "float32")
+    try:
+        write_converted(model, tokenizer, converted)
+    except OSError:  # a full disk or a read-only cache: the next load dequantizes again
+        pass
+    if dtype != "float32":
+        import torch
+
+        model = model.to(getattr(torch, dtype))
+    return model, tokenizer
+
+
+CONVERTED_RECORD = "loragen-converted.json"
+
+
+def converted_is_whole(folder: Path) -> bool:
+    """Whether `folder` holds a finished conversion whose files match the sha256 it recorded; a damaged one is
+    removed (the GGUF it came from is still in the store)."""
+    import shutil
+
+    if not folder.exists():
+        return False
+    try:  # a folder here was renamed into place whole, so one without its record is damaged too
+        files = json.loads((folder / CONVERTED_RECORD).read_text())["files"]
+        whole = all(_file_sha256(folder / name) == digest for name, digest in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        whole = False
+    if not whole:
+        shutil.rmtree(folder, ignore_errors=True)
+    return whole
+
+
+def write_converted(model, tokenizer, folder: Path) -> None:
+    """Save a loaded GGUF base as a Hugging Face folder, all or nothing: written beside `folder`, its files'
+    sha256 recorded last, then renamed into place (a process that got there first wins; ours is dropped)."""
+    import shutil
+    import tempfile
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for left in folder.parent.glob(f".{folder.name}.*.tmp"):  # a killed writer's, untouched for an hour
+        if time.time() - left.stat().st_mtime > 3600:
+            shutil.rmtree(left, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        _save_dequantized(model, staging)
+        tokenizer.save_pretrained(staging)
+        files = {p.name: _file_sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
+        (staging / CONVERTED_RECORD).write_text(json.dumps({"files": files}, indent=1))
+        if converted_is_whole(folder):  # another process finished first (and may be reading it): keep theirs
+            return
+        os.rename(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _save_dequantized(model, folder: Path) -> None:
+    """The model as a plain float32 folder. transformers refuses save_pretrained on a model it loaded from GGUF
+    (it counts as quantized, though its weights are dequantized), so the parts are written here: the config
+    without its GGUF quantization entry, the generation config, and the weights (tied ones once)."""
+    from safetensors.torch import save_model
+
+    model.config.save_pretrained(folder)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("quantization_config", None)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(folder)
+    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load_model(folder: Path, gguf_file: str | None, dtype: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging

@@ -76,3 +76,53 @@ def make_lora(base_dir: Path, out_dir: Path, seed: int = 0, r: int = 4,
                 param.normal_(0, 0.2)
     peft_model.save_pretrained(out_dir)
     return Path(out_dir)
+
+
+def make_tiny_llama_gguf(path: Path, seed: int = 0) -> Path:
+    """A tiny Llama as one float32 GGUF file that transformers loads (a byte-level BPE vocabulary in the file's
+    metadata, as SmolLM2's GGUF has), for tests of the GGUF load path without the bundled 100 MB file."""
+    import gguf
+    import numpy as np
+
+    hidden, layers, heads, kv_heads, ffn = 32, 2, 4, 2, 64
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    byte_level = {" ": "\u0120", "\n": "\u010a"}  # how GPT-2's byte alphabet spells a space and a newline
+    tokens = specials + [byte_level.get(t, t) for t in VOCAB[4:]] + ["ab", "\u0120a"]
+    rng = np.random.default_rng(seed)
+
+    def weights(*shape):
+        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(ffn)
+    writer.add_block_count(layers)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3] * len(specials) + [1] * (len(tokens) - len(specials)))
+    writer.add_token_merges(["a b", "\u0120 a"])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_pad_token_id(0)
+    writer.add_tensor("token_embd.weight", weights(len(tokens), hidden))
+    writer.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    head_dim = hidden // heads
+    for layer in range(layers):
+        for name, shape in (("attn_q", (hidden, hidden)), ("attn_k", (kv_heads * head_dim, hidden)),
+                            ("attn_v", (kv_heads * head_dim, hidden)), ("attn_output", (hidden, hidden)),
+                            ("ffn_gate", (ffn, hidden)), ("ffn_up", (ffn, hidden)), ("ffn_down", (hidden, ffn))):
+            writer.add_tensor(f"blk.{layer}.{name}.weight", weights(*shape))
+        writer.add_tensor(f"blk.{layer}.attn_norm.weight", np.ones(hidden, np.float32))
+        writer.add_tensor(f"blk.{layer}.ffn_norm.weight", np.ones(hidden, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path)

@@ -251,6 +251,11 @@ class Registry:
                             for entry in files})
         return folder
 
+    def converted_folder(self, version: BaseVersionInfo) -> Path:
+        """Where a GGUF version is kept dequantized, as a Hugging Face folder (loragen.bases.load_model): a cache
+        beside the snapshots, safe to delete, made again on the next load."""
+        return self.snapshots / "converted" / version.weights_digest[:16]
+
     def list_bases(self) -> list[dict[str, Any]]:
         return self.views.bases()
 

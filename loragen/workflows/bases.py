@@ -26,7 +26,8 @@ def load_base(registry: Registry, ref: str | BaseVersionInfo, dtype: str = "floa
     from loragen.bases import load_model
 
     version = ref if isinstance(ref, BaseVersionInfo) else registry.version(ref)
-    model, tokenizer = load_model(registry.base_folder(version), version.gguf_file, dtype=dtype)
+    model, tokenizer = load_model(registry.base_folder(version), version.gguf_file, dtype=dtype,
+                                  converted=registry.converted_folder(version))
     return LoadedBase(model, tokenizer, version)
 
 
