@@ -252,7 +252,7 @@ class Registry:
         return folder
 
     def converted_folder(self, version: BaseVersionInfo) -> Path:
-        """Where a GGUF version is kept dequantized, as a Hugging Face folder (loragen.bases.load_model): a cache
+        """Where a GGUF version is kept dequantized, as a Hugging Face folder written by the base loader: a cache
         beside the snapshots, safe to delete, made again on the next load."""
         return self.snapshots / "converted" / version.weights_digest[:16]
 
