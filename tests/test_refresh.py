@@ -501,8 +501,10 @@ def test_a_killed_adapting_refresh_resumes_and_registers_each_task_once(capsys, 
     import time
 
     env = dict(__import__("os").environ, LORAGEN_HOME=str(isolated_home), OMP_NUM_THREADS="1")
+    # 2000 adaptation steps outlast every kill below: on an idle machine 300 steps and the whole first run ended
+    # within 18 s, before its kill, and nothing was killed.
     command = [sys.executable, "-m", "loragen", "refresh", "--tasks", "element_symbol", "--adapt", "--shots", "4",
-               "--steps", "300", "--select-limit", "2", "--json"]
+               "--steps", "2000", "--select-limit", "2", "--json"]
     rng, killed = random.Random(0), 0
     for _ in range(3):
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
