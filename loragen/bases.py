@@ -413,11 +413,13 @@ def converted_is_whole(folder: Path) -> bool:
     removed (the GGUF it came from is still in the store)."""
     import shutil
 
+    from loragen.registry.blobs import file_sha256
+
     if not folder.exists():
         return False
     try:  # a folder here was renamed into place whole, so one without its record is damaged too
         files = json.loads((folder / CONVERTED_RECORD).read_text())["files"]
-        whole = all(_file_sha256(folder / name) == digest for name, digest in files.items())
+        whole = all(file_sha256(folder / name) == digest for name, digest in files.items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         whole = False
     if not whole:
@@ -431,6 +433,8 @@ def write_converted(model, tokenizer, folder: Path) -> None:
     import shutil
     import tempfile
 
+    from loragen.registry.blobs import file_sha256
+
     folder.parent.mkdir(parents=True, exist_ok=True)
     for left in folder.parent.glob(f".{folder.name}.*.tmp"):  # a killed writer's, untouched for an hour
         if time.time() - left.stat().st_mtime > 3600:
@@ -439,7 +443,7 @@ def write_converted(model, tokenizer, folder: Path) -> None:
     try:
         _save_dequantized(model, staging)
         tokenizer.save_pretrained(staging)
-        files = {p.name: _file_sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
+        files = {p.name: file_sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
         (staging / CONVERTED_RECORD).write_text(json.dumps({"files": files}, indent=1))
         if converted_is_whole(folder):  # another process finished first (and may be reading it): keep theirs
             return
@@ -462,14 +466,6 @@ def _save_dequantized(model, folder: Path) -> None:
     if model.generation_config is not None:
         model.generation_config.save_pretrained(folder)
     save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _load_model(folder: Path, gguf_file: str | None, dtype: str):
