@@ -206,9 +206,13 @@ class Bench(StagedBench):
         from bench.bench_corpus import score_tasks
         from loragen.tasks.suite import get_task
 
-        model, tokenizer = self.base()
         index, count = self.shard
-        score_tasks(model, tokenizer, [get_task(t) for t in self.plan.corpus[index - 1::count]],
+        tasks = self.plan.corpus[index - 1::count]  # sharded before filtering, so every shard cuts the same list
+        if self.args.corpus_only_needed:
+            needed = set(self.missing_training_rows(self.corpus_rows()))
+            tasks = tuple(t for t in tasks if t in needed)
+        model, tokenizer = self.base()
+        score_tasks(model, tokenizer, [get_task(t) for t in tasks],
                     out=Path(self.args.corpus_out),
                     runs=Path(self.args.corpus_runs), lora=self.lora, config=self.corpus_config,
                     limit=self.args.val_limit or None, min_gain=MIN_GAIN,
@@ -582,7 +586,9 @@ class Bench(StagedBench):
                             if "generate_s" in made.get("generated_raw", {})]
         refine_s = [made[c]["refine_s"] for t, made in manifest.items() if t != "_shared" for c in FITTED
                     if "refine_s" in made.get(c, {})]
-        missing = [[t, c] for t in self.plan.evaluated for c in self.columns(t) if c not in table.get(t, {})]
+        # Only the columns this run asked for (--columns) can be missing: Gemma's run never asks for nearest_task.
+        missing = [[t, c] for t in self.plan.evaluated for c in self.columns(t)
+                   if c in self.evaluated_columns and c not in table.get(t, {})]
         summary = {
             "command": command_line(), "machine": machine(),
             "complete": not missing, "missing_scores": len(missing),
@@ -776,6 +782,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=50, help="test examples per evaluation (0: all)")
     parser.add_argument("--keep-unlearnable", action="store_true",
                         help="train on tasks whose fine-tuning gained < 0.05 too")
+    parser.add_argument("--corpus-only-needed", action="store_true",
+                        help="corpus: fine-tune only the training tasks the generator still needs a row for (those "
+                             "the committed corpus summary found learnable), not the held-out ceilings")
     parser.add_argument("--training-limit", type=int, default=0, help="tests: train on this many seen tasks")
     parser.add_argument("--training-tasks", default="",
                         help="a JSON file whose `tasks` are the seen tasks to train on (a committed subset, e.g. "

@@ -50,6 +50,32 @@ def test_the_committed_corpus_speaks_only_for_its_own_base(tmp_path, monkeypatch
     assert set(bench.missing_training_rows({})) == set(bench.plan.training)
 
 
+def test_corpus_only_needed_fine_tunes_the_learnable_training_tasks_of_its_shard(tmp_path, monkeypatch, tiny_base):
+    from bench import bench_corpus
+    from bench.bench_generalization import Bench, build_parser
+    from loragen.config import RegistryConfig
+    from loragen.registry.store import Registry
+
+    monkeypatch.chdir(ROOT)
+    committed = {r["task"]: r for r in json.loads((ROOT / "bench/results/corpus_scores.json").read_text())["rows"]}
+    home = tmp_path / "home"
+    # Named as the committed corpus's base, so its rows speak for this run (its version label is the same).
+    Registry(RegistryConfig(home=str(home))).add_base("smollm2-135m", str(tiny_base))
+    asked: list[list[str]] = []
+    monkeypatch.setattr(bench_corpus, "score_tasks", lambda model, tokenizer, tasks, **_: asked.append(
+        [t.name for t in tasks]))
+    for options in ([], ["--corpus-only-needed"]):
+        args = build_parser().parse_args(["--base", "smollm2-135m", "--home", str(home), "--work", str(tmp_path / "w"),
+                                          "--corpus-out", str(tmp_path / "corpus.json"), "--shard", "1/2", *options])
+        bench = Bench(args, make_plan(load_split()), load_split())
+        monkeypatch.setattr(bench, "base", lambda: (None, None))
+        bench.corpus()
+    every, needed = asked
+    assert every == list(bench.plan.corpus[0::2])
+    assert needed == [t for t in every if t in bench.plan.training and committed[t]["learnable"]]
+    assert 0 < len(needed) < len(every)
+
+
 def test_a_bad_shard_or_column_is_refused_before_any_stage_runs(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for option, value in (("--shard", "3/2"), ("--shard", "0/2"), ("--shard", "half"), ("--columns", "bogus")):
@@ -106,6 +132,11 @@ def test_every_stage_on_a_tiny_base_then_a_resumed_run_changes_nothing(tmp_path,
     early = [row for row in early if row["column"] != "finetuned"]
     assert len(early) == 4 and {row["column"] for row in early} == {"zero_shot", "multitask"}
     assert not any("generated" in made for made in json.loads((work / "adapters.json").read_text()).values())
+    # A summary is complete when the columns it was asked for are scored, whatever the other columns lack.
+    _run(args + ["--stages", "summary", "--columns", "zero_shot,multitask"], tmp_path)
+    assert json.loads(summary.read_text())["complete"]
+    _run(args + ["--stages", "summary"], tmp_path)
+    assert json.loads(summary.read_text())["missing_scores"] > 0
     # The second of two evaluation shards scores only its task (the seen one: held-out tasks come first).
     _run(args + ["--stages", "generators,adapters,evaluate", "--shard", "2/2"], tmp_path)
     rows = json.loads((work / "scores.json").read_text())["rows"]
