@@ -15,7 +15,6 @@ import math
 import os
 import pickle
 import struct
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -396,7 +395,7 @@ def load_model(folder: Path, gguf_file: str | None, dtype: str = "float32", conv
     model, tokenizer = _load_model(folder, gguf_file, "float32")
     try:
         write_converted(model, tokenizer, converted)
-    except OSError:  # a full disk or a read-only cache: the next load dequantizes again
+    except (OSError, LoragenError):  # a full disk or a read-only cache: the next load dequantizes again
         pass
     if dtype != "float32":
         import torch
@@ -428,28 +427,21 @@ def converted_is_whole(folder: Path) -> bool:
 
 
 def write_converted(model, tokenizer, folder: Path) -> None:
-    """Save a loaded GGUF base as a Hugging Face folder, all or nothing: written beside `folder`, its files'
-    sha256 recorded last, then renamed into place (a process that got there first wins; ours is dropped)."""
-    import shutil
-    import tempfile
-
+    """Save a loaded GGUF base as a Hugging Face folder, all or nothing: staged beside `folder`, its files' sha256
+    recorded last, then renamed into place. A process that got there first wins and ours is dropped (it may be
+    reading its copy); a killed writer's staging folder is left for `loragen gc`."""
+    from loragen.atomic import staged_folder
     from loragen.registry.blobs import file_sha256
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    for left in folder.parent.glob(f".{folder.name}.*.tmp"):  # a killed writer's, untouched for an hour
-        if time.time() - left.stat().st_mtime > 3600:
-            shutil.rmtree(left, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
-        _save_dequantized(model, staging)
-        tokenizer.save_pretrained(staging)
-        files = {p.name: file_sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
-        (staging / CONVERTED_RECORD).write_text(json.dumps({"files": files}, indent=1))
-        if converted_is_whole(folder):  # another process finished first (and may be reading it): keep theirs
-            return
-        os.rename(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with staged_folder(folder) as staging:
+            _save_dequantized(model, staging)
+            tokenizer.save_pretrained(staging)
+            files = {p.name: file_sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
+            (staging / CONVERTED_RECORD).write_text(json.dumps({"files": files}, indent=1))
+    except OSError:  # staged_folder refuses to replace a folder with files in it
+        if not converted_is_whole(folder):
+            raise
 
 
 def _save_dequantized(model, folder: Path) -> None:

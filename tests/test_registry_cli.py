@@ -240,9 +240,18 @@ def test_gc_removes_work_folders_of_killed_commands_but_not_running_ones(capsys,
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
     running = isolated_home / "loragen-generated-running"
     running.mkdir()
+    # A GGUF conversion killed while staging, one still staging, and a finished converted copy (a cache gc keeps).
+    converted = isolated_home / "snapshots" / "converted"
+    killed_conversion, converting, copy = converted / ".0123456789abcdef-x1", converted / ".0123456789abcdef-x2", \
+        converted / "0123456789abcdef"
+    for folder in (killed_conversion, converting, copy):
+        folder.mkdir(parents=True)
+    for old in (killed_conversion, copy):
+        os.utime(old, (time.time() - 7200, time.time() - 7200))
     gc = run_cli(capsys, "gc", "--json").json()
-    assert gc["temp_files_removed"] == 1
+    assert gc["temp_files_removed"] == 2
     assert not stale.exists() and running.is_dir()
+    assert not killed_conversion.exists() and converting.is_dir() and copy.is_dir()
 
 
 def test_export_refuses_non_empty_target(capsys, registered, tiny_adapter, tmp_path):

@@ -22,6 +22,7 @@ from loragen.errors import LoragenError
 from loragen.registry import db, library
 from loragen.registry.blobs import BlobStore
 from loragen.registry.models import Adapter, BaseModel, BaseVersion, BaseVersionFile, Blob, GeneratorCheckpointRow
+from loragen.registry.readonly import snapshots_root
 from loragen.registry.snapshots import DIGEST, relative_path_problem
 
 # A work folder untouched this long belongs to no running command.
@@ -86,13 +87,14 @@ def gc(engine: Engine, blobs: BlobStore, home: Path, grace: float) -> dict[str, 
 
 
 def clean_work_folders(home: Path, older_than_s: float = STALE_WORK_FOLDER_S) -> int:
-    """Remove `loragen-*` work folders (generate, train, selection) that a killed process left behind.
+    """Remove `loragen-*` work folders (generate, train, selection) and the staging folders of converted GGUF
+    bases (`snapshots/converted/.<digest>-*`) that a killed process left behind.
 
     Only folders untouched for `older_than_s`, so a command still running beside gc keeps its own.
     """
     cutoff = time.time() - older_than_s
     removed = 0
-    for folder in home.glob("loragen-*"):
+    for folder in [*home.glob("loragen-*"), *(snapshots_root(home) / "converted").glob(".*")]:
         if folder.is_dir() and folder.stat().st_mtime < cutoff:
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1
