@@ -409,6 +409,8 @@ class Bench(StagedBench):
         library_holder = next((g for g in generators.values() if g.library is not None), None)
         shots, held_back = self.shots(task_name)
         for column in FITTED:
+            if column not in self.evaluated_columns:  # a minute each: only the fits this run will score
+                continue
             generator = generators.get("generated") if column == "refined" else library_holder
             if generator is None:
                 continue
