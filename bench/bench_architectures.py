@@ -14,7 +14,12 @@ generated as generated_per_base, refined); BASE_RUNS holds their options. SmolLM
     python -m bench.bench_architectures                       # then every stage here, resuming what is done
 
 (On 2 cores the corpus stage goes twice as fast as two processes: the same command with `--stages corpus --shard
-1/2` and `--shard 2/2`, then the command above for the rest.)
+1/2` and `--shard 2/2`, then the command above for the rest.) SmolLM2's run needs only its learnable training
+tasks' corpus adapters here, which its committed corpus summary names:
+
+    python -m bench.bench_generalization --stages corpus --corpus-only-needed --gen-steps 1500 --shard K/2 --threads 1
+
+(56 fine-tunes, 38 minutes as two processes on this machine; they reproduce the committed rows' scores exactly.)
 
 Stages, each resumable (results under --work):
 
