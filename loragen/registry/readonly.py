@@ -35,3 +35,8 @@ def snapshots_root(home: Path) -> Path:
         return home / "snapshots"
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "loragen" / "snapshots" / hashlib.sha256(str(home).encode()).hexdigest()[:16]
+
+
+def converted_root(home: Path) -> Path:
+    """Where GGUF bases are kept dequantized (one folder per weights digest) and staged while being written."""
+    return snapshots_root(home) / "converted"

@@ -44,7 +44,7 @@ from loragen.registry.models import (
     TaskDescription,
     TaskRow,
 )
-from loragen.registry.readonly import read_only_file, snapshots_root
+from loragen.registry.readonly import converted_root, read_only_file, snapshots_root
 from loragen.registry.records import BaseVersionInfo, Registered, Removed, StagedBlob
 from loragen.registry.refs import (  # noqa: F401  (check_name, parse_base_ref, MIN_ID_PREFIX: the store's API)
     MAX_NAME_LENGTH,
@@ -254,7 +254,7 @@ class Registry:
     def converted_folder(self, version: BaseVersionInfo) -> Path:
         """Where a GGUF version is kept dequantized, as a Hugging Face folder written by the base loader: a cache
         beside the snapshots, safe to delete, made again on the next load."""
-        return self.snapshots / "converted" / version.weights_digest[:16]
+        return converted_root(self.home) / version.weights_digest[:16]
 
     def list_bases(self) -> list[dict[str, Any]]:
         return self.views.bases()

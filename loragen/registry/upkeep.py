@@ -22,7 +22,7 @@ from loragen.errors import LoragenError
 from loragen.registry import db, library
 from loragen.registry.blobs import BlobStore
 from loragen.registry.models import Adapter, BaseModel, BaseVersion, BaseVersionFile, Blob, GeneratorCheckpointRow
-from loragen.registry.readonly import snapshots_root
+from loragen.registry.readonly import converted_root
 from loragen.registry.snapshots import DIGEST, relative_path_problem
 
 # A work folder untouched this long belongs to no running command.
@@ -94,7 +94,7 @@ def clean_work_folders(home: Path, older_than_s: float = STALE_WORK_FOLDER_S) ->
     """
     cutoff = time.time() - older_than_s
     removed = 0
-    for folder in [*home.glob("loragen-*"), *(snapshots_root(home) / "converted").glob(".*")]:
+    for folder in [*home.glob("loragen-*"), *converted_root(home).glob(".*")]:
         if folder.is_dir() and folder.stat().st_mtime < cutoff:
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1
